@@ -1,0 +1,30 @@
+# The two commands that matter: `make demo` and `make test`. Both create the
+# virtual environment on first use; every install goes through constraints.txt
+# so that torch stays the pinned CPU build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test,lora]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mapo demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow" --timeout=600 -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow --timeout=3600 -q
+
+clean:
+	rm -rf runs .pytest_cache

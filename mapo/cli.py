@@ -1,0 +1,54 @@
+"""The ``mapo`` command line.
+
+Sub-commands live in :mod:`mapo.commands`, one module each, imported lazily so that
+``mapo --help`` does not import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under mapo.commands, one-line help). Keep sorted by workflow order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the embedded default pipeline end to end on CPU"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return argparse.ArgumentParser(
+        prog="mapo",
+        description="mapo: train VLMs that think with images with MAPO.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun `mapo COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="mapo [-h] [--version] COMMAND ...",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] == "--version":
+        from mapo import __version__
+
+        print(f"mapo {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        top.print_usage(sys.stderr)
+        print(f"mapo: unknown command {name!r}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"mapo.commands.{COMMANDS[name][0]}")
+    parser = argparse.ArgumentParser(prog=f"mapo {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
