@@ -281,3 +281,14 @@ __all__ = [
     "view_to_original",
     "zoom_in",
 ]
+
+
+def box_iou(a: Any, b: Any) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes in the same frame (0 if disjoint)."""
+    ax1, ay1, ax2, ay2 = _check_box(a, "a")
+    bx1, by1, bx2, by2 = _check_box(b, "b")
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = max(0.0, ax2 - ax1) * max(0.0, ay2 - ay1) + max(0.0, bx2 - bx1) * max(0.0, by2 - by1) - inter
+    return inter / union if union > 0 else 0.0

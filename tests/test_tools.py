@@ -322,3 +322,12 @@ def test_zoom_raises_only_for_a_bad_image():
 def test_zoom_never_raises_on_any_box(box):
     result = zoom_in(Image.new("RGB", (120, 80)), box)
     assert (result.crop is None) != (result.error is None)
+
+
+def test_box_iou_hand_values():
+    from mapo.tools import box_iou
+
+    # a: 10x10 at origin; b: shifted by 5 in x -> inter 5*10 = 50, union 100+100-50 = 150
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
