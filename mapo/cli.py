@@ -13,6 +13,7 @@ import sys
 # name -> (module under mapo.commands, one-line help). Keep sorted by workflow order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the embedded default pipeline end to end on CPU"),
+    "data": ("data", "generate the synthetic task, show samples, check a dataset"),
 }
 
 

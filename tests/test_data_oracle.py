@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mapo import protocol, tools
+from mapo.data import Sample
+from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+from mapo.data.synth import caption_for_crop, generate
+
+
+def _check_well_formed(sample, traj):
+    turns = [protocol.parse_turn(t) for t in traj.assistant_texts]
+    assert all(t.errors == () for t in turns), [t.errors for t in turns]
+    assert [t.action for t in turns] == ["tool_call"] * (len(turns) - 1) + ["answer"]
+    assert turns[-1].answer == sample.answer
+    assert turns[0].description is None and all(t.description for t in turns[1:])
+    # Each description is the ground-truth caption of the crop the tool actually returned.
+    assert [t.description for t in turns[1:]] == traj.descriptions
+    assert [t.tool_call.bbox for t in turns[:-1]] == [tuple(map(float, b)) for b in traj.boxes_view]
+    roles = [m["role"] for m in traj.messages]
+    assert roles[:2] == ["system", "user"] and roles[2::2] == ["assistant"] * len(turns)
+    n_image_slots = sum(c.get("type") == "image" for m in traj.messages for c in m["content"])
+    assert n_image_slots == len(traj.images) == len(traj.boxes_view) + 1
+
+
+@pytest.mark.parametrize("level", ["easy", "medium", "hard"])
+def test_clean_oracle_zooms_on_each_target(level):
+    for sample in generate(8, 0, level):
+        traj = oracle_trajectory(sample, rng_or_seed=0)
+        _check_well_formed(sample, traj)
+        assert len(traj.boxes_view) == len(sample.target_boxes)
+        for target, desc in zip(sample.target_boxes, traj.descriptions):
+            assert target.caption in desc
+        assert all(isinstance(v, int) for b in traj.boxes_view for v in b)
+
+
+def test_wrong_first_zoom_then_recovery():
+    for sample in generate(6, 1, "medium"):
+        traj = oracle_trajectory(sample, rng_or_seed=5, wrong_first_zoom=1.0)
+        _check_well_formed(sample, traj)
+        target = sample.target_boxes[0]
+        assert target.caption not in traj.descriptions[0]  # the first look misses
+        assert target.caption in traj.descriptions[-1]
+        assert "not here" in traj.assistant_texts[1]
+
+
+def test_jitter_is_controllable_and_misses_are_corrected():
+    sample = generate(1, 0, "easy")[0]
+    clean = oracle_trajectory(sample, rng_or_seed=0).boxes_view
+    moved, recovered = 0, 0
+    for seed in range(30):
+        traj = oracle_trajectory(sample, rng_or_seed=seed, jitter=0.8)
+        _check_well_formed(sample, traj)
+        moved += traj.boxes_view[0] != clean[0]
+        recovered += len(traj.boxes_view) == 2
+        assert sample.target_boxes[0].caption in traj.descriptions[-1]  # it always ends on the target
+    assert moved >= 25 and recovered >= 1
+
+
+def test_oracle_is_deterministic_and_crops_match_the_tool():
+    sample = generate(1, 7, "hard")[0]
+    a = oracle_trajectory(sample, rng_or_seed=11, jitter=0.2, wrong_first_zoom=0.5)
+    b = oracle_trajectory(sample, rng_or_seed=np.random.default_rng(11), jitter=0.2, wrong_first_zoom=0.5)
+    assert a.assistant_texts == b.assistant_texts
+    tc = tool_config_for_sample(sample)
+    image = sample.load_image()
+    assert a.images[0].size == image.size  # the global image is the original; the processor resizes it
+    for crop, box in zip(a.images[1:], a.boxes_view):
+        again = tools.zoom_in(image, box, None, tc)
+        assert np.array_equal(np.asarray(again.crop), np.asarray(crop))
+        assert caption_for_crop(sample, again.box_original) in a.descriptions
+
+
+def test_oracle_rejects_samples_without_targets():
+    s = Sample(id="x", image=b"", question="q")
+    with pytest.raises(ValueError, match="target boxes"):
+        oracle_trajectory(s, rng_or_seed=0)
