@@ -14,7 +14,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,lora]'
+	$(PIP) -e '.[test,lora,verl]'
+	# verl declares transformers<5.11; its imports work with our pins, so it goes in without deps
+	$(PIP) --no-deps verl==0.9.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,6 +14,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the embedded default pipeline end to end on CPU"),
     "data": ("data", "generate the synthetic task, show samples, check a dataset"),
+    "verifier": ("verifier", "train the tiny CLIP verifier, inspect score distributions, score pairs"),
+    "sft": ("sft", "supervised warm start of the policy on oracle transcripts"),
+    "train": ("train", "reinforcement learning with GRPO or MAPO (rollout, verifier, advantage, update)"),
+    "eval": ("eval", "evaluate a policy greedily on a benchmark; predictions.jsonl + metrics.json"),
+    "report": ("report", "render a static HTML report of an eval or training run"),
+    "bench": ("bench", "benchmarks: `mapo bench rollout` (batched vs sequential tokens/s, memory)"),
+    "experiment": ("experiment", "experiments: `mapo experiment compare` (GRPO vs MAPO over seeds -> docs/RESULTS.md)"),
 }
 
 

@@ -124,6 +124,11 @@ class SynthConfig:
 LEVELS: dict[str, dict[str, Any]] = {
     # One salient target: learn to find and zoom on it, read the glyph.
     "easy": dict(canvas_size=448, grid=4, min_objects=1, max_objects=1, glyph_px=11, view_side=112, obs_side=224),
+    # The target among distractors with random attributes: find the named object among others.
+    "distractors": dict(
+        canvas_size=448, grid=4, min_objects=3, max_objects=6, glyph_px=11, view_side=112, obs_side=224,
+        distractor_similarity=0.0,
+    ),
     # The target among distractors that share its colour or shape: bind both words to a location.
     "medium": dict(
         canvas_size=448, grid=4, min_objects=3, max_objects=6, glyph_px=11, view_side=112, obs_side=224,
@@ -138,7 +143,7 @@ LEVELS: dict[str, dict[str, Any]] = {
 
 
 def level_config(name: str, **overrides: Any) -> SynthConfig:
-    """The preset for level ``name`` (easy, medium, hard), with optional knob overrides."""
+    """The preset for level ``name`` (easy, distractors, medium, hard), with optional knob overrides."""
     if name not in LEVELS:
         raise ValueError(f"unknown level {name!r}; choose from {', '.join(LEVELS)}")
     fields = {f.name for f in dataclasses.fields(SynthConfig)}

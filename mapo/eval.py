@@ -1,0 +1,463 @@
+"""``mapo eval``: play the agent greedily on a benchmark and score it the benchmark's way.
+
+For every sample the agent loop (:func:`mapo.rollout.rollout`, one greedy episode,
+the same tool and coordinate code as training) produces a trajectory; the
+verifier scores each (description, crop) pair; the record (``mapo.records``) is
+appended to ``OUT/predictions.jsonl`` with the input image (a downscaled copy)
+and every crop saved next to it. ``OUT/metrics.json`` holds the benchmark's
+official aggregation (``mapo.data.scoring``: V* per category, HR-Bench per
+cycle, MME-RealWorld per task/subtask/category), tool statistics
+(``mapo.records.record_statistics``), crop IoU where target boxes exist, and
+the rows of the source that could not be loaded.
+
+Resumable: records already in ``predictions.jsonl`` are skipped, so an
+interrupted eval continues where it stopped (a half-written last line is cut
+off). Samples are processed in chunks of ``batch_size``; an interruption loses
+at most the chunk in flight.
+
+Decisions and departures:
+
+- The extracted answer is read from the ``<answer>`` block only. A model that
+  never answers is scored wrong (``prediction`` null, ``finish_reason`` kept);
+  DeepEyes' own eval falls back to the whole last response, which lets a model
+  that never closes its answer tag still score.
+- Multiple choice uses ``extract_choice`` (MME-RealWorld: its own
+  ``mme_extract``); open questions (DeepEyes parquet) use
+  ``mapo.reward.answer_matches`` (normalised exact match). There is no official
+  aggregation for DeepEyes data: accuracy overall and per category is reported.
+- Synthetic samples carry the pixel budgets their task was designed for
+  (``meta`` view_side/obs_side); with ``tool_from_samples`` those budgets are used,
+  as in SFT and RL. Real benchmarks use ``rollout.tool``.
+- The ``deepeyes`` preset reproduces DeepEyes' prompts and observation text
+  (``eval/eval_vstar.py`` of Visual-Agent/DeepEyes) and its pixel budgets
+  (max 16384·28·28); MAPO's description tag is still parsed but not asked for,
+  so DeepEyes-style models get ``s_missing`` for every observation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from mapo import tools
+from mapo.config import knob, to_dict
+from mapo.protocol import ProtocolConfig
+from mapo.records import PredictionRecord, TurnRecord, append_jsonl, read_jsonl, record_statistics
+from mapo.rollout import RolloutConfig
+
+DEEPEYES_SYSTEM = """You are a helpful assistant.
+
+# Tools
+You may call one or more functions to assist with the user query.
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{"type":"function","function":{"name":"image_zoom_in_tool","description":"Zoom in on a specific region of an image by cropping it based on a bounding box (bbox) and an optional object label.","parameters":{"type":"object","properties":{"bbox_2d":{"type":"array","items":{"type":"number"},"minItems":4,"maxItems":4,"description":"The bounding box of the region to zoom in, as [x1, y1, x2, y2], where (x1, y1) is the top-left corner and (x2, y2) is the bottom-right corner."},"label":{"type":"string","description":"The name or label of the object in the specified bounding box (optional)."}},"required":["bbox"]}}}
+</tools>
+
+# How to call a tool
+Return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call>
+
+**Example**:
+<tool_call>
+{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 100, 200], "label": "the apple on the desk"}}
+</tool_call>"""
+DEEPEYES_INSTRUCTION = (
+    "Think first, call **image_zoom_in_tool** if needed, then answer. Format strictly as:  "
+    "<think>...</think>  <tool_call>...</tool_call> (if tools needed)  <answer>...</answer> "
+)
+DEEPEYES_MAX_PIXELS = 16384 * 28 * 28
+
+
+def deepeyes_rollout(base: RolloutConfig) -> RolloutConfig:
+    """``base`` with DeepEyes' prompts, observation text and pixel budgets."""
+    protocol = dataclasses.replace(
+        base.protocol,
+        system_template=DEEPEYES_SYSTEM,
+        answer_instruction=DEEPEYES_INSTRUCTION,
+        observation_instruction=DEEPEYES_INSTRUCTION,
+    )
+    tool = dataclasses.replace(
+        base.tool, view_min_pixels=4 * 28 * 28, view_max_pixels=DEEPEYES_MAX_PIXELS,
+        obs_min_pixels=4 * 28 * 28, obs_max_pixels=DEEPEYES_MAX_PIXELS,
+    )
+    return dataclasses.replace(base, protocol=protocol, tool=tool)
+
+
+def _default_rollout() -> RolloutConfig:
+    return RolloutConfig(group_size=1, greedy=True, batch_size=8)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``mapo eval`` plays and records the agent."""
+
+    preset: Literal["mapo", "deepeyes"] = knob("mapo", "protocol preset: mapo's own, or DeepEyes' prompts and budgets")
+    rollout: RolloutConfig = knob(factory=_default_rollout, help="agent loop: greedy, one episode per sample")
+    tool_from_samples: bool = knob(True, "use the pixel budgets synthetic samples were made for (meta view_side/obs_side)")
+    benchmark: str | None = knob(None, "scorer (vstar, hrbench, mme, synth); None: from the samples' meta source")
+    image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
+    hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
+    verifier_batch_size: int = knob(64, "pairs per verifier forward")
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("mapo", "deepeyes"):
+            raise ValueError(f"preset must be 'mapo' or 'deepeyes', got {self.preset!r}")
+        if self.rollout.group_size != 1:
+            raise ValueError(
+                f"rollout.group_size must be 1 for eval (one episode per sample is scored), got {self.rollout.group_size}"
+            )
+        if self.image_max_side < 32:
+            raise ValueError(f"image_max_side must be >= 32, got {self.image_max_side}")
+        if not 0.0 < self.hit_iou <= 1.0:
+            raise ValueError(f"hit_iou must be in (0, 1], got {self.hit_iou}")
+
+    def rollout_config(self) -> RolloutConfig:
+        return deepeyes_rollout(self.rollout) if self.preset == "deepeyes" else self.rollout
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::(easy|medium|hard))?(?::(\d+))?$")
+
+
+def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Samples of ``data`` and what loading reported (``loaded``, ``skipped``, ``issues``).
+
+    ``data`` is anything :func:`mapo.data.load_samples` reads (V* folder, HR-Bench
+    TSV, MME-RealWorld JSON, DeepEyes parquet, ``mapo data synth`` output), or
+    ``synth:N[:LEVEL[:SEED]]`` to generate N synthetic samples in memory
+    (default level easy, seed 1000003: held out from SFT's training seed 0).
+    """
+    m = SYNTH_SPEC.match(str(data))
+    if m:
+        from mapo.data import synth
+
+        n = int(m.group(1)) if limit is None else min(int(m.group(1)), limit)
+        samples = synth.generate(n, seed=int(m.group(3) or 1000003), config=m.group(2) or "easy")
+        return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": []}
+    if str(data).startswith("synth:"):
+        raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:easy|medium|hard[:SEED]]")
+    from mapo.data import load_samples
+
+    result = load_samples(data, limit=limit)
+    report = result.report
+    return list(result), {
+        "source": report.source or str(data),
+        "format": report.format,
+        "loaded": report.loaded,
+        "skipped": report.skipped,
+        "issues": [str(i) for i in report.issues[:100]],
+    }
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | None, bool]:
+    """``(prediction, correct)`` of one sample from its ``<answer>`` text (None: never answered)."""
+    from mapo.data.scoring import extract_choice, mme_extract
+    from mapo.reward import answer_matches
+
+    if answer_text is None:
+        return None, False
+    if benchmark == "mme":
+        letter = mme_extract(answer_text) or None
+        return letter, letter == sample.answer
+    if sample.options:
+        letter = extract_choice(answer_text, sample.options)
+        return letter, letter == sample.answer
+    return answer_text.strip(), answer_matches(answer_text, sample.answer)
+
+
+def official_scores(samples: Sequence[Any], records: Sequence[PredictionRecord], benchmark: str) -> dict[str, Any]:
+    """The benchmark's aggregation over ``samples`` (a sample without a record counts as wrong)."""
+    from mapo.data.scoring import SCORERS
+
+    answers = {r.id: _answer_text(r) for r in records}
+    predictions = {k: v for k, v in answers.items() if v is not None}
+    if benchmark in SCORERS:
+        return SCORERS[benchmark](list(samples), predictions)
+    # No official rule (DeepEyes training data, open questions): plain accuracy, per category.
+    by_id = {r.id: r for r in records}
+    groups: dict[str, list[bool]] = defaultdict(list)
+    flags = []
+    for s in samples:
+        ok = by_id[s.id].correct if s.id in by_id else False
+        flags.append(ok)
+        groups[s.category].append(ok)
+    return {
+        "overall": sum(flags) / len(flags) if flags else float("nan"),
+        "per_category": {k: sum(v) / len(v) for k, v in sorted(groups.items())},
+        "n": len(flags),
+        "missing": sum(s.id not in by_id for s in samples),
+        "rule": "exact match after normalisation (no official aggregation for this source)",
+    }
+
+
+def _answer_text(record: PredictionRecord) -> str | None:
+    return record.meta.get("answer_text")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _stem(sample_id: str) -> str:
+    """A file-name-safe, unique stem for a sample id (ids may hold '/', spaces, anything)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", sample_id)[:60]
+    return f"{safe}-{hashlib.sha1(sample_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+def trajectory_record(
+    trajectory: Any, scores: list[float | None], out: Path, benchmark: str, config: EvalConfig
+) -> PredictionRecord:
+    """Turn one rollout :class:`~mapo.rollout.Trajectory` into a record, saving its image and crops under ``out``.
+
+    ``scores`` has one entry per observation (``K``): the semantic score of
+    (description k, crop k), None for an error observation (no crop).
+    """
+    sample = trajectory.sample
+    stem = _stem(sample.id)
+    image_rel = f"images/{stem}.jpg"
+    _save_image_copy(sample.load_image(), out / image_rel, config.image_max_side)
+    targets = [list(b.xyxy) for b in sample.target_boxes]
+    turns: list[TurnRecord] = []
+    ious: list[float] = []
+    K = len(trajectory.tool_calls)
+    for j, text in enumerate(trajectory.assistant_texts):
+        parsed = trajectory.turns[j] if j < len(trajectory.turns) else None
+        turn = TurnRecord(text=text)
+        if j < K:  # this turn's tool call produced observation j + 1
+            call = trajectory.tool_calls[j]
+            turn.tool_call = True
+            turn.valid = bool(call.valid)
+            turn.label = call.label
+            turn.error = call.error
+            turn.bbox_view = _box(call.bbox_view if call.valid else call.raw_bbox)
+            turn.bbox_original = _box(call.box_original)
+            crop = trajectory.crops[j]
+            if crop is not None:
+                turn.crop = f"crops/{stem}_{j}.png"
+                (out / turn.crop).parent.mkdir(parents=True, exist_ok=True)
+                crop.save(out / turn.crop)
+            turn.description = trajectory.descriptions[j]
+            turn.semantic_score = scores[j]
+            if turn.valid and turn.bbox_original is not None and targets:
+                ious.append(max(tools.box_iou(turn.bbox_original, t) for t in targets))
+        elif parsed is not None and parsed.tool_call is not None:
+            # A call the loop did not execute (no turn left, or budget): shown, not counted as a call.
+            turn.label = parsed.tool_call.label
+            turn.bbox_view = _box(parsed.tool_call.bbox)
+            turn.error = f"not executed (episode ended: {trajectory.finish_reason})"
+        turns.append(turn)
+    prediction, correct = judge(sample, trajectory.answer_text, benchmark)
+    return PredictionRecord(
+        id=sample.id,
+        source=str(sample.meta.get("source", "")),
+        question=sample.question,
+        answer=sample.answer,
+        prediction=prediction,
+        correct=correct,
+        finish_reason=trajectory.finish_reason,
+        category=sample.category or None,
+        options=list(sample.options),
+        image=image_rel,
+        image_size=list(trajectory.image_size),
+        view_size=list(trajectory.view_size),
+        target_boxes=targets,
+        turns=turns,
+        iou=ious,
+        meta={"answer_text": trajectory.answer_text},
+    )
+
+
+def _box(box: Any) -> list[float] | None:
+    if box is None:
+        return None
+    box = [float(v) for v in box]
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+
+def _save_image_copy(image: Image.Image, path: Path, max_side: int) -> None:
+    """Save the original input, downscaled to ``max_side``, for the report (boxes stay in original pixels)."""
+    img = image.copy()
+    img.thumbnail((max_side, max_side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, quality=90)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    out: Path
+    evaluated: int  # samples played in this call (the rest were resumed)
+
+
+def evaluate(
+    data: str,
+    out: str | Path,
+    *,
+    policy: Any,
+    verifier: Any | None = None,
+    config: EvalConfig = EvalConfig(),
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    run_info: dict[str, Any] | None = None,
+    forced_turns: Callable[[Any, int], str | None] | None = None,
+) -> EvalResult:
+    """Evaluate ``policy`` on ``data`` into ``out`` (resuming whatever is already there).
+
+    Args:
+        data: a source for :func:`load_eval_samples`.
+        out: eval directory: ``predictions.jsonl``, ``metrics.json``, ``images/``, ``crops/``.
+        policy: a :class:`mapo.policy.Policy`.
+        verifier: a :class:`mapo.verifier.base.Verifier` or None (semantic scores stay null).
+        progress: called as ``progress(done, total)`` after each chunk.
+        run_info: extra keys (model path, …) stored in ``metrics.json["run"]``.
+        forced_turns: test/demo hook ``(sample, turn) -> text | None`` teacher-forcing
+            assistant turns through the rollout (e.g. the oracle's transcript).
+    """
+    from mapo.rollout import rollout
+
+    if not isinstance(config, EvalConfig):
+        raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples, load_report = load_eval_samples(data, limit)
+    if not samples:
+        raise ValueError(f"no samples could be loaded from {data}: {load_report['issues'][:3]}")
+    benchmark = config.benchmark or _benchmark_of(samples)
+    pred_path = out / "predictions.jsonl"
+    done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
+    todo = [s for s in samples if s.id not in done]
+    base = config.rollout_config()
+    total, finished = len(samples), len(samples) - len(todo)
+    if progress:
+        progress(finished, total)
+    for chunk in _chunks_by_tool(todo, base, config):
+        rc = dataclasses.replace(base, tool=_tool_for(chunk[0], base, config))
+        forced = None
+        if forced_turns is not None:
+            forced = lambda group, member, turn, chunk=chunk: forced_turns(chunk[group], turn)  # noqa: E731
+        trajectories = rollout(chunk, policy, rc, forced_turns=forced)
+        scores = _semantic_scores(trajectories, verifier, config.verifier_batch_size)
+        for t, s in zip(trajectories, scores):
+            append_jsonl(pred_path, trajectory_record(t, s, out, benchmark, config))
+        finished += len(chunk)
+        if progress:
+            progress(finished, total)
+    read = read_jsonl(pred_path)
+    ids = {s.id for s in samples}
+    records = [r for r in read.records if r.id in ids]
+    metrics = {
+        "benchmark": benchmark,
+        "official": official_scores(samples, records, benchmark),
+        "tools": record_statistics(records, hit_iou=config.hit_iou),
+        "data": {k: v for k, v in load_report.items()},
+        "broken_rows": load_report["skipped"],
+        "run": {**(run_info or {}), "data": str(data), "limit": limit, "config": to_dict(config)},
+    }
+    _write_json_atomic(out / "metrics.json", metrics)
+    return EvalResult(metrics, out, len(todo))
+
+
+def _benchmark_of(samples: Sequence[Any]) -> str:
+    sources = sorted({str(s.meta.get("source", "")) for s in samples})
+    if len(sources) != 1:
+        raise ValueError(f"samples come from several sources {sources}; set benchmark=... in the eval config")
+    return sources[0]
+
+
+def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
+    if config.tool_from_samples and config.preset == "mapo":
+        from mapo.data.oracle import tool_config_for_sample
+
+        if "view_side" in sample.meta and "obs_side" in sample.meta:
+            return tool_config_for_sample(sample)
+    return base.tool
+
+
+def _chunks_by_tool(samples: Sequence[Any], base: RolloutConfig, config: EvalConfig):
+    """Chunks of at most ``batch_size`` samples sharing one tool config, in input order."""
+    chunk: list[Any] = []
+    key = None
+    for s in samples:
+        k = _tool_for(s, base, config)
+        if chunk and (k != key or len(chunk) == base.batch_size):
+            yield chunk
+            chunk = []
+        chunk.append(s)
+        key = k
+    if chunk:
+        yield chunk
+
+
+def _semantic_scores(trajectories: Sequence[Any], verifier: Any | None, batch_size: int) -> list[list[float | None]]:
+    """Per trajectory, per observation: the verifier's score of (description, crop); None without a crop."""
+    out: list[list[float | None]] = [[None] * len(t.tool_calls) for t in trajectories]
+    if verifier is None:
+        return out
+    where, texts, images = [], [], []
+    for i, t in enumerate(trajectories):
+        for k, crop in enumerate(t.crops):
+            if crop is not None:
+                where.append((i, k))
+                texts.append(t.descriptions[k] or "")  # empty -> s_missing, as in training
+                images.append(crop)
+    if texts:
+        scores = verifier.score(texts, images, batch_size=batch_size)
+        for (i, k), s in zip(where, scores.tolist()):
+            out[i][k] = float(s)
+    return out
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (an empty category) is not JSON: write null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr, rewritten in place: ``eval [####....] 12/40  33s``."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        fill = int(self.width * done / max(total, 1))
+        elapsed = time.perf_counter() - self.started
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\reval [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total}  {elapsed:.0f}s{end}")
+        sys.stderr.flush()

@@ -1,0 +1,273 @@
+"""The :class:`Policy` bundle and loading of local checkpoints.
+
+:func:`load_policy` loads any local Qwen2.5-VL (or Qwen2-VL) directory with an
+image-only processor (:mod:`mapo.policy.processor`; no torchvision needed), or
+another image-text-to-text model through the ``Auto*`` classes, provided it has
+a chat template. Nothing is ever downloaded: the path must be a local directory
+and loading runs with ``local_files_only=True``.
+
+A directory that lacks files fails early with a message naming them, rather
+than deep inside transformers.
+
+LoRA (optional, via peft) targets the language model's attention and MLP
+projections only; the vision tower stays frozen with the base weights. A
+LoRA policy saves its adapter (``adapter_config.json``); :func:`load_policy` on
+such a directory loads the base model named in it and applies the adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mapo.policy.tokenizer import VISION_TOKENS
+
+QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass
+class Policy:
+    """A vision-language policy: model, processor and tokenizer that belong together.
+
+    ``path`` is the directory it was loaded from (``None`` when built in memory).
+    """
+
+    model: Any
+    processor: Any
+    tokenizer: Any
+    path: str | None = None
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write a standard HF directory: safetensors weights (or LoRA adapter), processor, tokenizer."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is not None:  # preprocessor_config.json, as in Qwen's own checkpoints
+            image_processor.save_pretrained(out)
+        _use_standard_processor_class(out)
+        generation = getattr(self.model, "generation_config", None)
+        if generation is not None and not (out / "generation_config.json").exists():
+            generation.save_pretrained(out)
+
+    @property
+    def vision_token_ids(self) -> list[int]:
+        """Ids the policy must never emit: markers and placeholders of image/video features."""
+        return _existing_ids(self.tokenizer, VISION_TOKENS)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Ids that end an assistant turn: ``<|im_end|>`` then ``<|endoftext|>`` (those that exist)."""
+        return _existing_ids(self.tokenizer, ("<|im_end|>", "<|endoftext|>"))
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's pad id (``<|endoftext|>`` for Qwen)."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_token_ids[-1])
+
+
+def _use_standard_processor_class(out: Path) -> None:
+    """Name Qwen's processor class in ``processor_config.json`` so other tools (vLLM, plain
+    ``AutoProcessor`` with torchvision) read the directory as a standard Qwen2.5-VL checkpoint."""
+    from mapo.policy.processor import ImageOnlyQwen2_5_VLProcessor
+
+    cfg_path = out / "processor_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__:
+        cfg["processor_class"] = "Qwen2_5_VLProcessor"
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def _existing_ids(tokenizer, tokens) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return [int(vocab[t]) for t in tokens if t in vocab]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraOptions:
+    """LoRA on the language model's projections (peft). ``alpha / r`` scales the update."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules must name at least one projection")
+
+
+def missing_files(path: str | Path) -> list[str]:
+    """Names of the files a loadable checkpoint directory lacks (empty if complete)."""
+    root = Path(path)
+    if (root / "adapter_config.json").is_file():
+        return [] if any((root / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")) else [
+            "adapter_model.safetensors"
+        ]
+    missing = [] if (root / "config.json").is_file() else ["config.json"]
+    missing += _missing_weights(root)
+    if not ((root / "tokenizer.json").is_file() or ((root / "vocab.json").is_file() and (root / "merges.txt").is_file())):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if not ((root / "preprocessor_config.json").is_file() or _processor_config_has_image(root)):
+        missing.append("preprocessor_config.json")
+    if not _has_chat_template(root):
+        missing.append("chat_template.jinja (or a chat_template in tokenizer_config.json / chat_template.json)")
+    return missing
+
+
+def _missing_weights(root: Path) -> list[str]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [s for s in shards if not (root / s).is_file()]
+    if (root / "model.safetensors").is_file() or (root / "pytorch_model.bin").is_file():
+        return []
+    return ["model.safetensors (or model.safetensors.index.json with its shards)"]
+
+
+def _processor_config_has_image(root: Path) -> bool:
+    cfg = root / "processor_config.json"
+    return cfg.is_file() and "image_processor" in json.loads(cfg.read_text(encoding="utf-8"))
+
+
+def _has_chat_template(root: Path) -> bool:
+    if (root / "chat_template.jinja").is_file() or (root / "chat_template.json").is_file():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        f = root / name
+        if f.is_file() and json.loads(f.read_text(encoding="utf-8")).get("chat_template"):
+            return True
+    return False
+
+
+def resolve_dtype(dtype: str, config_dtype: Any = None) -> torch.dtype:
+    """``"auto"`` -> the checkpoint's own dtype (float32 if it names none); else the named dtype."""
+    if dtype == "auto":
+        if isinstance(config_dtype, torch.dtype):
+            return config_dtype
+        return _DTYPES.get(str(config_dtype).removeprefix("torch."), torch.float32)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def load_policy(
+    path: str | Path,
+    *,
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+    device: str | torch.device = "cpu",
+    lora: LoraOptions | None = None,
+) -> Policy:
+    """Load a local checkpoint directory (model + processor + tokenizer) as a :class:`Policy`.
+
+    Args:
+        path: a local directory written by ``save_pretrained`` (e.g. Qwen2.5-VL-7B-Instruct,
+            or ``RUN_DIR/final`` of ``mapo sft``), or a LoRA adapter directory.
+        dtype: ``auto`` keeps the checkpoint's dtype; ``float32``/``bfloat16``/``float16`` cast.
+        device: where to put the model (``cpu``, ``cuda``, ``cuda:1`` …).
+        lora: wrap the loaded model with fresh LoRA adapters (requires peft).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory, or lacks files (named in the message).
+        ValueError: the model has no chat template or an unknown ``dtype``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {root} (models are never downloaded)")
+    missing = missing_files(root)
+    if missing:
+        raise FileNotFoundError(f"checkpoint {root} is missing: {', '.join(missing)}")
+    if (root / "adapter_config.json").is_file():
+        return _load_adapter(root, dtype=dtype, device=device)
+
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    torch_dtype = resolve_dtype(dtype, config.get("dtype", config.get("torch_dtype")))
+    model = _load_model(root, config.get("model_type"), torch_dtype).to(device)
+    processor = _load_processor(root, config.get("model_type"))
+    model.eval()
+    policy = Policy(model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root))
+    return apply_lora(policy, lora) if lora is not None else policy
+
+
+def _load_model(root: Path, model_type: str | None, torch_dtype: torch.dtype):
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration as cls
+    elif model_type == "qwen2_vl":
+        from transformers import Qwen2VLForConditionalGeneration as cls
+    else:
+        from transformers import AutoModelForImageTextToText as cls
+    return cls.from_pretrained(root, dtype=torch_dtype, local_files_only=True)
+
+
+def _load_processor(root: Path, model_type: str | None):
+    if model_type in QWEN_VL_MODEL_TYPES:
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+        from mapo.policy.processor import ImageOnlyQwen2_5_VLProcessor
+
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(root, local_files_only=True)
+        template = _read_chat_template(root) or tokenizer.chat_template
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = template
+        return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(root, local_files_only=True)
+    if getattr(processor, "chat_template", None) is None:
+        raise ValueError(f"the processor in {root} has no chat template; mapo needs one to render conversations")
+    return processor
+
+
+def _read_chat_template(root: Path) -> str | None:
+    if (root / "chat_template.jinja").is_file():
+        return (root / "chat_template.jinja").read_text(encoding="utf-8")
+    if (root / "chat_template.json").is_file():
+        return json.loads((root / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return None
+
+
+def apply_lora(policy: Policy, lora: LoraOptions) -> Policy:
+    """Wrap ``policy.model`` with LoRA adapters on the language model only."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - peft is an optional dependency
+        raise ImportError("LoRA needs peft: pip install -c constraints.txt 'mapo[lora]'") from e
+
+    # A regex keeps the vision tower's projections (also named q/k/v in some models) out.
+    names = "|".join(lora.target_modules)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=rf".*language_model.*\.({names})",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(policy.model, config)
+    return dataclasses.replace(policy, model=model)
+
+
+def _load_adapter(root: Path, *, dtype: str, device: str | torch.device) -> Policy:
+    from peft import PeftModel
+
+    base_path = json.loads((root / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base_path or not Path(base_path).is_dir():
+        raise FileNotFoundError(
+            f"LoRA adapter {root} names base model {base_path!r}, which is not a local directory"
+        )
+    base = load_policy(base_path, dtype=dtype, device=device)
+    model = PeftModel.from_pretrained(base.model, root, is_trainable=False)
+    return dataclasses.replace(base, model=model, path=str(root))

@@ -1,0 +1,487 @@
+"""Train a tiny CLIP from scratch on (crop, caption) pairs, with hard negatives.
+
+The embedded default has no pretrained CLIP, so ``mapo verifier train`` builds a
+small transformers ``CLIPModel`` and trains it contrastively on crops of the
+synthetic task (made by the real zoom-in tool at the task's observation budget,
+see :func:`synth_pairs`)
+paired with their ground-truth captions. It saves a standard HF CLIP directory
+(config, safetensors weights, ``preprocessor_config.json``, ``tokenizer.json``)
+that :func:`mapo.verifier.load_verifier` loads through the same code path as a
+real CLIP.
+
+Loss (per batch of B crops, each with H hard-negative captions):
+
+- image→text: softmax cross-entropy of each crop against the *unique* texts of the
+  batch (all positives and all hard negatives). Identical strings are merged, so
+  two crops with the same caption (e.g. two empty-background crops) are never
+  each other's negatives;
+- text→image: each unique positive caption against the B crops, with the target
+  spread uniformly over every crop that carries that caption;
+- loss = mean of the two; the logit scale is learned (CLIP init 1/0.07, capped at 100).
+
+Departures and guesses: the paper uses a pretrained CLIP; this tiny model only
+knows the synthetic task's vocabulary (unknown words map to ``<unk>``). Its
+tokenizer is a word-level vocabulary of the training captions plus single
+letters and digits, lower-cased; a real CLIP's BPE tokenizer is loaded unchanged.
+Images are squashed to a square (no centre crop) so that objects at a crop's
+edge are not cut away; a real CLIP keeps its own processor settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mapo.config import knob, save_config
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>")
+PAD, UNK, BOS, EOS = range(4)  # ids of SPECIAL_TOKENS; EOS must not be 2 (CLIP's legacy argmax pooling)
+
+
+@dataclass(frozen=True)
+class VerifierTrainConfig:
+    """How ``mapo verifier train`` builds its data and its tiny CLIP."""
+
+    # data
+    data: str | None = knob(None, "directory of samples (`mapo data synth` output); None: generate synthetic samples")
+    synth_level: str = knob("medium", "synthetic task level used when `data` is None")
+    n_samples: int = knob(400, "synthetic samples generated when `data` is None (or the first n of `data`)")
+    crops_per_sample: int = knob(8, "crops cut from each sample (targets, distractors, partial views, background)")
+    hard_negatives: int = knob(3, "captions with one attribute changed, per crop, used as extra negatives")
+    val_fraction: float = knob(0.15, "fraction of samples held out for the quality report (split by sample)")
+    seed: int = knob(0, "seed for data, initialisation and batching")
+    # model
+    image_size: int = knob(96, "side of the square the crops are resized to")
+    patch_size: int = knob(16, "vision patch size; image_size must be a multiple of it")
+    vision_width: int = knob(96, "vision transformer hidden size")
+    vision_layers: int = knob(3, "vision transformer layers")
+    text_width: int = knob(96, "text transformer hidden size")
+    text_layers: int = knob(2, "text transformer layers")
+    heads: int = knob(4, "attention heads (vision and text)")
+    projection_dim: int = knob(96, "shared embedding size D")
+    max_text_tokens: int = knob(32, "text context, special tokens included; longer descriptions are truncated")
+    # optimisation
+    steps: int = knob(800, "optimizer steps")
+    batch_size: int = knob(64, "crops per step")
+    lr: float = knob(2e-3, "peak AdamW learning rate (linear warmup, cosine decay)")
+    warmup_steps: int = knob(100, "learning-rate warmup steps")
+    weight_decay: float = knob(0.05, "AdamW weight decay")
+    num_threads: int = knob(2, "torch CPU threads")
+    # report
+    eval_candidates: int = knob(16, "images per text→image retrieval query (1 correct + distractors)")
+
+    def __post_init__(self) -> None:
+        for name in ("n_samples", "crops_per_sample", "image_size", "patch_size", "vision_width", "vision_layers",
+                     "text_width", "text_layers", "heads", "projection_dim", "steps", "batch_size", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hard_negatives < 0 or self.warmup_steps < 0:
+            raise ValueError("hard_negatives and warmup_steps must be >= 0")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        for name in ("vision_width", "text_width"):
+            if getattr(self, name) % self.heads:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be divisible by heads ({self.heads})")
+        if self.max_text_tokens < 4:
+            raise ValueError(f"max_text_tokens must be >= 4 (two special tokens plus text), got {self.max_text_tokens}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.eval_candidates < 2:
+            raise ValueError(f"eval_candidates must be >= 2, got {self.eval_candidates}")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+
+
+@dataclass
+class CropPair:
+    """One training example: a crop, its ground-truth caption, and hallucinated captions for it."""
+
+    image: Image.Image
+    caption: str
+    negatives: list[str] = field(default_factory=list)  # one attribute changed each; never equal to caption
+    kind: str = ""  # target / distractor / partial / background: for reports only
+    group: str = ""  # sample id: train/val split is by sample, so no image is in both
+
+
+# --------------------------------------------------------------------------- pairs from the synthetic task
+
+# Crop kinds and how often each is drawn (weights); see _crop_box.
+CROP_KINDS = {"object": 4, "partial": 2, "background": 1, "wide": 1}
+
+
+def _object_pattern():
+    import re
+
+    from mapo.data import synth
+
+    colors = "|".join(synth.COLORS)
+    shapes = "|".join(synth.SHAPES)
+    return re.compile(rf"\b(?:a|an) ({colors}) ({shapes}) with the letter ([{synth.GLYPHS}])\b")
+
+
+def object_phrase(color: str, shape: str, glyph: str) -> str:
+    """The synthetic task's caption of one object (checked against ``caption_for_crop`` in the tests)."""
+    article = "an" if color[0] in "aeiou" else "a"
+    return f"{article} {color} {shape} with the letter {glyph}"
+
+
+def hallucinated_captions(caption: str, rng: random.Random) -> list[str]:
+    """Captions for the same crop with one thing wrong: colour, shape or glyph of one object, or existence.
+
+    For ``caption`` naming objects: one variant each with a different colour, shape and
+    glyph (of a random object) and ``"empty background"``. For an empty background:
+    a caption of a random object that is not there.
+    """
+    from mapo.data import synth
+
+    objects = [(m.span(), m.groups()) for m in _object_pattern().finditer(caption)]
+    if not objects:
+        return [object_phrase(rng.choice(list(synth.COLORS)), rng.choice(synth.SHAPES), rng.choice(synth.GLYPHS))]
+    (start, end), (color, shape, glyph) = rng.choice(objects)
+    variants = [
+        (rng.choice([c for c in synth.COLORS if c != color]), shape, glyph),
+        (color, rng.choice([s for s in synth.SHAPES if s != shape]), glyph),
+        (color, shape, rng.choice([g for g in synth.GLYPHS if g != glyph])),
+    ]
+    out = [caption[:start] + object_phrase(*v) + caption[end:] for v in variants]
+    return [c for c in out if c != caption] + ["empty background"]
+
+
+def _crop_box(kind: str, boxes_view: list[tuple[float, float, float, float]], view_wh, rng: random.Random):
+    """A box in view pixels for one crop ``kind``.
+
+    object: an object's box, scaled 1-2x and shifted up to 15% of its side (the
+    policy's good zooms); partial: an object's box shifted 35-65% of its side so
+    it is cut by the crop edge; background: a random 28-40 px box (its caption
+    says what, if anything, lies inside); wide: a random 40-100% of the view.
+    """
+    vw, vh = view_wh
+    if kind in ("object", "partial") and boxes_view:
+        x1, y1, x2, y2 = rng.choice(boxes_view)
+        side = max(x2 - x1, y2 - y1)
+        if kind == "object":
+            half = side * rng.uniform(1.0, 2.0) / 2
+            shift = (rng.uniform(-0.15, 0.15) * side, rng.uniform(-0.15, 0.15) * side)
+        else:
+            half = side / 2
+            frac = rng.uniform(0.35, 0.65) * side
+            angle = rng.uniform(0, 2 * math.pi)
+            shift = (frac * math.cos(angle), frac * math.sin(angle))
+        cx, cy = (x1 + x2) / 2 + shift[0], (y1 + y2) / 2 + shift[1]
+        return (cx - half, cy - half, cx + half, cy + half)
+    side = rng.uniform(28, 40) if kind == "background" else rng.uniform(0.4, 1.0) * min(vw, vh)
+    x, y = rng.uniform(0, max(0.0, vw - side)), rng.uniform(0, max(0.0, vh - side))
+    return (x, y, x + side, y + side)
+
+
+def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int) -> list[CropPair]:
+    """Crops of ``samples`` made by :func:`mapo.tools.zoom_in`, captioned by ``caption_for_crop``.
+
+    Boxes are drawn in view pixels (as the policy would write them) and go through
+    the tool's validation, mapping and resize, so the crops are exactly what the
+    policy sees as observations.
+    """
+    from mapo import tools
+    from mapo.data import synth
+
+    kinds, weights = list(CROP_KINDS), list(CROP_KINDS.values())
+    pairs = []
+    for index, sample in enumerate(samples):
+        rng = random.Random(f"{seed}:{index}")
+        image = sample.load_image()
+        view_wh = tools.view_size(image.size, tool_config)
+        boxes_view = [tools.original_to_view(b.xyxy, view_wh, image.size) for b in sample.boxes]
+        for _ in range(crops_per_sample):
+            kind = rng.choices(kinds, weights)[0]
+            result = tools.zoom_in(image, list(_crop_box(kind, boxes_view, view_wh, rng)), view_wh, tool_config)
+            if result.crop is None:
+                continue
+            caption = synth.caption_for_crop(sample, result.box_original)
+            pairs.append(CropPair(result.crop, caption, hallucinated_captions(caption, rng), kind, sample.id))
+    return pairs
+
+
+# --------------------------------------------------------------------------- tokenizer and model
+
+
+def build_tokenizer(texts: Sequence[str], max_tokens: int):
+    """A lower-cased word-level ``PreTrainedTokenizerFast`` over the words of ``texts`` (+ letters, digits).
+
+    It adds ``<|startoftext|>``/``<|endoftext|>`` around every text like CLIP's tokenizer,
+    and saves as a plain ``tokenizer.json`` that ``AutoTokenizer`` loads offline.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    pre = pre_tokenizers.Whitespace()
+    words = set(string.ascii_lowercase) | set(string.digits)
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in sorted(words - set(SPECIAL_TOKENS)):
+        vocab[w] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK]))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKENS[BOS]} $A {SPECIAL_TOKENS[EOS]}",
+        special_tokens=[(SPECIAL_TOKENS[BOS], BOS), (SPECIAL_TOKENS[EOS], EOS)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=SPECIAL_TOKENS[PAD],
+        unk_token=SPECIAL_TOKENS[UNK],
+        bos_token=SPECIAL_TOKENS[BOS],
+        eos_token=SPECIAL_TOKENS[EOS],
+        model_max_length=max_tokens,
+    )
+
+
+def build_image_processor(image_size: int):
+    """CLIP's PIL image processor, squashing to ``image_size`` square (no centre crop)."""
+    from transformers import CLIPImageProcessorPil
+
+    side = {"height": image_size, "width": image_size}
+    return CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False)
+
+
+def build_tiny_clip(config: VerifierTrainConfig, vocab_size: int):
+    """A randomly initialised transformers ``CLIPModel`` sized by ``config``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(
+        vocab_size=vocab_size, hidden_size=config.text_width, intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
+        max_position_embeddings=config.max_text_tokens, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+    )
+    vision = dict(
+        hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
+        num_hidden_layers=config.vision_layers, num_attention_heads=config.heads,
+        image_size=config.image_size, patch_size=config.patch_size,
+    )
+    torch.manual_seed(config.seed)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim))
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, positive: torch.Tensor, caption_ids: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over B images and U unique texts (positives and hard negatives).
+
+    Args:
+        image_emb: (B, D) unit-norm image embeddings.
+        text_emb: (U, D) unit-norm embeddings of the batch's unique texts.
+        positive: (B,) long, index in ``text_emb`` of each image's caption.
+        caption_ids: (P,) long, the unique indices that are some image's caption
+            (text→image queries; hard-negative-only texts are not queries).
+        logit_scale: scalar, log of the inverse temperature.
+    """
+    logits = logit_scale.exp() * image_emb @ text_emb.T  # (B, U)
+    loss_i2t = F.cross_entropy(logits, positive)
+    match = (positive[None, :] == caption_ids[:, None]).float()  # (P, B): text p describes image b
+    target = match / match.sum(1, keepdim=True)
+    loss_t2i = -(target * logits[:, caption_ids].T.log_softmax(1)).sum(1).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _lr_at(step: int, config: VerifierTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _encode_texts(tokenizer, texts: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+
+
+def train_on_pairs(
+    pairs: Sequence[CropPair], config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool = True
+) -> dict:
+    """Train a tiny CLIP on ``pairs`` and save it to ``out_dir``; return training facts.
+
+    Returns a dict with ``train_seconds``, ``steps``, ``final_loss``, ``n_pairs`` and
+    ``vocab_size``. The quality report is :func:`evaluate` on held-out pairs.
+    """
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 training pairs, got {len(pairs)}")
+    torch.set_num_threads(config.num_threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(config.seed)
+
+    all_texts = [p.caption for p in pairs] + [n for p in pairs for n in p.negatives]
+    tokenizer = build_tokenizer(all_texts, config.max_text_tokens)
+    processor = build_image_processor(config.image_size)
+    model = build_tiny_clip(config, vocab_size=len(tokenizer))
+    model.train()
+
+    started = time.perf_counter()
+    pixels = CropTensor(pairs, processor)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )
+    order: list[int] = []
+    losses: list[float] = []
+    for step in range(config.steps):
+        if len(order) < config.batch_size:
+            fresh = list(range(len(pairs)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        batch, order = order[: config.batch_size], order[config.batch_size :]
+        loss = _train_step(model, tokenizer, pixels, pairs, batch, config, rng)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if progress and (step % 100 == 0 or step == config.steps - 1):
+            recent = sum(losses[-50:]) / len(losses[-50:])
+            print(f"step {step + 1}/{config.steps}  loss {recent:.3f}  "
+                  f"scale {model.logit_scale.exp().item():.1f}  {time.perf_counter() - started:.0f}s", flush=True)
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    save_config(config, out_dir / "verifier_train.yaml")
+    return {
+        "train_seconds": round(train_seconds, 1),
+        "steps": config.steps,
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "n_pairs": len(pairs),
+        "vocab_size": len(tokenizer),
+        "num_threads": config.num_threads,
+    }
+
+
+class CropTensor:
+    """All training crops resized once to the model's square and kept as uint8 (M, 3, S, S).
+
+    Float32 pixels of 4,000 crops at 112 px would take 600 MB; uint8 takes a quarter.
+    :meth:`batch` applies the processor's rescale and normalisation, so a batch equals
+    ``processor(images)["pixel_values"]`` (a test checks this).
+    """
+
+    def __init__(self, pairs: Sequence[CropPair], processor):
+        side = (processor.size["width"], processor.size["height"])
+        resample = Image.Resampling(int(processor.resample))
+        arrays = [np.asarray(p.image.convert("RGB").resize(side, resample)) for p in pairs]
+        self.data = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (M, 3, S, S) uint8
+        self.mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+        self.scale = float(processor.rescale_factor)
+
+    def batch(self, index: Sequence[int]) -> torch.Tensor:
+        """(B, 3, S, S) float32 normalised pixels of crops ``index``."""
+        return (self.data[list(index)].float() * self.scale - self.mean) / self.std
+
+
+def _train_step(model, tokenizer, pixels, pairs, batch, config, rng) -> torch.Tensor:
+    """Loss of one batch: B crops, their captions and up to H hard negatives each."""
+    texts: dict[str, int] = {}
+    positive = []
+    for i in batch:
+        positive.append(texts.setdefault(pairs[i].caption, len(texts)))
+    caption_ids = sorted(set(positive))
+    for i in batch:
+        negatives = pairs[i].negatives
+        for neg in rng.sample(negatives, min(config.hard_negatives, len(negatives))):
+            texts.setdefault(neg, len(texts))
+    enc = _encode_texts(tokenizer, list(texts), config.max_text_tokens)
+    text_emb = F.normalize(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output, dim=-1)
+    image_emb = F.normalize(model.get_image_features(pixel_values=pixels.batch(batch)).pooler_output, dim=-1)
+    return contrastive_loss(
+        image_emb, text_emb, torch.tensor(positive), torch.tensor(caption_ids), model.logit_scale
+    )
+
+
+def save_metrics(metrics: dict, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def split_by_group(pairs: Sequence[CropPair], val_fraction: float, seed: int) -> tuple[list[CropPair], list[CropPair]]:
+    """(train, val) with every crop of one sample on the same side."""
+    groups = sorted({p.group for p in pairs})
+    random.Random(seed).shuffle(groups)
+    n_val = max(1, round(len(groups) * val_fraction))
+    val_groups = set(groups[:n_val])
+    return [p for p in pairs if p.group not in val_groups], [p for p in pairs if p.group in val_groups]
+
+
+def load_training_samples(config: VerifierTrainConfig) -> tuple[list, object]:
+    """(samples, tool_config): from ``config.data`` (any format ``load_samples`` reads) or generated."""
+    from mapo.data import synth
+
+    if config.data is None:
+        level = synth.level_config(config.synth_level)
+        return synth.generate(config.n_samples, config.seed, level), synth.tool_config_for(level)
+    from mapo.data import load_samples
+
+    samples = list(load_samples(config.data))[: config.n_samples]
+    samples = [s for s in samples if s.boxes]
+    if not samples:
+        raise ValueError(f"{config.data} holds no samples with object boxes; the verifier needs captioned boxes")
+    meta = samples[0].meta
+    if "view_side" in meta and "obs_side" in meta:  # written by the synthetic task: reuse its budgets
+        level = synth.SynthConfig(view_side=int(meta["view_side"]), obs_side=int(meta["obs_side"]), require_zoom=False)
+        return samples, synth.tool_config_for(level)
+    from mapo.tools import DEFAULT_TOOL_CONFIG
+
+    return samples, DEFAULT_TOOL_CONFIG
+
+
+def train_tiny_clip(config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
+    """Build crops, train a tiny CLIP, save it to ``out_dir`` and report held-out quality.
+
+    Returns (and writes to ``out_dir/metrics.json``) the training facts of
+    :func:`train_on_pairs` plus :func:`mapo.verifier.inspect.evaluate` on the
+    held-out samples, computed through :func:`mapo.verifier.load_verifier` on the
+    saved directory (the code path RL uses).
+    """
+    from mapo.verifier.clip import load_verifier
+    from mapo.verifier.inspect import evaluate
+
+    started = time.perf_counter()
+    samples, tool_config = load_training_samples(config)
+    pairs = synth_pairs(samples, config.crops_per_sample, tool_config, config.seed)
+    train, val = split_by_group(pairs, config.val_fraction, config.seed)
+    data_seconds = time.perf_counter() - started
+    if progress:
+        print(f"{len(train)} training and {len(val)} held-out crops from {len(samples)} samples "
+              f"({data_seconds:.0f}s)", flush=True)
+    metrics = {"data_seconds": round(data_seconds, 1), **train_on_pairs(train, config, out_dir, progress=progress)}
+    verifier = load_verifier(out_dir)
+    metrics["val"] = evaluate(verifier, val, candidates=config.eval_candidates, seed=config.seed)
+    save_metrics(metrics, out_dir)
+    return metrics

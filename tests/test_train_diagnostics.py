@@ -1,0 +1,134 @@
+"""mapo.train.diagnostics: hand-computed metrics, semantic-score layout, and the gradient-variance estimate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from mapo.reward import RewardBreakdown
+from mapo.rollout import ToolCallRecord
+from mapo.train import diagnostics as D
+
+CROP = Image.new("RGB", (8, 8), (200, 0, 0))
+
+
+def call(valid=True, box=(0.0, 0.0, 10.0, 10.0), label="red square"):
+    return ToolCallRecord(box, box if valid else None, box if valid else None, label, valid, None if valid else "bad box")
+
+
+def traj(calls, descriptions, *, targets=((0.0, 0.0, 10.0, 10.0),), turns=1, finish="answer", errors=()):
+    sample = SimpleNamespace(target_boxes=[SimpleNamespace(xyxy=b) for b in targets])
+    return SimpleNamespace(
+        sample=sample, tool_calls=list(calls), crops=[CROP if c.valid else None for c in calls],
+        descriptions=list(descriptions), num_observations=len(calls), finish_reason=finish,
+        turns=[SimpleNamespace(errors=tuple(errors))] + [SimpleNamespace(errors=())] * (turns - 1),
+        num_generated=10,
+    )
+
+
+class LengthVerifier:
+    """score(text, image) = len(text) / 100; records every call."""
+
+    s_missing = -1.0
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, texts, images, *, batch_size=64):
+        self.calls.append(list(texts))
+        return torch.tensor([len(t) / 100 for t in texts])
+
+
+def test_semantic_scores_layout_missing_rules_and_one_call():
+    trajectories = [
+        traj([call(), call(valid=False)], ["abcd", "described but no crop"]),  # obs 2: error observation
+        traj([call(), call(), call()], [None, "x" * 301, "  "]),  # missing, too long, blank
+        traj([], []),
+    ]
+    v = LengthVerifier()
+    sem = D.semantic_scores(trajectories, v, target="description", max_description_chars=300)
+    nan = float("nan")
+    expected = torch.tensor([[0.04, -1.0, nan], [-1.0, -1.0, -1.0], [nan, nan, nan]])
+    torch.testing.assert_close(sem.scores, expected, equal_nan=True)
+    assert len(v.calls) == 1 and v.calls[0] == ["abcd"]
+    assert sem.description_missing.tolist() == [[False, False, False], [True, False, True], [False, False, False]]
+    assert sem.description_too_long[1, 1] and sem.n_pairs == 1
+    m = D.semantic_metrics(sem)
+    # present scores: 0.04, -1, -1, -1, -1 -> mean -0.792; missing 2 of 5 observations, too long 1 of 5
+    assert m["semantic_mean"] == pytest.approx(-0.792)
+    assert m["description_missing_rate"] == pytest.approx(0.4) and m["description_too_long_rate"] == pytest.approx(0.2)
+
+
+def test_semantic_target_label_and_both():
+    trajectories = [traj([call(label="red square")], ["abcd"])]
+    label = D.semantic_scores(trajectories, LengthVerifier(), target="label")
+    both = D.semantic_scores(trajectories, LengthVerifier(), target="both")
+    assert label.scores[0, 0].item() == pytest.approx(0.10)  # len("red square") = 10
+    assert both.scores[0, 0].item() == pytest.approx((0.04 + 0.10) / 2)
+    with pytest.raises(ValueError, match="target must be one of"):
+        D.semantic_scores(trajectories, LengthVerifier(), target="caption")
+
+
+def test_trajectory_metrics_by_hand():
+    trajectories = [
+        traj([call(box=(0.0, 0.0, 10.0, 20.0)), call()], ["a", "b"], turns=3),  # first crop IoU 0.5 -> hit
+        traj([call(valid=False)], [None], turns=2, errors=("tool_call_json",)),
+        traj([], [], turns=1, finish="no_tool_call"),
+    ]
+    rewards = [RewardBreakdown(2.0, 1.0, 0.0, 1.0), RewardBreakdown(-0.2, 0.0, -1.0, 0.0), RewardBreakdown(0.0, 0.0, 0.0, 0.0)]
+    m = D.trajectory_metrics(trajectories, rewards)
+    assert m["reward_mean"] == pytest.approx(0.6)
+    assert m["reward_std"] == pytest.approx(((1.4**2 + 0.8**2 + 0.6**2) / 3) ** 0.5)
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_box_rate"] == pytest.approx(1 / 3)
+    assert m["turns_mean"] == pytest.approx(2.0) and m["format_error_rate"] == pytest.approx(1 / 3)
+    assert m["iou_mean"] == pytest.approx((0.5 + 1.0) / 2)  # valid crops only
+    assert m["hit_rate"] == pytest.approx(1 / 3)  # first valid crop IoU >= 0.5, over all three
+    t = traj([call()], ["a"], targets=())
+    assert "iou_mean" not in D.trajectory_metrics([t], rewards[:1])
+
+
+def test_tool_segment_mask_and_advantage_variance():
+    trajectories = [traj([call(), call()], ["a", "b"]), traj([], [])]
+    segment_ids = torch.tensor([[-1, 0, 0, -1, 1, -1, 2], [-1, 0, 0, 0, -1, -1, -1]])
+    tool = D.tool_segment_mask(trajectories, segment_ids)
+    assert tool.tolist() == [[False, True, True, False, True, False, False], [False] * 7]
+    adv = torch.tensor([[0.0, 1.0, 3.0, 0.0, 2.0, 0.0, 5.0], [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    m = D.advantage_metrics(adv, segment_ids >= 0, tool)
+    assert m["adv_var_tool_tokens"] == pytest.approx(2 / 3)  # values 1, 3, 2: mean 2, var (1 + 1 + 0) / 3
+    assert m["tool_token_frac"] == pytest.approx(3 / 7)
+
+
+def test_bootstrap_variance_matches_the_resampling_distribution():
+    gen = torch.Generator().manual_seed(0)
+    # two groups with sums q = (1, 3): a replicate adds two draws, each with variance 1 -> variance 2
+    values, group = torch.tensor([0.5, 0.5, 1.0, 2.0]), torch.tensor([0, 0, 7, 7])
+    assert D.bootstrap_variance(values, group, n_resamples=20_000, generator=gen) == pytest.approx(2.0, rel=0.05)
+    assert D.bootstrap_variance(values, torch.zeros(4, dtype=torch.long), n_resamples=8, generator=gen) == 0.0
+    with pytest.raises(ValueError, match="n_resamples must be >= 2"):
+        D.bootstrap_variance(values, group, n_resamples=1, generator=gen)
+
+
+def test_projected_gradient_matches_finite_differences_in_float64():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    params = list(model.parameters())
+    v = D.random_direction(params, seed=3)
+    assert sum((t * t).sum() for t in v).item() == pytest.approx(1.0, rel=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(v, D.random_direction(params, seed=3)))
+    loss = lambda: (model(x).squeeze(1) ** 2).sum()  # noqa: E731
+    exact = D.projected_gradient(loss(), params, v)
+    eps = 1e-5
+    with torch.no_grad():
+        for p, d in zip(params, v):
+            p.add_(d, alpha=eps)
+        plus = loss().item()
+        for p, d in zip(params, v):
+            p.add_(d, alpha=-2 * eps)
+        minus = loss().item()
+    assert exact == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
+    assert all(p.grad is None for p in params)  # .grad untouched: the optimizer's gradients stay clean

@@ -1,0 +1,153 @@
+"""The tiny CLIP trainer on synthetic crops: pairs, hard negatives, a CI-sized run that beats chance, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+
+from mapo.cli import main
+from mapo.data import synth
+from mapo.verifier import load_verifier
+from mapo.verifier.inspect import calibration_groups, evaluate, format_distribution
+from mapo.verifier.train import (
+    CROP_KINDS,
+    VerifierTrainConfig,
+    hallucinated_captions,
+    object_phrase,
+    split_by_group,
+    synth_pairs,
+    train_tiny_clip,
+)
+
+CI = dict(synth_level="medium", n_samples=40, crops_per_sample=6, image_size=32, patch_size=8, vision_width=32,
+          vision_layers=2, text_width=32, text_layers=1, heads=4, projection_dim=32, steps=80, batch_size=32,
+          warmup_steps=10, lr=5e-3, eval_candidates=8, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def medium():
+    level = synth.level_config("medium")
+    return synth.generate(6, 3, level), synth.tool_config_for(level)
+
+
+def test_object_phrase_matches_the_synthetic_captions(medium):
+    samples, _ = medium
+    for box in [b for s in samples for b in s.boxes]:
+        color, shape = box.label.split()
+        assert object_phrase(color, shape, box.caption[-1]) == box.caption
+
+
+def test_hallucinated_captions_change_exactly_one_attribute():
+    caption = "a red circle with the letter K and an orange square with the letter B"
+    rng = random.Random(0)
+    for _ in range(20):
+        negatives = hallucinated_captions(caption, rng)
+        assert negatives[-1] == "empty background" and caption not in negatives and len(negatives) == 4
+        for neg in negatives[:3]:
+            a, b = caption.split(), neg.split()
+            assert len(a) == len(b)
+            changed = [(x, y) for x, y in zip(a, b) if x != y and x not in ("a", "an")]
+            assert len(changed) == 1, (caption, neg)
+            assert not re.search(r"\ba [aeiou]|\ban [^aeiou]", neg), neg  # the article follows the colour
+    [neg] = hallucinated_captions("empty background", rng)
+    assert " with the letter " in neg
+
+
+def test_synth_pairs_are_tool_crops_with_ground_truth_captions(medium):
+    samples, tool_config = medium
+    pairs = synth_pairs(samples, 10, tool_config, seed=1)
+    assert len(pairs) == 60 and {p.kind for p in pairs} <= set(CROP_KINDS)
+    assert {p.kind for p in pairs} >= {"object", "partial"}
+    for p in pairs:  # the zoom tool's output: sides are multiples of its factor, near the observation budget
+        assert p.image.mode == "RGB" and p.image.width % tool_config.factor == 0 == p.image.height % tool_config.factor
+        assert 0.5 < p.image.width * p.image.height / tool_config.obs_max_pixels < 1.5
+        assert p.caption and p.caption not in p.negatives
+    assert any(p.caption == "empty background" for p in pairs)
+    assert pairs[0].image.tobytes() == synth_pairs(samples, 10, tool_config, seed=1)[0].image.tobytes()  # seeded
+    train, val = split_by_group(pairs, 0.34, seed=0)
+    assert not {p.group for p in train} & {p.group for p in val} and len(train) + len(val) == len(pairs)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_clip")
+    metrics = train_tiny_clip(VerifierTrainConfig(**CI), out, progress=False)
+    return out, metrics
+
+
+def test_a_few_seconds_of_training_beat_chance_by_a_wide_margin(trained):
+    out, metrics = trained
+    val = metrics["val"]
+    chance = 1 / CI["eval_candidates"]
+    assert val["retrieval_top1"] >= 3 * chance, val  # chance is 0.125
+    assert val["auroc_random"] >= 0.8, val
+    assert val["s_correct"] > val["s_random"], val
+    assert json.loads((out / "metrics.json").read_text())["val"] == pytest.approx(val, nan_ok=True)
+
+
+def test_a_random_model_does_not_beat_chance(tmp_path, trained):
+    # The same evaluation on an untrained model: guards against a metric that is high by construction.
+    metrics = train_tiny_clip(VerifierTrainConfig(**{**CI, "steps": 1, "lr": 1e-9, "n_samples": 24}), tmp_path,
+                              progress=False)
+    assert metrics["val"]["auroc_random"] < 0.75
+
+
+def test_saved_directory_is_a_standard_clip_directory(trained):
+    out, _ = trained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "verifier_train.yaml"):
+        assert (out / name).is_file(), name
+    from transformers import AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(out, local_files_only=True)
+    assert model.config.vision_config.image_size == CI["image_size"]
+    assert AutoTokenizer.from_pretrained(out, local_files_only=True)("a red circle")["input_ids"][-1] == (
+        model.config.text_config.eos_token_id
+    )
+
+
+def test_calibration_view_orders_correct_above_wrong(trained, medium):
+    out, _ = trained
+    samples, tool_config = medium
+    v = load_verifier(out)
+    groups = calibration_groups(v, synth_pairs(samples, 6, tool_config, seed=5))
+    assert set(groups) == {"correct", "partial", "wrong", "empty"}
+    assert groups["empty"].tolist() == [v.s_missing]
+    assert groups["correct"].mean() > groups["wrong"].mean()
+    text = format_distribution(groups)
+    assert "correct" in text and "p50" in text and "#" in text
+
+
+def test_cli_score_and_errors(trained, tmp_path, capsys):
+    out, _ = trained
+    image = tmp_path / "crop.png"
+    synth.generate(1, 0, "easy")[0].load_image().save(image)
+    assert main(["verifier", "score", "--model", str(out), "--image", str(image), "--text", "a red circle",
+                 "--image", str(image), "--text", ""]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("-1.0000") and "s_missing" in lines[1]
+    assert main(["verifier", "score", "--model", str(tmp_path), "--image", str(image), "--text", "x"]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+    assert main(["verifier", "score", "--model", str(out), "--image", str(image)] + ["--text", "x"] * 2) == 2
+    assert "pair up" in capsys.readouterr().err
+
+
+def test_cli_train_show_config_and_bad_override(capsys, tmp_path):
+    assert main(["verifier", "train", "--out", str(tmp_path), "--show-config"]) == 0
+    assert "hard_negatives" in capsys.readouterr().out
+    assert main(["verifier", "train", "--out", str(tmp_path), "--set", "patch_size=7"]) == 2
+    assert "multiple of patch_size" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_single_caption_sets(trained, medium):
+    out, _ = trained
+    samples, tool_config = medium
+    pairs = synth_pairs(samples, 2, tool_config, seed=0)
+    for p in pairs:
+        p.caption = "empty background"
+    with pytest.raises(ValueError, match="two different captions"):
+        evaluate(load_verifier(out), pairs)
+    assert torch.is_tensor(load_verifier(out).score([pairs[0].caption], [pairs[0].image]))
