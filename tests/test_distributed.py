@@ -35,6 +35,10 @@ P, G, T, V, H = 4, 3, 7, 11, 5  # toy: prompts, group size, tokens, vocab, featu
 MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 # Weights after a step agree to float32 roundoff: the ranks batch the rollout and the
 # training forward differently (fewer rows, other padding), which reorders sums.
+# optim.eps = 1 makes AdamW's first step about lr * g, so the weights measure the
+# gradient: with eps = 1e-8 each element is divided by its own |g|, and elements whose
+# gradient nearly cancels (advantages sum to zero within a group) turn that roundoff
+# into a visible fraction of lr.
 ATOL = 1e-6
 
 
@@ -104,7 +108,8 @@ def _toy_scenarios(info, out):
     D.allreduce_gradients(model, info)
     out[f"empty_rank_{info.rank}"] = _updated(model)
     out[f"metrics{info.rank}"] = D.mean_metrics(
-        {"reward": float(info.rank)} | ({"only_on_1": 5.0} if info.rank else {}), weight=1.0 + info.rank, info=info
+        {"reward": float(info.rank), "pairs": 3.0} | ({"only_on_1": 5.0} if info.rank else {}), weight=1.0 + info.rank,
+        info=info, summed=("pairs",),
     )
 
 
@@ -115,9 +120,10 @@ def _configs(assets):
     sys.path.insert(0, str(TESTS))
     import test_train as t
 
-    optim = dict(lr=0.05, eps=1.0)  # see _assert_same_update
+    optim = dict(lr=0.05, eps=1.0)  # eps = 1: see ATOL
     one = t.rl_config(assets, steps=1, optim=optim, data=dict(n_eval=1), tensorboard=True)
-    two = t.rl_config(assets, steps=2, optim=optim, save_every=1, minibatches=2, micro_batch_size=1, data=dict(n_eval=0))
+    two = t.rl_config(assets, steps=2, optim=optim, save_every=1, minibatches=2, micro_batch_size=1, bootstrap_every=0,
+                      data=dict(n_eval=0))
     return one, two, t.forced
 
 
@@ -234,9 +240,10 @@ def _weights(path: Path):
     return load_file(str(path / "model.safetensors"))
 
 
-def _assert_same_weights(a: Path, b: Path, start: Path):
+def _assert_same_update(a: Path, b: Path, start: Path):
     wa, wb, w0 = _weights(a), _weights(b), _weights(start)
-    assert any(not torch.equal(wa[k], w0[k]) for k in wa), "the step did not change the weights"
+    moved = max((wb[k] - w0[k]).abs().max().item() for k in wb)
+    assert moved > 100 * ATOL, f"the step moved the weights by only {moved:.3g}: the comparison would be empty"
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst <= ATOL, f"weights differ by up to {worst:.3g}"
 
@@ -252,18 +259,18 @@ def test_toy_gloo_step_equals_single_process_for_every_agg_mode(runs):
     expected = _single_process("token-mean", rows=[0, 1, 2])
     torch.testing.assert_close(out["empty_rank_0"], expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(out["empty_rank_1"], expected, rtol=0, atol=1e-6)
-    # weighted mean over the ranks that report a key: (0 * 1 + 1 * 2) / 3, and 5 from rank 1 alone
-    assert out["metrics0"] == out["metrics1"] == {"reward": pytest.approx(2 / 3), "only_on_1": 5.0}
+    # weighted mean over the ranks that report a key: (0 * 1 + 1 * 2) / 3, and 5 from rank 1 alone; pairs summed
+    assert out["metrics0"] == out["metrics1"] == {"reward": pytest.approx(2 / 3), "only_on_1": 5.0, "pairs": 6.0}
 
 
 def test_two_rank_train_step_gives_the_single_process_weights_and_metrics(runs):
     root, out, single, _ = runs
-    _assert_same_weights(root / "dp_one" / "final", root / "single_one" / "final", root / "policy")
+    _assert_same_update(root / "dp_one" / "final", root / "single_one" / "final", root / "policy")
     dp_metrics = out["summary0"]
     assert out["summary1"]["grad_norm"] == dp_metrics["grad_norm"]  # identical gradients on both ranks
     # Whole-batch quantities, and means over trajectories, are the single-process numbers.
-    for key in ("reward_mean", "accuracy", "tool_call_rate", "turns_mean", "loss", "grad_norm", "clip_frac",
-                "entropy", "grad_var_bootstrap", "grad_proj", "optimizer_steps"):
+    for key in ("reward_mean", "accuracy", "tool_call_rate", "turns_mean", "verifier_pairs", "loss", "grad_norm",
+                "clip_frac", "entropy", "grad_var_bootstrap", "grad_proj", "optimizer_steps"):
         assert dp_metrics[key] == pytest.approx(single["one"][key], rel=1e-4, abs=1e-7), key
 
 
@@ -285,10 +292,10 @@ def test_two_rank_run_resumes_with_two_ranks_and_with_one(runs):
 
     assert out["stopped0"] and out["stopped1"]
     assert sorted(p.name for p in (root / "dp_two_copy" / "checkpoints").glob("step_*")) == ["step_000001"]
-    _assert_same_weights(root / "dp_two" / "final", root / "single_two" / "final", root / "policy")
+    _assert_same_update(root / "dp_two" / "final", root / "single_two" / "final", root / "policy")
     summary = train(two, root / "dp_two_copy", resume=True, progress=False, forced_turns=forced)
     assert summary["steps"] == 2
-    _assert_same_weights(root / "dp_two_copy" / "final", root / "single_two" / "final", root / "policy")
+    _assert_same_update(root / "dp_two_copy" / "final", root / "single_two" / "final", root / "policy")
     for run in ("dp_two", "dp_two_copy"):
         rows = [r for r in read_metrics(root / run / "metrics.jsonl") if "reward_mean" in r]
         assert [r["step"] for r in rows] == [1, 2], run
@@ -298,22 +305,23 @@ def test_two_rank_run_resumes_with_two_ranks_and_with_one(runs):
 # ----------------------------------------------------------------------------- bad launches
 
 
-def test_a_world_size_that_splits_a_group_stops_before_anything_starts(runs, monkeypatch, capsys):
-    root, _, _, (one, _, _) = runs
+def test_a_world_size_that_splits_a_group_stops_before_anything_starts(tmp_path, monkeypatch, capsys):
     from mapo.cli import main
-    from mapo.train.rl import train
+    from mapo.config import from_dict
+    from mapo.train.rl import RLConfig, train
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
+    cfg = from_dict(RLConfig, dict(policy=str(tmp_path / "policy"), prompts_per_step=2, advantage=dict(estimator="grpo")))
     with pytest.raises(ValueError, match=r"2 prompts per step cannot be split over 3 ranks .*\(e.g. 3 or 6\)"):
-        train(one, root / "bad", progress=False)
-    assert not (root / "bad").exists()
-    overrides = [f"policy={one.policy}", "prompts_per_step=4", "rollout.group_size=2", "tensorboard=false"]
-    assert main(["train", "--out", str(root / "bad_cli"), "--algo", "grpo", "--no-progress", *overrides]) == 2
+        train(cfg, tmp_path / "bad", progress=False)  # fails before the rendezvous (no MASTER_ADDR is set)
+    assert not (tmp_path / "bad").exists()
+    overrides = [f"policy={tmp_path / 'policy'}", "prompts_per_step=4", "rollout.group_size=2"]
+    assert main(["train", "--out", str(tmp_path / "bad_cli"), "--algo", "grpo", "--no-progress", *overrides]) == 2
     err = capsys.readouterr().err
     assert "4 prompts per step cannot be split over 3 ranks" in err and "multiple of 3 (e.g. 3 or 6)" in err
     assert "--nproc-per-node that divides 4" in err
-    assert not (root / "bad_cli").exists()
+    assert not (tmp_path / "bad_cli").exists()
 
 
 def test_batch_split_errors_say_what_to_change():
@@ -350,20 +358,37 @@ def test_dist_info_from_env_and_rank_span():
         D.rank_span(3, D.DistInfo(0, 2, 0))
 
 
-def test_per_episode_streams_make_an_episode_independent_of_its_batch():
+def test_per_episode_streams_make_an_episode_independent_of_its_batch(tmp_path):
     """The rollout property data parallelism rests on: an episode samples the same tokens alone or in a batch."""
+    sys.path.insert(0, str(TESTS))
+    import test_train as t
+    from mapo.data import synth
+    from mapo.policy import load_policy
+    from mapo.rollout import RolloutConfig, rollout
+
+    torch.set_num_threads(1)
+    policy = load_policy(t.make_policy_dir(tmp_path / "policy"))
+    samples = synth.generate(2, seed=5, config=t.LEVEL)
+    factory = lambda g, m: torch.Generator().manual_seed(1000 * g + m)  # noqa: E731
+    played = {}
+    for batch_size in (1, 4):
+        cfg = RolloutConfig(group_size=2, max_turns=1, max_new_tokens_per_turn=12, batch_size=batch_size, tool=t.TOOL)
+        played[batch_size] = rollout(samples, policy, cfg, generator=factory)
+    for alone, together in zip(played[1], played[4]):
+        assert torch.equal(alone.input_ids, together.input_ids)
+        torch.testing.assert_close(alone.logprobs, together.logprobs, rtol=0, atol=1e-5)
+    assert len({tuple(tr.input_ids.tolist()) for tr in played[4]}) == 4  # the streams differ between episodes
+
+
+def test_per_row_sampling_follows_the_distribution():
     from mapo.rollout import _sample_per_row
 
-    probs = torch.softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(0)), dim=-1)  # (b, V)
-    probs[:, 7] = 0.0  # a blocked id: never drawn
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
-    together = _sample_per_row(probs, gens())  # (3,)
-    g = gens()
-    alone = [int(_sample_per_row(probs[i : i + 1], [g[i]])) for i in range(3)]
-    assert together.tolist() == alone
+    probs = torch.softmax(torch.randn(1, 50, generator=torch.Generator().manual_seed(0)), dim=-1)  # (1, V)
+    probs[0, 7] = 0.0  # a blocked id: never drawn
+    probs /= probs.sum()
     counts = torch.zeros(50)
     g = torch.Generator().manual_seed(5)
     for _ in range(4000):
-        counts[_sample_per_row(probs[:1], [g])] += 1
+        counts[_sample_per_row(probs, [g])] += 1
     assert counts[7] == 0
     torch.testing.assert_close(counts / counts.sum(), probs[0], atol=0.03, rtol=0)  # 4000 draws: sd <= 0.008

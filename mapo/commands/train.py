@@ -3,6 +3,7 @@
 - ``mapo train --config configs/train_tiny.yaml --out runs/rl [--algo mapo|grpo|mapo_gated|reward_mix] [key=value ...]``
 - ``mapo train --resume runs/rl [log_every=5 ...]`` continues from the newest checkpoint
 - ``mapo train --show-config`` prints every knob with its default and help
+- ``torchrun --nproc-per-node N -m mapo train ...`` trains data-parallel (docs/scale_out.md)
 
 ``--algo X`` is shorthand for the override ``advantage.estimator=X``.
 """
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo train: {e}", file=sys.stderr)
         return 2
+    from mapo.train.distributed import dist_info_from_env
+
+    if not dist_info_from_env().is_main:  # under torchrun, rank 0 reports for the job
+        return 0
     print(json.dumps(summary["eval"], indent=2))
     print(f"final policy: {run_dir}/final  (metrics: {run_dir}/metrics.jsonl, summary: {run_dir}/summary.json)")
     return 0

@@ -82,7 +82,14 @@ def init_distributed(device: torch.device | str = "cpu", info: DistInfo | None =
     Rendezvous uses torchrun's ``MASTER_ADDR``/``MASTER_PORT`` (``env://``).
     """
     info = dist_info_from_env() if info is None else info
-    if not info.distributed or dist.is_initialized():
+    if not info.distributed:
+        return info
+    if dist.is_initialized():  # the caller joined already: it must be this job
+        if (dist.get_rank(), dist.get_world_size()) != (info.rank, info.world_size):
+            raise ValueError(
+                f"the process group is rank {dist.get_rank()} of {dist.get_world_size()}, but the environment says "
+                f"RANK={info.rank}, WORLD_SIZE={info.world_size}"
+            )
         return info
     device = torch.device(device)
     if device.type == "cuda":
@@ -183,11 +190,14 @@ def sum_over_ranks(values: Mapping[str, float], info: DistInfo) -> dict[str, flo
     return dict(zip(keys, t.tolist()))
 
 
-def mean_metrics(metrics: Mapping[str, float], weight: float, info: DistInfo) -> dict[str, float]:
+def mean_metrics(
+    metrics: Mapping[str, float], weight: float, info: DistInfo, summed: Sequence[str] = ()
+) -> dict[str, float]:
     """``weight``-weighted mean of each metric over the ranks that report it (weight = the rank's trajectories).
 
     Ranks may report different keys (a rank whose trajectories made no observation has no
-    ``semantic_mean``): a key is averaged over the ranks that have it.
+    ``semantic_mean``): a key is averaged over the ranks that have it. Keys in ``summed``
+    (counts, e.g. ``verifier_pairs``) are summed instead.
     """
     if not info.distributed:
         return dict(metrics)
@@ -197,9 +207,10 @@ def mean_metrics(metrics: Mapping[str, float], weight: float, info: DistInfo) ->
     weights: dict[str, float] = {}
     for rank_metrics, w in gathered:
         for k, v in rank_metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * w
-            weights[k] = weights.get(k, 0.0) + w
-    return {k: (sums[k] / weights[k] if weights[k] else 0.0) for k in sorted(sums)}
+            w_k = 1.0 if k in summed else w
+            sums[k] = sums.get(k, 0.0) + float(v) * w_k
+            weights[k] = weights.get(k, 0.0) + w_k
+    return {k: sums[k] if k in summed else (sums[k] / weights[k] if weights[k] else 0.0) for k in sorted(sums)}
 
 
 def gather_concat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

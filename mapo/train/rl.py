@@ -44,7 +44,8 @@ divides ``prompts_per_step``. The per-step rollout metrics (rewards, rates,
 semantic and advantage statistics, times) are the means of each rank's values,
 weighted by its trajectories (exact for means over trajectories; for standard
 deviations, variances and per-observation or per-token rates, a mean of per-rank
-values); the update metrics and the bootstrap are computed over the whole batch.
+values; ``verifier_pairs`` is summed); the update metrics and the bootstrap are
+computed over the whole batch.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed
 
 from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.config import knob
@@ -396,7 +398,9 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
 # ----------------------------------------------------------------------------- one step
 
 
-def step_generator(seed: int, step: int, stream: int, device: torch.device | str = "cpu", key: Sequence[int] = ()) -> torch.Generator:
+def step_generator(
+    seed: int, step: int, stream: int, device: torch.device | str = "cpu", key: Sequence[int] = ()
+) -> torch.Generator:
     """A generator seeded by ``(seed, step, stream, *key)``: independent streams, reproducible on resume."""
     entropy = int(np.random.SeedSequence([seed, step, stream, *key]).generate_state(1, dtype=np.uint64)[0] % (2**63))
     return torch.Generator(device=device).manual_seed(entropy)
@@ -452,7 +456,7 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     tool_mask = diagnostics.tool_segment_mask(trajectories, batch["segment_ids"])
     metrics.update(diagnostics.advantage_metrics(advantages, batch["loss_mask"], tool_mask))
     metrics.update({"time_rollout": t_rollout - started, "time_verifier": t_verifier - t_rollout})
-    metrics = dp.mean_metrics(metrics, weight=len(trajectories), info=run.dist)
+    metrics = dp.mean_metrics(metrics, weight=len(trajectories), info=run.dist, summed=("verifier_pairs",))
     return Collected(trajectories, batch["group"], advantages, metrics)
 
 
@@ -526,8 +530,7 @@ def update_policy(run: Run, trajectories: Sequence[Any], advantages: torch.Tenso
         for mb in range(cfg.minibatches):
             # This rank's rows of the global mini-batch (maybe none), in the global order.
             rows = [i - offset for i in order[mb * size : (mb + 1) * size] if offset <= i < offset + B_local]
-            mask = torch.stack([_padded_mask(trajectories[i], advantages.shape[1]) for i in rows]) if rows else \
-                torch.zeros((0, advantages.shape[1]), dtype=torch.bool)  # (b, T)
+            mask = _rows_mask(trajectories, rows, advantages.shape[1])  # (b, T)
             denominator = dp.global_denominator(_loss_denominator(mask, cfg.loss.agg_mode), run.dist)
             run.optimizer.zero_grad(set_to_none=True)
             total = 0.0
@@ -575,16 +578,17 @@ def _sum_metric_parts(sums: dict[str, float], weights: dict[str, float], info: d
     """Token-weighted metric sums and weights over ranks (a rank with no tokens reports no key)."""
     if not info.distributed:
         return sums, weights
-    keys = METRIC_KEYS
-    flat = {f"s/{k}": sums.get(k, 0.0) for k in keys} | {f"w/{k}": weights.get(k, 0.0) for k in keys}
+    flat = {f"s/{k}": sums.get(k, 0.0) for k in METRIC_KEYS} | {f"w/{k}": weights.get(k, 0.0) for k in METRIC_KEYS}
     total = dp.sum_over_ranks(flat, info)
-    present = [k for k in keys if total[f"w/{k}"] > 0]
+    present = [k for k in METRIC_KEYS if total[f"w/{k}"] > 0]
     return {k: total[f"s/{k}"] for k in present}, {k: total[f"w/{k}"] for k in present}
 
 
-def _padded_mask(trajectory: Any, length: int) -> torch.Tensor:
-    mask = torch.zeros(length, dtype=torch.bool)
-    mask[: len(trajectory.loss_mask)] = trajectory.loss_mask
+def _rows_mask(trajectories: Sequence[Any], rows: Sequence[int], length: int) -> torch.Tensor:
+    """(len(rows), length) bool loss masks of ``trajectories[rows]``, right-padded; (0, length) for no rows."""
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for r, i in enumerate(rows):
+        mask[r, : len(trajectories[i].loss_mask)] = trajectories[i].loss_mask
     return mask
 
 
@@ -619,7 +623,7 @@ def gradient_variance(run: Run, trajectories: Sequence[Any], advantages: torch.T
     cfg = run.cfg
     params = [p for p in run.policy.model.parameters() if p.requires_grad]
     direction = diagnostics.random_direction(params, cfg.bootstrap_seed)
-    mask = torch.stack([_padded_mask(t, advantages.shape[1]) for t in trajectories])  # (B, T)
+    mask = _rows_mask(trajectories, range(len(trajectories)), advantages.shape[1])  # (B, T)
     denominator = dp.global_denominator(_loss_denominator(mask, cfg.loss.agg_mode), run.dist)
     pg_only = dataclasses.replace(cfg.loss, kl_coef=0.0, entropy_coef=0.0)
     projections = []
@@ -702,6 +706,10 @@ def train(
         forced_turns: test/demo hook passed to every *training* rollout
             (``mapo.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
 
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every rank calls this; it joins the
+    process group unless the caller already did, and leaves it when it joined it. Only
+    rank 0 writes; every rank returns a summary (``eval`` is empty on the others).
+
     Returns:
         ``{"run_dir", "steps", "skipped_updates", "train": last training metrics,
         "eval": final held-out metrics, "wall_s"}``.
@@ -709,8 +717,6 @@ def train(
     if not isinstance(config, RLConfig):
         raise ValueError(f"config must be an RLConfig, got {type(config).__name__}")
     started = time.perf_counter()
-    import torch.distributed
-
     info = dp.dist_info_from_env()
     owns_group = info.distributed and not torch.distributed.is_initialized()  # leave a caller's group alone
     try:
