@@ -1,0 +1,312 @@
+"""HTML for the static report: one self-contained ``index.html`` (inline CSS and JS).
+
+Safety rules, because every string here may come from a model or a dataset:
+
+- All text goes through :func:`esc` (``html.escape`` with quotes), in element
+  content and in attribute values alike.
+- The inline script never contains data. Filters read ``data-*`` attributes whose
+  values were escaped like any other attribute.
+- A Content-Security-Policy meta tag allows only our own script (by its SHA-256
+  hash), images from files next to the page, and inline styles. If escaping were
+  ever missed, an injected ``<script>`` or ``onerror=`` still would not run, and
+  the page cannot fetch anything from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mapo.records import PredictionRecord
+
+# Colours of the zoom boxes, by turn index; the same palette is used by the PIL
+# drawing code so that a turn's row and its box match.
+BOX_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
+TARGET_COLOUR = "#ffe119"
+
+
+def esc(value: Any) -> str:
+    """Escape any value for HTML text or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+@dataclass
+class CardImages:
+    """Asset paths (relative to index.html) for one trajectory card."""
+
+    thumb: str | None = None  # input image with every box drawn
+    crops: list[str | None] = field(default_factory=list)  # one per turn
+
+
+@dataclass
+class Page:
+    title: str
+    source: str  # what the report was built from (shown in the header)
+    stats: dict[str, Any]  # record_statistics(...)
+    metrics: dict[str, Any] | None  # metrics.json, shown as given
+    plots: list[tuple[str, str]]  # (caption, relative png path)
+    cards: list[str]  # rendered cards
+    total_records: int
+    notes: list[str] = field(default_factory=list)  # warnings shown at the top
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#222}
+header.top{background:#1f2937;color:#fff;padding:12px 20px}
+header.top h1{margin:0;font-size:20px} header.top .src{opacity:.75;font-size:12px}
+main{padding:12px 20px}
+section{background:#fff;border-radius:6px;padding:10px 14px;margin-bottom:12px;box-shadow:0 1px 2px #0002}
+h2{font-size:16px;margin:4px 0 8px}
+table.kv{border-collapse:collapse;font-size:13px} table.kv td{padding:2px 10px 2px 0;vertical-align:top}
+table.kv td.k{color:#555}
+.plots{display:flex;flex-wrap:wrap;gap:8px} .plots figure{margin:0} .plots img{width:336px;border:1px solid #ddd}
+.plots figcaption{font-size:11px;color:#666}
+.note{background:#fff4d6;border-left:4px solid #e0a030;padding:6px 10px;margin:6px 0}
+#filters{position:sticky;top:0;z-index:2;display:flex;flex-wrap:wrap;gap:14px;align-items:center}
+#filters input[type=search]{width:260px}
+.card{background:#fff;border-radius:6px;margin-bottom:12px;box-shadow:0 1px 2px #0002;padding:10px 14px}
+.card.hidden{display:none}
+.card header{display:flex;gap:10px;align-items:baseline;flex-wrap:wrap;font-size:13px;color:#555}
+.card header .id{font-weight:600;color:#222}
+.badge{border-radius:10px;padding:0 8px;font-size:12px;color:#fff}
+.ok{background:#2a9d4b} .bad{background:#c8553d} .warn{background:#e0a030}
+.q{margin:6px 0;white-space:pre-wrap}
+.opts{margin:0 0 6px;padding-left:22px;font-size:13px}
+.body{display:flex;gap:14px;align-items:flex-start;flex-wrap:wrap}
+.thumb{margin:0} .thumb img{max-width:420px;border:1px solid #ccc;display:block} .thumb figcaption{font-size:11px;color:#666}
+.missing{width:200px;height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888;font-size:12px}
+table.turns{border-collapse:collapse;font-size:13px;flex:1 1 420px}
+table.turns th{text-align:left;font-weight:600;border-bottom:1px solid #ddd;padding:3px 6px}
+table.turns td{border-bottom:1px solid #eee;padding:4px 6px;vertical-align:top}
+table.turns img{max-width:128px;max-height:128px;border:1px solid #ccc}
+.chip{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
+.err{color:#c8553d} .score{font-variant-numeric:tabular-nums} .low{color:#c8553d;font-weight:600}
+.desc{white-space:pre-wrap;overflow-wrap:anywhere} .said{color:#666;font-size:12px;overflow-wrap:anywhere}
+.answer{margin-top:6px;font-size:13px}
+pre.transcript{white-space:pre-wrap;background:#f7f7f9;padding:6px;font-size:12px;max-height:320px;overflow:auto}
+"""
+
+# The script reads only data-* attributes and form controls; it never receives data.
+_JS = """
+(function(){
+  var cards=[].slice.call(document.querySelectorAll('.card'));
+  var q=document.getElementById('f-search'), o=document.getElementById('f-outcome'),
+      inv=document.getElementById('f-invalid'), low=document.getElementById('f-low'),
+      thr=document.getElementById('f-threshold'), na=document.getElementById('f-noanswer'),
+      shown=document.getElementById('f-shown');
+  function apply(){
+    var text=q.value.trim().toLowerCase(), t=parseFloat(thr.value), n=0;
+    cards.forEach(function(c){
+      var d=c.dataset, ok=true;
+      if(o.value==='correct'&&d.correct!=='1') ok=false;
+      if(o.value==='incorrect'&&d.correct!=='0') ok=false;
+      if(inv.checked&&d.invalid==='0') ok=false;
+      if(na.checked&&d.answered!=='0') ok=false;
+      if(low.checked&&!(d.minscore!==''&&parseFloat(d.minscore)<t)) ok=false;
+      if(text&&d.search.indexOf(text)<0) ok=false;
+      c.classList.toggle('hidden',!ok); if(ok) n++;
+    });
+    shown.textContent=String(n);
+  }
+  [q,o,inv,low,thr,na].forEach(function(el){el.addEventListener('input',apply);el.addEventListener('change',apply);});
+  // A link like index.html#outcome=incorrect&invalid=1&low=0.1&q=dog opens with those filters set.
+  var h=new URLSearchParams(location.hash.slice(1));
+  if(h.has('outcome')) o.value=h.get('outcome');
+  if(h.has('q')) q.value=h.get('q');
+  inv.checked=h.get('invalid')==='1'; na.checked=h.get('noanswer')==='1';
+  if(h.has('low')){ low.checked=true; thr.value=h.get('low'); }
+  apply();
+  window.addEventListener('load',function(){
+    var imgs=[].slice.call(document.querySelectorAll('main img')), broken=0;
+    imgs.forEach(function(i){ if(!i.complete||i.naturalWidth===0) broken++; });
+    document.body.setAttribute('data-images',String(imgs.length));
+    document.body.setAttribute('data-images-broken',String(broken));
+    if(broken){ var w=document.getElementById('broken-images'); w.textContent=broken+' image(s) failed to load: was the report moved without its assets folder?'; w.hidden=false; }
+  });
+})();
+"""
+
+
+def script_hash() -> str:
+    """CSP source expression allowing exactly our inline script."""
+    digest = hashlib.sha256(_JS.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+def render_page(page: Page) -> str:
+    csp = f"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src {script_hash()}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(page.title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f'<header class="top"><h1>{esc(page.title)}</h1><div class="src">{esc(page.source)}</div></header>',
+        "<main>",
+        '<div class="note" id="broken-images" hidden></div>',
+    ]
+    parts += [f'<div class="note">{esc(n)}</div>' for n in page.notes]
+    parts.append(_summary_section(page))
+    if page.plots:
+        parts.append(_plots_section(page.plots))
+    parts.append(_filters_section(len(page.cards), page.total_records))
+    parts.append('<div id="cards">')
+    parts += page.cards
+    parts.append("</div></main>")
+    parts.append(f"<script>{_JS}</script>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _summary_section(page: Page) -> str:
+    rows = [(k, v) for k, v in page.stats.items() if not isinstance(v, dict)]
+    finish = page.stats.get("finish_reasons") or {}
+    rows.append(("finish_reasons", ", ".join(f"{k}: {v}" for k, v in finish.items()) or "none"))
+    out = ['<section id="summary"><h2>Summary</h2><table class="kv">']
+    out += [f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in rows]
+    out.append("</table>")
+    if page.metrics:
+        out.append('<h2>metrics.json</h2><table class="kv">')
+        out += [f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in _flat(page.metrics)]
+        out.append("</table>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _plots_section(plots: Sequence[tuple[str, str]]) -> str:
+    figs = [
+        f'<figure><img src="{esc(src)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>'
+        for cap, src in plots
+    ]
+    return '<section id="plots"><h2>Plots</h2><div class="plots">' + "".join(figs) + "</div></section>"
+
+
+def _filters_section(n_cards: int, total: int) -> str:
+    return (
+        '<section id="filters">'
+        '<label>outcome <select id="f-outcome"><option value="all">all</option>'
+        '<option value="correct">correct</option><option value="incorrect">incorrect</option></select></label>'
+        '<label><input type="checkbox" id="f-invalid"> has invalid calls</label>'
+        '<label><input type="checkbox" id="f-noanswer"> no answer</label>'
+        '<label><input type="checkbox" id="f-low"> semantic score below '
+        '<input type="number" id="f-threshold" value="0.2" step="0.05" style="width:5em"></label>'
+        '<input type="search" id="f-search" placeholder="search question, answer, descriptions">'
+        f'<span>showing <b id="f-shown">{n_cards}</b> of {n_cards} trajectories'
+        + (f" (first {n_cards} of {total} records)" if total > n_cards else "")
+        + "</span></section>"
+    )
+
+
+def render_card(rec: PredictionRecord, images: CardImages, low_score: float = 0.2) -> str:
+    """One trajectory: header, question, image with boxes, turn table, answer, transcript."""
+    scores = rec.semantic_scores
+    min_score = f"{min(scores):.4f}" if scores else ""
+    search = " ".join(
+        [rec.id, rec.source, rec.category or "", rec.question, rec.answer, rec.prediction or "", *rec.options]
+        + [t.description or "" for t in rec.turns]
+        + [t.label or "" for t in rec.turns]
+    ).lower()[:4000]
+    attrs = {
+        "class": "card",
+        "id": f"card-{rec.id}",
+        "data-correct": "1" if rec.correct else "0",
+        "data-invalid": str(rec.invalid_calls),
+        "data-answered": "0" if rec.prediction is None else "1",
+        "data-minscore": min_score,
+        "data-search": search,
+    }
+    out = ["<article " + " ".join(f'{k}="{esc(v)}"' for k, v in attrs.items()) + ">"]
+    out.append(_card_header(rec))
+    out.append(f'<div class="q">{esc(rec.question)}</div>')
+    if rec.options:
+        out.append('<ol class="opts" type="A">' + "".join(f"<li>{esc(o)}</li>" for o in rec.options) + "</ol>")
+    out.append('<div class="body">')
+    out.append(_thumb(rec, images.thumb))
+    out.append(_turn_table(rec, images.crops, low_score))
+    out.append("</div>")
+    verdict = '<span class="badge ok">correct</span>' if rec.correct else '<span class="badge bad">wrong</span>'
+    pred = "<i>no answer</i>" if rec.prediction is None else f"<b>{esc(rec.prediction)}</b>"
+    out.append(f'<div class="answer">prediction {pred} · truth <b>{esc(rec.answer)}</b> {verdict}</div>')
+    transcript = "\n\n".join(f"--- assistant turn {i} ---\n{t.text}" for i, t in enumerate(rec.turns))
+    out.append(f'<details><summary>transcript</summary><pre class="transcript">{esc(transcript)}</pre></details>')
+    out.append("</article>")
+    return "\n".join(out)
+
+
+def _card_header(rec: PredictionRecord) -> str:
+    bits = [f'<span class="id">#{esc(rec.id)}</span>', f"<span>{esc(rec.source)}</span>"]
+    if rec.category:
+        bits.append(f"<span>{esc(rec.category)}</span>")
+    bits.append('<span class="badge ok">correct</span>' if rec.correct else '<span class="badge bad">wrong</span>')
+    if rec.invalid_calls:
+        bits.append(f'<span class="badge warn">{rec.invalid_calls} invalid call(s)</span>')
+    bits.append(f"<span>finish: {esc(rec.finish_reason)}</span>")
+    bits.append(f"<span>{rec.tool_calls} tool call(s)</span>")
+    return "<header>" + "".join(bits) + "</header>"
+
+
+def _thumb(rec: PredictionRecord, thumb: str | None) -> str:
+    w, h = rec.image_size
+    cap = f"original {w}×{h}, model view {rec.view_size[0]}×{rec.view_size[1]}"
+    if rec.target_boxes:
+        cap += " · target boxes in yellow"
+    if thumb is None:
+        return f'<figure class="thumb"><div class="missing">image not available</div><figcaption>{esc(cap)}</figcaption></figure>'
+    return f'<figure class="thumb"><img src="{esc(thumb)}" alt="input image"><figcaption>{esc(cap)}</figcaption></figure>'
+
+
+def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float) -> str:
+    if not rec.turns:
+        return '<p class="err">no assistant turns recorded</p>'
+    out = ['<table class="turns"><tr><th>turn</th><th>tool call</th><th>crop</th><th>description</th><th>score</th></tr>']
+    for i, turn in enumerate(rec.turns):
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        if not turn.tool_call:
+            said = turn.text if len(turn.text) <= 160 else turn.text[:160] + "…"
+            call = f'<i>no tool call</i><div class="said">{esc(said)}</div>'
+            if turn.error:  # e.g. a call the loop did not execute because the episode ended
+                call += f'<div class="err">{esc(turn.error)}</div>'
+        elif turn.valid and turn.bbox_original is not None:
+            box = ", ".join(f"{v:.0f}" for v in turn.bbox_original)
+            call = f'<span class="chip" style="background:{colour}"></span>[{esc(box)}]'
+            if turn.label:
+                call += f"<br>label: {esc(turn.label)}"
+        else:
+            call = f'<span class="err">invalid: {esc(turn.error or "rejected")}</span>'
+        crop = crops[i] if i < len(crops) else None
+        crop_html = f'<img src="{esc(crop)}" alt="crop {i}">' if crop else ""
+        desc = "" if turn.description is None else esc(turn.description)
+        if turn.semantic_score is None:
+            score = ""
+        else:
+            cls = "score low" if turn.semantic_score < low_score else "score"
+            score = f'<span class="{cls}">{turn.semantic_score:.3f}</span>'
+        out.append(
+            f"<tr><td>{i}</td><td>{call}</td><td>{crop_html}</td>"
+            f'<td class="desc">{desc}</td><td>{score}</td></tr>'
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    return str(value)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            rows += _flat(v, f"{prefix}{k}/")
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
