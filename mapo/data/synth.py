@@ -123,16 +123,21 @@ class SynthConfig:
 
 LEVELS: dict[str, dict[str, Any]] = {
     # One salient target: learn to find and zoom on it, read the glyph.
-    "easy": dict(canvas_size=448, grid=4, min_objects=1, max_objects=1, glyph_px=11, view_side=112, obs_side=224),
+    # object_frac 0.75 on the 448 px levels: the tool's smallest crop (28 view px = one 112 px cell)
+    # then has IoU (0.75)^2 = 0.56 >= 0.5 with the object box, so a perfect zoom counts as a hit@0.5
+    # (at 0.7 it was 0.485: no zoom could ever hit).
+    "easy": dict(
+        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224
+    ),
     # The target among distractors with random attributes: find the named object among others.
     "distractors": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, glyph_px=11, view_side=112, obs_side=224,
-        distractor_similarity=0.0,
+        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
+        obs_side=224, distractor_similarity=0.0,
     ),
     # The target among distractors that share its colour or shape: bind both words to a location.
     "medium": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, glyph_px=11, view_side=112, obs_side=224,
-        distractor_similarity=0.6,
+        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
+        obs_side=224, distractor_similarity=0.6,
     ),
     # Larger canvas, many similar distractors, relative positions, weaker position cues.
     "hard": dict(

@@ -1,0 +1,441 @@
+"""Warm-start sweep and goal evaluation for the embedded default policy.
+
+Issue "Make the embedded default learn": a randomly initialised tiny Qwen2.5-VL
+must come out of ``mapo sft`` able to *localise* (first zoom on the target),
+*read* (describe the crop) and *answer*. This module
+
+- runs named SFT variants through the project's own recipe
+  (:func:`mapo.train.sft.run_sft` on ``configs/warmstart.yaml`` plus overrides),
+  each in ``ROOT/NAME``;
+- measures the issue's goals on held-out samples (:func:`evaluate_goals`);
+- writes the sweep table of ``docs/warmstart.md`` from the run directories
+  (:func:`sweep_table`), and the figure of the policy's zooms (:func:`zoom_figure`).
+
+Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
+
+    run NAME [NAME ...] [--root runs/warmstart]   # train listed variants (see VARIANTS)
+    goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
+    table [--root runs/warmstart]                  # the markdown sweep table
+    figure POLICY_DIR --out docs/img/warmstart_zooms.png
+
+Metric definitions (held-out split: ``synth.generate(n, seed=EVAL_SEED, level)``):
+
+- ``first_zoom_hit`` = mean_i [IoU(first valid crop_i, target box) >= 0.5], 0 without a valid call;
+- ``accuracy_tool`` = mean_i [answer letter of greedy rollout_i == answer_i] (up to 4 turns);
+- ``accuracy_no_tool`` = mean_i [argmax over options of log p(answer turn | prompt with the
+  global view only) == answer_i]: the model's best guess when it cannot zoom. The
+  candidate answer turns are the oracle's final turn written for each option, scored
+  teacher-forced. Chance is 1 / number of options.
+- ``description_object`` = over valid crops followed by a description, the fraction whose
+  set of "colour shape" phrases equals that of the ground-truth caption of the crop
+  (:func:`mapo.data.synth.caption_for_crop`; "empty background" must be said as such);
+- ``description_glyph`` = same, for the set of letters.
+
+Departure: the no-tool accuracy is a likelihood ranking, not a rollout with the tool
+switched off: the warm-started policy always zooms first, so a rollout that refuses
+its tool call would end without an answer and score 0, not its knowledge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
+BASE_CONFIG = "configs/warmstart.yaml"
+
+# name -> overrides of configs/warmstart.yaml: the rows of the sweep table in docs/warmstart.md.
+# a_base, b_clean_lr3, c_bs8_cw5 and L1_cw5_600 ran before the 448 px levels' objects grew from
+# 70% to 75% of a cell (docs/warmstart.md, "Geometry fix"); rerunning them now uses 75%.
+VARIANTS: dict[str, list[str]] = {
+    "a_base": ["steps=120", "coord_loss_weight=1.0", "data.jitter=0.1", "data.wrong_first_zoom=0.1", "optim.lr=2e-3"],
+    "b_clean_lr3": ["steps=120", "coord_loss_weight=1.0"],
+    "c_bs8_cw5": ["batch_size=8", "steps=300"],
+    "L1_cw5_600": ["steps=600"],
+    "L2_cw5_900": [],  # = configs/warmstart.yaml: the shipped default
+    "S1_short_prompt": ["steps=600", "protocol.system_template=You can zoom in on the image with $tool_name."],
+    # Sanity: can the pipeline carry position at all? Memorise 64 images (training coord accuracy).
+    "M_memorise64": ["steps=200", "data.n_train=64", "eval.n_rollout=0", "save_every=0"],
+}
+
+COLOR_WORDS = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPE_WORDS = ("circle", "square", "triangle", "diamond")
+_OBJECT = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\s+(" + "|".join(SHAPE_WORDS) + r")\b")
+_GLYPH = re.compile(r"\bletter\s+([A-Z])\b")
+
+
+# ----------------------------------------------------------------------------- goal metrics
+
+
+def caption_parts(text: str | None) -> tuple[frozenset, frozenset, bool]:
+    """(objects as (colour, shape) pairs, letters, says "empty") named in a caption or description."""
+    text = text or ""
+    objects = frozenset(_OBJECT.findall(text.lower()))
+    letters = frozenset(_GLYPH.findall(text))
+    return objects, letters, "empty" in text.lower()
+
+
+def description_matches(description: str | None, caption: str) -> tuple[bool, bool]:
+    """(names the right objects, names the right letters) of a description against the crop's caption."""
+    d_obj, d_glyph, d_empty = caption_parts(description)
+    c_obj, c_glyph, c_empty = caption_parts(caption)
+    if c_empty:
+        return d_empty and not d_obj, d_empty and not d_glyph
+    return d_obj == c_obj, d_glyph == c_glyph
+
+
+def answer_turn(sample, letter: str, protocol_config) -> str:
+    """The oracle's final assistant turn had ``letter`` been the answer (no description: nothing was seen)."""
+    import dataclasses
+
+    from mapo import protocol
+    from mapo.data.oracle import _final_thought
+
+    alt = dataclasses.replace(sample, answer=letter)
+    return protocol.render_assistant_turn(think=_final_thought(alt), answer=letter, config=protocol_config)
+
+
+@torch.no_grad()
+def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
+    """For each sample, the option letter whose answer turn the policy finds most likely given
+    only the prompt and the global view (no zoom). Sum of log-probs over the turn's tokens."""
+    from mapo import protocol
+    from mapo.data.oracle import tool_config_for_sample
+    from mapo.train.sft import IGNORE, Transcript, collate, global_view
+
+    letters = []
+    model = policy.model
+    was_training = model.training
+    model.eval()
+    for s in samples:
+        view = global_view(s.load_image(), tool_config_for_sample(s))
+        options = protocol.option_letters(len(s.options))
+        transcripts = []
+        for letter in options:
+            messages = protocol.initial_messages(s.question, s.options, protocol_config)
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer_turn(s, letter, protocol_config)}]})
+            text = policy.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            transcripts.append(Transcript(text, [view], s))
+        inputs, labels = collate(transcripts, policy, max_length=4096)
+        logits = model(**inputs).logits[:, :-1].float()  # (O, T-1, V): O = options
+        targets = labels[:, 1:]  # (O, T-1)
+        logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (O, T-1)
+        score = (logp * (targets != IGNORE)).sum(-1)  # (O,)
+        letters.append(options[int(score.argmax())])
+    model.train(was_training)
+    return letters
+
+
+def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: int = 4, batch_size: int = 32) -> dict[str, float]:
+    """The issue's goal metrics on ``samples`` (module docstring has the formulas)."""
+    from mapo import tools
+    from mapo.data.oracle import tool_config_for_sample
+    from mapo.data.scoring import extract_choice
+    from mapo.data.synth import caption_for_crop
+    from mapo.protocol import DEFAULT_CONFIG
+    from mapo.rollout import RolloutConfig, rollout
+
+    if not samples:
+        raise ValueError("evaluate_goals needs at least one sample")
+    pc = protocol_config or DEFAULT_CONFIG
+    rc = RolloutConfig(
+        group_size=1, greedy=True, max_turns=max_turns, max_new_tokens_per_turn=96,
+        batch_size=min(batch_size, len(samples)), tool=tool_config_for_sample(samples[0]), protocol=pc,
+    )
+    trajectories = rollout(samples, policy, rc)
+    hits, correct, obj_ok, glyph_ok, ious = [], [], [], [], []
+    for t in trajectories:
+        s = t.sample
+        letter = extract_choice(t.answer_text, s.options) if t.answer_text is not None else None
+        correct.append(letter == s.answer)
+        first = None
+        for call, description in zip(t.tool_calls, t.descriptions):
+            if not call.valid:
+                continue
+            iou = max((tools.box_iou(call.box_original, b.xyxy) for b in s.target_boxes), default=0.0)
+            first = iou if first is None else first
+            ious.append(iou)
+            if description is not None:
+                o, g = description_matches(description, caption_for_crop(s, call.box_original))
+                obj_ok.append(o)
+                glyph_ok.append(g)
+        hits.append(first is not None and first >= 0.5)
+    no_tool = no_tool_choices(policy, samples, pc)
+    return {
+        "n": float(len(samples)),
+        "first_zoom_hit": float(np.mean(hits)),
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        "accuracy_tool": float(np.mean(correct)),
+        "accuracy_no_tool": float(np.mean([c == s.answer for c, s in zip(no_tool, samples)])),
+        "chance": float(np.mean([1.0 / len(s.options) for s in samples])),
+        "description_object": float(np.mean(obj_ok)) if obj_ok else 0.0,
+        "description_glyph": float(np.mean(glyph_ok)) if glyph_ok else 0.0,
+        "described_crops": float(len(obj_ok)),
+        "tool_use_rate": float(np.mean([t.used_tool for t in trajectories])),
+    }
+
+
+def heldout(level: str, n: int, synth_overrides: dict | None = None) -> list:
+    from mapo.data import synth
+
+    return synth.generate(n, seed=EVAL_SEED, config=synth.level_config(level, **(synth_overrides or {})))
+
+
+def run_protocol(run_dir: Path):
+    """The protocol (prompts, tags) an SFT run trained with, from ``RUN_DIR/config.yaml``."""
+    import yaml
+
+    from mapo.config import from_dict
+    from mapo.train.sft import SFTConfig
+
+    return from_dict(SFTConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))).protocol
+
+
+def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = None) -> dict[str, float]:
+    """Goal metrics of ``RUN_DIR/final`` (or of checkpoint ``step``) on ``n`` held-out samples of ``level``.
+
+    Saved to ``RUN_DIR/goals_<level>.json`` (``goals_<level>_step<N>.json`` for a checkpoint).
+    """
+    from mapo.policy import load_policy
+
+    run_dir = Path(run_dir)
+    policy_dir = run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model"
+    policy = load_policy(policy_dir)
+    started = time.perf_counter()
+    out = evaluate_goals(policy, heldout(level, n), protocol_config=run_protocol(run_dir))
+    out["eval_s"] = time.perf_counter() - started
+    name = f"goals_{level}.json" if step is None else f"goals_{level}_step{step}.json"
+    (run_dir / name).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def run_variant(name: str, root: str | Path, overrides: list[str] | None = None) -> Path:
+    """Train variant ``name`` (``VARIANTS[name]`` unless ``overrides`` given) into ``ROOT/NAME``."""
+    from mapo.config import load_config
+    from mapo.train.sft import SFTConfig, run_sft
+
+    if overrides is None:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        overrides = VARIANTS[name]
+    cfg = load_config(SFTConfig, BASE_CONFIG, overrides)
+    run_dir = Path(root) / name
+    started = time.perf_counter()
+    run_sft(cfg, run_dir)
+    meta = {"overrides": overrides, "wall_s": time.perf_counter() - started}
+    (run_dir / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return run_dir
+
+
+def _fmt(value: Any, pct: bool = True) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.0f}%" if pct else f"{value:.2f}"
+
+
+def train_wall_s(run_dir: Path) -> float | None:
+    """Seconds from the run's start (``run.json`` written) to its final policy being saved."""
+    start, end = run_dir / "run.json", run_dir / "final" / "model.safetensors"
+    return end.stat().st_mtime - start.stat().st_mtime if start.is_file() and end.is_file() else None
+
+
+_NOT_RECIPE = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "threads", "progress", "eval.")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data and not prefix.endswith("synth.") and not prefix.endswith("overrides."):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_diff(run_config: dict, base_config: dict) -> list[str]:
+    """``key=value`` for every recipe key where a run's config differs from the base config."""
+    run, base = _flat(run_config), _flat(base_config)
+    keys = sorted(k for k in set(run) | set(base) if run.get(k) != base.get(k) and not k.startswith(_NOT_RECIPE))
+    return [f"{k}={json.dumps(run.get(k), separators=(',', ':'))}" for k in keys]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _last_train_metrics(run_dir: Path) -> dict:
+    last: dict = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        if "train/loss" in row:
+            last = row
+    return last
+
+
+def sweep_table(*roots: str | Path) -> str:
+    """Markdown tables from the run directories under ``roots``.
+
+    1. finished runs (``eval.json``): the recipe diff against ``configs/warmstart.yaml``, steps,
+       training wall time, teacher-forced held-out loss and coordinate-token accuracy, and the goal
+       metrics of ``goals_easy.json`` (else the SFT's own 48-sample rollout eval);
+    2. goal metrics per checkpoint and per level (every ``goals_<level>[_step<N>].json``);
+    3. runs stopped early (no ``eval.json``): their last logged training metrics.
+    """
+    import yaml
+
+    from mapo.config import from_dict, load_config, to_dict
+    from mapo.train.sft import SFTConfig
+
+    base = to_dict(load_config(SFTConfig, BASE_CONFIG))
+    run_dirs = sorted((p for root in roots for p in Path(root).iterdir() if (p / "config.yaml").is_file()), key=lambda p: p.name)
+    finished = [
+        "| run | recipe: differences from configs/warmstart.yaml | steps | train wall | tf loss | tf coord acc "
+        "| hit@0.5 (n) | acc tool | acc no-tool | desc object | desc glyph |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    curve = [
+        "| run | checkpoint | level | n | hit@0.5 | mean IoU | acc tool | acc no-tool (chance) | desc object | desc glyph |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    stopped = ["| run | recipe | stopped at step | train loss | train coord acc |", "|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        run_config = from_dict(SFTConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+        diff = " ".join(config_diff(to_dict(run_config), base)) or "(base)"  # keys added since count as defaults
+        ev = _read_json(run_dir / "eval.json")
+        if not ev:
+            last = _last_train_metrics(run_dir)
+            stopped.append(
+                f"| {run_dir.name} | {diff} | {last.get('step', 0)} | {last.get('train/loss', float('nan')):.3f} "
+                f"| {_fmt(last.get('train/coord_token_acc'))} |"
+            )
+            continue
+        goals = _read_json(run_dir / "goals_easy.json")
+        hit = goals.get("first_zoom_hit", ev.get("heldout/first_zoom_hit@0.5"))
+        n = int(goals.get("n", ev.get("heldout/n", 0)))
+        wall = train_wall_s(run_dir)
+        finished.append(
+            f"| {run_dir.name} | {diff} | {ev.get('step')} | {f'{wall / 60:.0f} min' if wall else '–'} "
+            f"| {ev.get('eval/loss', float('nan')):.3f} | {_fmt(ev.get('eval/coord_token_acc'))} | {_fmt(hit)} ({n}) "
+            f"| {_fmt(goals.get('accuracy_tool', ev.get('heldout/accuracy')))} | {_fmt(goals.get('accuracy_no_tool'))} "
+            f"| {_fmt(goals.get('description_object'))} | {_fmt(goals.get('description_glyph'))} |"
+        )
+    for run_dir in run_dirs:
+        for path in sorted(run_dir.glob("goals_*.json"), key=_goals_sort_key):
+            level, step = _goals_order(path)
+            g = _read_json(path)
+            curve.append(
+                f"| {run_dir.name} | {'final' if step == 1 << 30 else f'step {step}'} | {level} | {int(g['n'])} "
+                f"| {_fmt(g['first_zoom_hit'])} | {g['mean_iou']:.2f} | {_fmt(g['accuracy_tool'])} "
+                f"| {_fmt(g['accuracy_no_tool'])} ({_fmt(g['chance'])}) | {_fmt(g['description_object'])} "
+                f"| {_fmt(g['description_glyph'])} |"
+            )
+    out = ["Finished runs:", "", *finished, "", "Goal metrics (held-out, greedy, `goals` command):", "", *curve]
+    if len(stopped) > 2:
+        out += ["", "Runs stopped early (no held-out evaluation):", "", *stopped]
+    return "\n".join(out)
+
+
+_LEVEL_ORDER = ("easy", "distractors", "medium", "hard")
+
+
+def _goals_sort_key(path: Path) -> tuple[int, int]:
+    level, step = _goals_order(path)
+    return step, _LEVEL_ORDER.index(level) if level in _LEVEL_ORDER else len(_LEVEL_ORDER)
+
+
+def _goals_order(path: Path) -> tuple[str, int]:
+    """(level, step) of ``goals_<level>[_step<N>].json``; final sorts after every checkpoint."""
+    m = re.fullmatch(r"goals_([a-z]+)(?:_step(\d+))?\.json", path.name)
+    level, step = (m.group(1), int(m.group(2)) if m.group(2) else 1 << 30) if m else (path.stem, 0)
+    return level, step
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy", n: int = 6, thumb: int = 176) -> Path:
+    """Held-out samples with the target box (green) and the policy's zooms (1st orange, later magenta),
+    each above the first crop it got back and its description/answer."""
+    from PIL import Image, ImageDraw
+
+    from mapo.data.oracle import tool_config_for_sample
+    from mapo.policy import load_policy
+    from mapo.rollout import RolloutConfig, rollout
+
+    policy = load_policy(policy_dir)
+    samples = heldout(level, n)
+    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, batch_size=n, tool=tool_config_for_sample(samples[0]))
+    trajectories = rollout(samples, policy, rc)
+    pad, text_h = 6, 60
+    sheet = Image.new("RGB", (n * (thumb + pad) + pad, 2 * thumb + text_h + 3 * pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, t in enumerate(trajectories):
+        image = t.sample.load_image()
+        scale = thumb / image.width
+        panel = image.resize((thumb, thumb))
+        pd = ImageDraw.Draw(panel)
+        for b in t.sample.target_boxes:
+            pd.rectangle([v * scale for v in b.xyxy], outline=(0, 200, 0), width=3)
+        for k, call in enumerate(c for c in t.tool_calls if c.valid):
+            pd.rectangle([v * scale for v in call.box_original], outline=(255, 140, 0) if k == 0 else (220, 0, 220), width=2)
+        x = pad + i * (thumb + pad)
+        sheet.paste(panel, (x, pad))
+        crop = next((c for c in t.crops if c is not None), None)
+        if crop is not None:
+            sheet.paste(crop.resize((thumb, thumb)), (x, thumb + 2 * pad))
+        desc = next((d for d in t.descriptions if d), "") or ""
+        lines = [t.sample.question[:36], f"said: {desc[:36]}", f"answer {t.answer_text} (true {t.sample.answer})"]
+        draw.multiline_text((x, 2 * thumb + 3 * pad), "\n".join(lines), fill="black", spacing=2)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, optimize=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mapo.experiments.warmstart_sweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="train sweep variants")
+    p.add_argument("names", nargs="+", help=f"variants: {', '.join(VARIANTS)}")
+    p.add_argument("--root", default="runs/warmstart")
+    p = sub.add_parser("goals", help="goal metrics of RUN_DIR/final on held-out samples")
+    p.add_argument("run_dir")
+    p.add_argument("--level", default="easy")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--step", type=int, default=None, help="evaluate checkpoint step_N instead of final/")
+    p = sub.add_parser("table", help="print the sweep tables")
+    p.add_argument("--root", nargs="+", default=["runs/warmstart", "runs/warmstart_stopped"])
+    p = sub.add_parser("figure", help="figure of a policy's zooms on held-out samples")
+    p.add_argument("policy_dir")
+    p.add_argument("--out", default="docs/img/warmstart_zooms.png")
+    p.add_argument("--level", default="easy")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.cmd == "run":
+        for name in args.names:
+            print(f"{name}: {run_variant(name, args.root)}")
+    elif args.cmd == "goals":
+        print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
+    elif args.cmd == "table":
+        print(sweep_table(*(r for r in args.root if Path(r).is_dir())))
+    else:
+        print(zoom_figure(args.policy_dir, args.out, level=args.level))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,510 @@
+"""The embedded default pipeline, stage by stage, with a config-keyed cache.
+
+``data -> verifier -> warm start -> RL -> held-out evaluation (before / after) -> summary``.
+``mapo demo`` runs it; ``mapo experiment compare`` reuses its first three stages.
+
+Stages whose output is a pure function of their config (held-out data, verifier,
+SFT warm start) are cached under ``cache_dir/<stage>-<hash>``, where ``hash`` is the
+sha256 of the stage's config (keys that change speed only, such as thread counts,
+left out) and :data:`STAGE_VERSION`. A stage is built in a temporary directory and
+renamed into place, so an interrupted build never leaves a directory that looks
+finished. The RL run and the evaluations live in the run directory; run again on
+the same directory they resume (a finished RL run and finished evaluations are
+read back, not recomputed).
+
+Choices that are ours, not the paper's: the demo's budgets (steps, group size,
+held-out size) are sized for two CPU cores, not for a result; the "before" policy
+is the warm start itself (the paper starts RL from a pretrained VLM, not from a
+tiny SFT model); "tool precision" is the hit rate of valid crops (IoU >= 0.5 with
+a target box), a stand-in for the paper's unpublished definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mapo.config import from_dict, knob, to_dict
+from mapo.train.sft import SFTConfig
+from mapo.verifier.train import VerifierTrainConfig
+
+# Bump when a stage's code changes what it writes, so old cache entries stop matching.
+STAGE_VERSION = 1
+# Config keys that change how fast a stage runs, never what it produces: left out of cache keys.
+SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "eval_every",
+                             "save_every", "keep_last"})
+DEMO_MARKER = ".mapo-demo"  # marks a run directory the pipeline wrote, so --fresh never wipes a stranger's files
+# Metrics of the before/after table: (key in eval metrics.json["tools"], label, what it means).
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy", "answer correct (greedy, held-out)"),
+    ("crop_hit_rate", "tool precision", "valid crops with IoU >= 0.5 against a target box"),
+    ("first_crop_hit_rate", "first-zoom hit rate", "samples whose first valid crop hits a target"),
+    ("crop_iou_mean", "crop IoU", "mean IoU of valid crops with the nearest target box"),
+    ("semantic_score_mean", "semantic score", "mean verifier cosine of description vs crop (s_missing = -1)"),
+    ("tool_calls_per_sample", "tool calls / sample", "executed tool calls per sample"),
+    ("invalid_call_rate", "invalid call rate", "rejected or unparsable calls / calls"),
+    ("no_answer_rate", "no-answer rate", "samples that never gave an <answer>"),
+)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class HeldoutConfig:
+    """The held-out evaluation set (written once, read by every evaluation).
+
+    Its task level and synthetic overrides are the RL stage's (``rl.data.synth_level``,
+    ``rl.data.synth``), so the held-out samples come from the training distribution.
+    """
+
+    n: int = knob(48, "held-out samples")
+    seed: int = knob(1_000_003, "seed of the held-out samples (must differ from the training seeds)")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"data.n must be >= 1 held-out sample, got {self.n}")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Where the RL stage starts from."""
+
+    source: str = knob(
+        "default", "'default': the shipped warm start (mapo.policy.load_default), or SFT with the recipe below when "
+        "none is shipped; 'sft': always train it with the recipe below (cached); or a local policy checkpoint directory"
+    )
+    sft_config: str | None = knob(
+        "configs/warmstart.yaml", "YAML of the SFT recipe used when source is 'sft' or no default is shipped "
+        "(the recipe of the shipped default); null = the `sft` mapping below"
+    )
+    sft: SFTConfig = knob(factory=SFTConfig, help="the SFT recipe when sft_config is null")
+
+    def recipe(self) -> SFTConfig:
+        """The SFT recipe: ``sft_config`` loaded, else ``sft``."""
+        from mapo.config import load_config
+
+        return load_config(SFTConfig, self.sft_config) if self.sft_config else self.sft
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``mapo demo``: every stage of the embedded default pipeline."""
+
+    cache_dir: str = knob("runs/cache", "where cached stages live: <cache_dir>/<stage>-<hash of its config>")
+    threads: int = knob(1, "torch CPU threads (on 2 shared cores one thread is fastest)")
+    data: HeldoutConfig = knob(factory=HeldoutConfig, help="held-out evaluation set")
+    verifier: VerifierTrainConfig = knob(factory=VerifierTrainConfig, help="the tiny CLIP verifier (`mapo verifier train`)")
+    warmstart: WarmStartConfig = knob(factory=WarmStartConfig, help="the policy RL starts from")
+    rl: dict = knob(
+        factory=dict, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
+        "data.eval_source are filled in by the pipeline"
+    )
+    eval_batch_size: int = knob(16, "held-out episodes generated together")
+
+    def __post_init__(self) -> None:
+        if self.threads < 0 or self.eval_batch_size < 1:
+            raise ValueError(f"threads must be >= 0 and eval_batch_size >= 1, got {self.threads}, {self.eval_batch_size}")
+        taken = sorted(k for k in ("policy", "verifier") if k in self.rl)
+        if taken or "eval_source" in self.rl.get("data", {}):
+            raise ValueError(f"rl.{(taken or ['data.eval_source'])[0]} is set by the pipeline; leave it out of rl")
+        rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
+
+    def heldout_spec(self) -> dict[str, Any]:
+        """What the held-out set is a function of: its size and seed, the RL stage's level and overrides.
+
+        ``task`` is the resolved SynthConfig, so a change of a level's defaults in the code is a new cache key.
+        """
+        rl_data = self.rl.get("data", {})
+        level, synth = str(rl_data.get("synth_level", "easy")), dict(rl_data.get("synth", {}))
+        return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
+                "task": task_fingerprint(level, synth)}
+
+
+def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved synthetic-task config of ``level`` (what cached stages built from the task depend on)."""
+    from mapo.data import synth
+
+    return to_dict(synth.level_config(level, **(overrides or {})))
+
+
+def rl_config(cfg: PipelineConfig, *, policy: str, verifier: str | None, heldout: str, **overrides: Any):
+    """The :class:`mapo.train.rl.RLConfig` of the RL stage, with the pipeline's stages filled in."""
+    from mapo.config import apply_overrides
+    from mapo.train.rl import RLConfig
+
+    # The periodic evaluation inside `mapo train` reads the same held-out set (all of it unless rl.data.n_eval says).
+    data = {"n_eval": cfg.data.n, **cfg.rl.get("data", {}), "eval_source": heldout}
+    base = {**cfg.rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
+    return from_dict(RLConfig, apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def config_key(config: Any) -> str:
+    """12 hex digits of the sha256 of ``config`` (a dataclass or mapping), speed-only keys left out."""
+    data = _drop_keys(to_dict(config), SPEED_ONLY_KEYS)
+    text = json.dumps({"version": STAGE_VERSION, "config": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _drop_keys(data: Any, keys: frozenset) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_keys(v, keys) for k, v in data.items() if k not in keys}
+    if isinstance(data, list):
+        return [_drop_keys(v, keys) for v in data]
+    return data
+
+
+def cached_stage(
+    name: str, config: Any, build: Callable[[Path], None], cache_dir: str | Path, log: Callable[[str], None] = print
+) -> tuple[Path, bool]:
+    """``cache_dir/<name>-<config_key>``, built by ``build(tmp_dir)`` unless it exists; returns (path, reused).
+
+    ``build`` writes into a fresh temporary directory next to the target, which is
+    renamed into place only when ``build`` returns: a crash leaves no half-built stage.
+    """
+    cache_dir = Path(cache_dir)
+    target = cache_dir / f"{name}-{config_key(config)}"
+    if target.is_dir():
+        log(f"reusing {name}: {target}")
+        return target, True
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    log(f"building {name}: {target}")
+    try:
+        build(tmp)
+        (tmp / "stage.json").write_text(json.dumps({"stage": name, "config": to_dict(config)}, indent=1, default=str) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            log(f"{name} was built concurrently by another process: using {target}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, False
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def heldout_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, bool]:
+    """The held-out set written in V* layout (``mapo data synth`` format); returns (folder to load, reused)."""
+
+    def build(tmp: Path) -> None:
+        from mapo.data import synth
+        from mapo.data.writers import write_samples
+
+        level = synth.level_config(spec["level"], **spec["synth"])
+        write_samples(synth.generate(spec["n"], spec["seed"], level), tmp, ["vstar"], name=f"heldout_{spec['level']}")
+
+    spec = cfg.heldout_spec()
+    path, reused = cached_stage("data", spec, build, cfg.cache_dir, log)
+    return path / "vstar", reused
+
+
+def verifier_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, bool]:
+    """The tiny CLIP verifier trained by :func:`mapo.verifier.train.train_tiny_clip`; returns (directory, reused)."""
+
+    def build(tmp: Path) -> None:
+        from mapo.verifier.train import train_tiny_clip
+
+        train_tiny_clip(cfg.verifier, tmp, progress=False)
+
+    key = {"verifier": to_dict(cfg.verifier), "task": task_fingerprint(cfg.verifier.synth_level)}
+    if cfg.verifier.data is not None:  # trained on files: the task's defaults do not matter
+        key.pop("task")
+    return cached_stage("verifier", key, build, cfg.cache_dir, log)
+
+
+def warmstart_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, str, bool]:
+    """The starting policy's directory, where it came from (``default``, ``sft`` or ``path``), and whether reused.
+
+    A shipped or given checkpoint counts as reused (nothing was trained).
+    """
+    source = cfg.warmstart.source
+    if source not in ("default", "sft"):
+        from mapo.policy import missing_files
+
+        path = Path(source)
+        missing = missing_files(path) if path.is_dir() else ["the directory itself"]
+        if missing:
+            raise ValueError(f"warmstart.source {source!r} is not a policy checkpoint directory: missing {', '.join(missing)}")
+        log(f"warm start: {path}")
+        return path, "path", True
+    if source == "default":
+        shipped = _shipped_default(log)
+        if shipped is not None:
+            return shipped, "default", True
+
+    sft = cfg.warmstart.recipe()
+
+    def build(tmp: Path) -> None:
+        from mapo.train.sft import run_sft
+
+        run_sft(dataclasses.replace(sft, threads=cfg.threads, progress=False), tmp / "run")
+
+    key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth)}
+    path, reused = cached_stage("sft", key, build, cfg.cache_dir, log)
+    return path / "run" / "final", "sft", reused
+
+
+def _shipped_default(log: Callable[[str], None]) -> Path | None:
+    """The shipped default policy's directory after its manifest check, or None when none is shipped."""
+    try:
+        from mapo.policy import default
+    except ImportError:
+        return None
+    if not (Path(default.DEFAULT_DIR) / default.MANIFEST).is_file():
+        log(f"no shipped default policy at {default.DEFAULT_DIR}: training the warm start with SFT instead")
+        return None
+    default.verify(default.DEFAULT_DIR)  # an altered checkpoint is an error, not a silent fallback
+    log(f"warm start: the shipped default policy {default.DEFAULT_DIR}")
+    return Path(default.DEFAULT_DIR)
+
+
+def eval_config(cfg: PipelineConfig, rl_cfg: Any):
+    """Greedy evaluation with the RL stage's own turn and token budgets (before and after are comparable)."""
+    from mapo.eval import EvalConfig
+
+    rollout = dataclasses.replace(rl_cfg.rollout, group_size=1, greedy=True, batch_size=cfg.eval_batch_size)
+    return EvalConfig(rollout=rollout, verifier_batch_size=rl_cfg.verifier_batch_size)
+
+
+def evaluate_stage(policy_dir: Path, heldout: Path, verifier_dir: Path, out: Path, config: Any) -> dict[str, Any]:
+    """``mapo eval`` of ``policy_dir`` on the held-out set into ``out`` (resumes); returns its metrics.json."""
+    from mapo.eval import evaluate
+    from mapo.policy import load_policy
+    from mapo.verifier.clip import load_verifier
+
+    policy = load_policy(policy_dir, dtype="float32", device="cpu")
+    verifier = load_verifier(verifier_dir)
+    result = evaluate(str(heldout), out, policy=policy, verifier=verifier, config=config,
+                      run_info={"policy": str(policy_dir), "verifier": str(verifier_dir)})
+    return result.metrics
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per :data:`SUMMARY_METRICS` key: before, after, delta (None where undefined)."""
+    rows = []
+    for key, label, meaning in SUMMARY_METRICS:
+        b, a = before["tools"].get(key), after["tools"].get(key)
+        delta = a - b if a is not None and b is not None else None
+        rows.append({"key": key, "label": label, "meaning": meaning, "before": b, "after": a, "delta": delta})
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]], n: int) -> str:
+    """An honest one-line reading of the accuracy change: beyond noise or not (two binomial standard errors)."""
+    acc = next(r for r in rows if r["key"] == "accuracy")
+    b, a = acc["before"], acc["after"]
+    if a is None or b is None:
+        return "accuracy undefined (no held-out samples)"
+    # Standard error of a difference of two proportions on n samples each (not paired; conservative enough).
+    se = math.sqrt(max(b * (1 - b) + a * (1 - a), 1e-12) / n)
+    if a - b > 2 * se:
+        return f"RL improved held-out accuracy by {a - b:+.3f} (more than 2 standard errors, {2 * se:.3f}, on n={n})"
+    if b - a > 2 * se:
+        return f"RL made held-out accuracy worse by {a - b:+.3f} (more than 2 standard errors, {2 * se:.3f}, on n={n})"
+    return (f"no accuracy change beyond noise: {a - b:+.3f} is within 2 standard errors ({2 * se:.3f}) on n={n}; "
+            "a longer RL budget or a larger held-out set is needed to tell")
+
+
+def training_trend(metrics_path: Path, key: str = "reward_mean", window: int = 5) -> dict[str, float] | None:
+    """Mean of ``key`` over the first and the last ``window`` logged training steps (None if never logged)."""
+    from mapo.train.common import read_metrics
+
+    values = [r[key] for r in read_metrics(metrics_path) if key in r] if metrics_path.is_file() else []
+    if not values:
+        return None
+    w = min(window, len(values))
+    return {"key": key, "window": w, "first": float(sum(values[:w]) / w), "last": float(sum(values[-w:]) / w)}
+
+
+def _trend_text(trend: dict[str, float] | None) -> str:
+    if trend is None:
+        return "no training reward logged"
+    return (f"training {trend['key']} (sampled rollouts), mean of the first {trend['window']} steps "
+            f"{trend['first']:.3f} -> last {trend['window']} steps {trend['last']:.3f}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f}" if isinstance(value, float) and value < 0 else f"{value:.3f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the before/after table, the verdict, stage times and where everything is."""
+    lines = [
+        "# mapo demo summary", "",
+        f"Written by `{summary['command']}`. Held-out set: {summary['n_heldout']} synthetic samples "
+        f"(`{summary['paths']['heldout']}`), greedy decoding, the same budgets before and after RL.", "",
+        "| metric | before RL (warm start) | after RL | change | meaning |", "|---|---|---|---|---|",
+    ]
+    for r in summary["table"]:
+        delta = "n/a" if r["delta"] is None else f"{r['delta']:+.3f}"
+        lines.append(f"| {r['label']} | {_fmt(r['before'])} | {_fmt(r['after'])} | {delta} | {r['meaning']} |")
+    lines += ["", f"**Verdict:** {summary['verdict']}", "", f"RL ({summary['algorithm']}, {summary['rl_steps']} steps): "
+              f"{_trend_text(summary['rl_trend'])}.", "", "| stage | seconds | how |", "|---|---|---|"]
+    for stage, info in summary["stages"].items():
+        lines.append(f"| {stage} | {info['seconds']:.1f} | {info['how']} |")
+    lines += ["", "| what | where |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in summary["paths"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The before/after table with rich, then the verdict and the run directory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out ({summary['n_heldout']} samples): warm start vs after {summary['rl_steps']} RL steps")
+    for col in ("metric", "before RL", "after RL", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for r in summary["table"]:
+        table.add_row(r["label"], _fmt(r["before"]), _fmt(r["after"]), "n/a" if r["delta"] is None else f"{r['delta']:+.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"[bold]verdict:[/bold] {summary['verdict']}")
+    console.print(f"RL: {_trend_text(summary['rl_trend'])}")
+    times = ", ".join(f"{k} {v['seconds']:.0f}s{'' if v['how'] == 'ran' else ' (' + v['how'] + ')'}"
+                      for k, v in summary["stages"].items())
+    console.print(f"stage times: {times}; total {summary['wall_s']:.0f}s")
+    console.print(f"run directory: [bold]{summary['paths']['run_dir']}[/bold] (summary.md, report/index.html)")
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class _Clock:
+    """Wall time of each stage, whether it was reused (cache, shipped or given checkpoint), and how it was obtained."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, fn: Callable[[], Any], how: Callable[[Any], str] = lambda _: "ran") -> Any:
+        """``fn()``, timed; ``how(result)`` is one of :data:`HOW`."""
+        started = time.perf_counter()
+        out = fn()
+        note = how(out)
+        self.stages[name] = {"seconds": round(time.perf_counter() - started, 2), "reused": note != "ran", "how": note}
+        return out
+
+
+HOW = ("ran", "reused from cache", "shipped checkpoint", "given checkpoint")
+
+
+def _cache_how(result: tuple) -> str:
+    return "reused from cache" if result[-1] else "ran"
+
+
+def _warmstart_how(result: tuple) -> str:
+    return {"default": "shipped checkpoint", "path": "given checkpoint"}.get(result[1]) or _cache_how(result)
+
+
+def prepare_demo_dir(out: Path, fresh: bool) -> None:
+    """Create ``out`` (or, with ``fresh``, wipe a directory this pipeline wrote earlier); refuse strangers' files."""
+    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
+        raise ValueError(f"{out} is not empty and was not written by `mapo demo`; choose another --out")
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by mapo demo\n", encoding="utf-8")
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    out: str | Path,
+    *,
+    fresh: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    command: str = "mapo demo",
+    forced_turns: Callable | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every stage; write ``out/summary.json`` and ``out/summary.md``; return the summary.
+
+    Layout of ``out``: ``rl/`` (the `mapo train` run; ``rl/final`` the trained policy,
+    ``rl/eval`` its held-out evaluation), ``eval_before/`` (the warm start's),
+    ``report/index.html``, ``summary.{json,md}``. ``forced_turns`` is passed to the
+    RL stage's training rollouts (tests script tool calls with it).
+    """
+    import torch
+
+    from mapo.train.rl import train
+
+    if not isinstance(cfg, PipelineConfig):
+        raise ValueError(f"cfg must be a PipelineConfig, got {type(cfg).__name__}")
+    started = time.perf_counter()
+    out = Path(out)
+    prepare_demo_dir(out, fresh)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    clock = _Clock()
+    heldout, _ = clock.run("data", lambda: heldout_stage(cfg, log), _cache_how)
+    verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log), _cache_how)
+    policy, policy_source, _ = clock.run("warm start", lambda: warmstart_stage(cfg, log), _warmstart_how)
+    rl_cfg = rl_config(cfg, policy=str(policy), verifier=str(verifier), heldout=str(heldout))
+    rl_dir = out / "rl"
+    resume = (rl_dir / "run.json").is_file()
+    if resume:
+        log(f"resuming the RL run in {rl_dir} (a finished run is read back)")
+    try:
+        rl_summary = clock.run("rl", lambda: train(rl_cfg, rl_dir, resume=resume, progress=progress, forced_turns=forced_turns))
+    except ValueError as e:
+        if resume:
+            raise ValueError(f"{e}\n(the RL run in {rl_dir} was made with another config: run with --fresh)") from None
+        raise
+    ecfg = eval_config(cfg, rl_cfg)
+    before = clock.run("eval before", lambda: evaluate_stage(policy, heldout, verifier, out / "eval_before", ecfg))
+    after = clock.run("eval after", lambda: evaluate_stage(rl_dir / "final", heldout, verifier, rl_dir / "eval", ecfg))
+    paths = {"run_dir": str(out), "rl_run": str(rl_dir), "policy_before": str(policy), "policy_after": str(rl_dir / "final"),
+             "verifier": str(verifier), "heldout": str(heldout), "eval_before": str(out / "eval_before"),
+             "eval_after": str(rl_dir / "eval")}
+    if report:
+        from mapo.report import build_report
+
+        index = clock.run("report", lambda: build_report(rl_dir, out / "report", force=True))
+        paths["report"] = str(index)
+    table = before_after(before, after)
+    summary = {
+        "command": command, "n_heldout": cfg.data.n, "rl_steps": rl_summary["steps"],
+        "algorithm": rl_cfg.advantage.estimator, "warm_start": policy_source, "table": table,
+        "verdict": verdict(table, cfg.data.n), "rl_trend": training_trend(rl_dir / "metrics.jsonl"),
+        "rl_train_last": rl_summary.get("train", {}),
+        "stages": clock.stages, "wall_s": round(time.perf_counter() - started, 2), "paths": paths,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    return summary
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    from mapo.config import load_config
+
+    return load_config(PipelineConfig, path, overrides)
+
+
+__all__ = [
+    "HeldoutConfig", "PipelineConfig", "WarmStartConfig", "before_after", "cached_stage", "config_key",
+    "evaluate_stage", "heldout_stage", "load_pipeline_config", "rl_config", "run_pipeline", "summary_markdown",
+    "verdict", "verifier_stage", "warmstart_stage",
+]

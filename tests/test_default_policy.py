@@ -1,0 +1,85 @@
+"""mapo.policy.default: the shipped warm-start checkpoint, its manifest and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from mapo.policy import default
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A tiny policy packed with `ship` exactly as the real default is (a fake SFT run directory)."""
+    from mapo.policy import build_tiny_policy
+
+    root = tmp_path_factory.mktemp("default")
+    run = root / "run"
+    policy = build_tiny_policy("tiny", seed=0, text_layers=1, vision_depth=1)
+    policy.save(run / "final")
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed": 3, "policy": {"seed": 4}, "data": {"seed": 5}}))
+    (run / "goals_easy.json").write_text(json.dumps({"first_zoom_hit": 0.5}))
+    manifest = default.ship(run, root / "asset", command="mapo sft --config X --out Y")
+    return root / "asset", manifest, policy.model.state_dict()
+
+
+def test_manifest_names_command_config_seed_and_every_file_hash(shipped):
+    path, manifest, _ = shipped
+    assert manifest["command"] == "mapo sft --config X --out Y"
+    assert manifest["seed"] == {"train": 3, "policy_init": 4, "data": 5}
+    assert manifest["metrics"]["goals_easy"]["first_zoom_hit"] == 0.5
+    assert set(manifest["files"]) == set(default.SHIPPED_FILES)
+    for name, digest in manifest["files"].items():
+        assert default.sha256_of(path / name) == digest
+    assert json.loads((path / default.MANIFEST).read_text()) == manifest
+
+
+def test_load_default_returns_the_shipped_weights(shipped):
+    path, _, original = shipped
+    policy = default.load_default(path)
+    state = policy.model.state_dict()
+    assert state.keys() == original.keys()
+    assert all(torch.equal(state[k], original[k]) for k in original)
+    assert policy.tokenizer.convert_tokens_to_ids("<|im_end|>") in policy.eos_token_ids
+
+
+def test_tampered_file_is_refused_with_the_rebuild_command(shipped, tmp_path):
+    path, _, _ = shipped
+    copy = tmp_path / "asset"
+    shutil.copytree(path, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # flip one byte of the last weight
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(default.DefaultPolicyError, match="model.safetensors does not match") as err:
+        default.load_default(copy)
+    assert default.REBUILD_COMMAND in str(err.value)
+
+
+def test_missing_file_and_missing_manifest_are_refused(shipped, tmp_path):
+    path, _, _ = shipped
+    copy = tmp_path / "asset"
+    shutil.copytree(path, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(default.DefaultPolicyError, match="missing tokenizer.json"):
+        default.verify(copy)
+    (copy / default.MANIFEST).unlink()
+    with pytest.raises(default.DefaultPolicyError, match="manifest.json missing"):
+        default.load_default(copy)
+
+
+def test_ship_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "final").mkdir()
+    with pytest.raises(default.DefaultPolicyError, match="not a finished SFT policy"):
+        default.ship(tmp_path, tmp_path / "out")
+
+
+def test_the_shipped_default_matches_its_manifest():
+    """The checkpoint in the package itself: every file present and unaltered, within the size budget."""
+    manifest = default.verify()
+    total = sum((default.DEFAULT_DIR / name).stat().st_size for name in manifest["files"])
+    assert total <= 20 * 2**20
+    assert manifest["command"] == default.TRAIN_COMMAND

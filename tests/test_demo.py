@@ -1,0 +1,220 @@
+"""``mapo demo`` / :mod:`mapo.pipeline`: a CI-sized end-to-end run, the stage cache, bad input.
+
+The smoke run uses the real stages with a tiny budget: held-out data written to
+disk, a tiny CLIP trained for a few steps by ``train_tiny_clip``, an SFT warm start
+of a 1-layer tiny Qwen2.5-VL (two steps of ``run_sft`` from a freshly built policy),
+two MAPO steps whose training rollouts are partly scripted (a random policy never
+calls the tool; see ``forced``), greedy held-out evaluation before and after, the
+HTML report and the summary. A second run on the same directories must reuse
+every cached stage and read the finished RL run back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mapo import protocol
+from mapo.config import from_dict, to_dict
+from mapo.data import synth
+
+LEVEL = synth.level_config("easy")
+TOOL = synth.tool_config_for(LEVEL)
+DESCRIPTION = "a red square with the letter A"
+FORCED_ZOOM = protocol.render_assistant_turn(think="look", bbox=(0, 0, 56, 56), label="red square")
+FORCED_ANSWER = protocol.render_assistant_turn(description=DESCRIPTION, answer="A")
+
+
+def forced(group: int, member: int, turn: int) -> str | None:
+    """Member 0 of every group zooms, describes and answers A; the others sample (so rewards differ)."""
+    if member == 0:
+        return [FORCED_ZOOM, FORCED_ANSWER][turn] if turn < 2 else None
+    return None
+
+
+def make_policy_dir(path: Path) -> Path:
+    from mapo.policy import build_tiny_policy
+
+    samples = synth.generate(4, seed=0, config=LEVEL)
+    corpus = [protocol.system_prompt()] + [protocol.user_prompt(s.question, s.options) for s in samples]
+    corpus += [FORCED_ZOOM, FORCED_ANSWER]
+    policy = build_tiny_policy("tiny", corpus=corpus, vocab_size=512, tool_config=TOOL, seed=0, text_layers=1, vision_depth=1)
+    policy.save(path)
+    return path
+
+
+def tiny_pipeline_dict(tmp: Path, policy_dir: Path) -> dict:
+    return {
+        "cache_dir": str(tmp / "cache"),
+        "threads": 1,
+        "eval_batch_size": 4,
+        "data": {"n": 2, "seed": 1_000_003},
+        "verifier": {
+            "n_samples": 6, "crops_per_sample": 2, "hard_negatives": 1, "val_fraction": 0.34, "image_size": 28,
+            "patch_size": 14, "vision_width": 32, "vision_layers": 1, "text_width": 32, "text_layers": 1, "heads": 2,
+            "projection_dim": 16, "max_text_tokens": 16, "steps": 3, "batch_size": 8, "warmup_steps": 1,
+            "num_threads": 1, "eval_candidates": 2,
+        },
+        "warmstart": {
+            "source": "sft",
+            "sft_config": None,
+            "sft": {
+                "steps": 2, "batch_size": 1, "policy": {"init_from": str(policy_dir)},
+                "eval": {"n_teacher_forced": 1, "n_rollout": 0}, "log_every": 1, "eval_every": 0, "save_every": 0,
+                "keep_last": 1, "tensorboard": False, "progress": False,
+            },
+        },
+        "rl": {
+            "steps": 2, "prompts_per_step": 2, "seed": 0, "micro_batch_size": 2, "eval_every": 0, "save_every": 0,
+            "tensorboard": False, "bootstrap_every": 1, "bootstrap_resamples": 4,
+            "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens_per_turn": 24, "batch_size": 4},
+            "optim": {"lr": 1e-3, "warmup_frac": 0.0},
+        },
+    }
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """Two runs of the pipeline on the same directories; returns (tmp, cfg, first summary, second summary, logs)."""
+    from mapo.pipeline import PipelineConfig, run_pipeline
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = from_dict(PipelineConfig, tiny_pipeline_dict(tmp, make_policy_dir(tmp / "policy0")))
+    logs: list[list[str]] = [[], []]
+    first = run_pipeline(cfg, tmp / "run", progress=False, forced_turns=forced, log=logs[0].append)
+    second = run_pipeline(cfg, tmp / "run", progress=False, forced_turns=forced, log=logs[1].append)
+    return tmp, cfg, first, second, logs
+
+
+def test_smoke_parameters_change_and_every_metric_is_finite(demo_run):
+    tmp, _, summary, _, _ = demo_run
+    run = tmp / "run"
+    before, after = weights(Path(summary["paths"]["policy_before"])), weights(run / "rl" / "final")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "RL did not change any parameter"
+    rows = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} >= {1, 2}
+    for row in rows:
+        for key, value in row.items():
+            assert math.isfinite(value), f"{key}={value} at step {row['step']}"
+    assert "grad_var_bootstrap" in rows[0] and "semantic_mean" in rows[0]
+    # Table values are finite numbers, or None where the denominator is empty (e.g. no valid crop).
+    for r in summary["table"]:
+        for col in ("before", "after", "delta"):
+            assert r[col] is None or math.isfinite(r[col]), (r["key"], col, r[col])
+    assert summary["table"][0]["key"] == "accuracy" and summary["table"][0]["before"] is not None
+    assert summary["n_heldout"] == 2 and summary["rl_steps"] == 2 and summary["algorithm"] == "mapo"
+    rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    assert summary["rl_trend"] == {"key": "reward_mean", "window": 2, "first": pytest.approx(sum(rewards) / 2),
+                                   "last": pytest.approx(sum(rewards) / 2)}
+
+
+def test_smoke_writes_summary_report_and_both_evaluations(demo_run):
+    tmp, _, summary, _, _ = demo_run
+    run = tmp / "run"
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["table"] == summary["table"]
+    md = (run / "summary.md").read_text()
+    assert "| accuracy |" in md and "Verdict" in md and str(run) in md
+    for name in ("eval_before", "rl/eval"):
+        metrics = json.loads((run / name / "metrics.json").read_text())
+        assert metrics["tools"]["n"] == 2
+        assert len((run / name / "predictions.jsonl").read_text().splitlines()) == 2
+    assert (run / "report" / "index.html").is_file()
+    assert set(summary["stages"]) >= {"data", "verifier", "warm start", "rl", "eval before", "eval after"}
+    assert not any(info["reused"] for name, info in summary["stages"].items() if name in ("data", "verifier", "warm start"))
+
+
+def test_second_run_reuses_cached_stages(demo_run):
+    tmp, cfg, first, second, logs = demo_run
+    for stage in ("data", "verifier", "sft"):
+        assert any(line.startswith(f"reusing {stage}:") for line in logs[1]), (stage, logs[1])
+        assert not any(line.startswith(f"reusing {stage}:") for line in logs[0]), (stage, logs[0])
+    assert all(second["stages"][s]["how"] == "reused from cache" for s in ("data", "verifier", "warm start"))
+    assert second["table"] == first["table"]  # the finished RL run and the evaluations are read back
+    assert second["paths"]["verifier"] == first["paths"]["verifier"]
+    assert len(list(Path(cfg.cache_dir).iterdir())) == 3  # data, verifier, sft; no temporary directories left
+
+
+def test_cache_key_ignores_speed_knobs_and_tracks_the_rest():
+    from mapo.pipeline import config_key
+    from mapo.verifier.train import VerifierTrainConfig
+
+    base = VerifierTrainConfig()
+    assert config_key(base) == config_key(VerifierTrainConfig(num_threads=7))
+    assert config_key(base) != config_key(VerifierTrainConfig(steps=base.steps + 1))
+    assert len(config_key(base)) == 12
+
+
+def test_cached_stage_is_atomic(tmp_path):
+    from mapo.pipeline import cached_stage
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        cached_stage("s", {"a": 1}, broken, tmp_path, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary directory
+    path, reused = cached_stage("s", {"a": 1}, lambda tmp: (tmp / "ok.txt").write_text("y"), tmp_path, log=lambda _: None)
+    assert not reused and (path / "ok.txt").read_text() == "y" and (path / "stage.json").is_file()
+    again, reused = cached_stage("s", {"a": 1}, lambda tmp: pytest.fail("rebuilt"), tmp_path, log=lambda _: None)
+    assert reused and again == path
+
+
+def test_bad_config_is_rejected_with_a_reason(tmp_path):
+    from mapo.pipeline import PipelineConfig
+
+    with pytest.raises(ValueError, match="rl.policy is set by the pipeline"):
+        from_dict(PipelineConfig, {"rl": {"policy": "x"}})
+    with pytest.raises(ValueError, match="unknown config key"):
+        from_dict(PipelineConfig, {"rl": {"stepz": 3}})
+    with pytest.raises(ValueError, match="data.n must be >= 1"):
+        from_dict(PipelineConfig, {"data": {"n": 0}})
+
+
+def test_refuses_a_directory_it_did_not_write(tmp_path):
+    from mapo.pipeline import PipelineConfig, run_pipeline
+
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not written by `mapo demo`"):
+        run_pipeline(PipelineConfig(cache_dir=str(tmp_path / "cache")), tmp_path, fresh=True)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_warm_start_path_must_be_a_checkpoint(tmp_path):
+    from mapo.pipeline import PipelineConfig, warmstart_stage
+
+    cfg = from_dict(PipelineConfig, {"warmstart": {"source": str(tmp_path / "nope")}})
+    with pytest.raises(ValueError, match="not a policy checkpoint directory"):
+        warmstart_stage(cfg, log=lambda _: None)
+
+
+def test_verdict_is_honest_about_noise():
+    from mapo.pipeline import verdict
+
+    def rows(before, after):
+        return [{"key": "accuracy", "before": before, "after": after}]
+
+    # n=48, p=0.5 both: 2 SE = 2 * sqrt((0.25 + 0.25) / 48) = 0.204 -> +0.1 is noise, +0.3 is not.
+    assert verdict(rows(0.5, 0.6), 48).startswith("no accuracy change beyond noise")
+    assert verdict(rows(0.4, 0.7), 48).startswith("RL improved")
+    assert verdict(rows(0.7, 0.4), 48).startswith("RL made held-out accuracy worse")
+
+
+def test_demo_config_file_loads():
+    from mapo.pipeline import load_pipeline_config
+
+    cfg = load_pipeline_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    assert to_dict(cfg)["rl"]["advantage"]["estimator"] == "mapo"

@@ -1,0 +1,106 @@
+"""The warm-start recipe at tiny scale, and the goal metrics of mapo.experiments.warmstart_sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mapo.experiments import warmstart_sweep as ws
+
+TINY = [
+    "steps=2", "batch_size=2", "eval.n_teacher_forced=2", "eval.n_rollout=2", "eval.max_turns=2",
+    "eval.max_new_tokens_per_turn=12", "policy.overrides={text_layers: 1, vision_depth: 1}", "threads=1",
+]
+
+
+def test_description_matching_by_hand():
+    caption = "a red triangle with the letter K and a blue circle with the letter P"
+    assert ws.description_matches("a blue circle with the letter P and a red triangle with the letter K", caption) == (True, True)
+    assert ws.description_matches("a red triangle with the letter K", caption) == (False, False)
+    assert ws.description_matches("a red triangle with the letter X and a blue circle with the letter P", caption) == (True, False)
+    assert ws.description_matches("empty background", "empty background") == (True, True)
+    assert ws.description_matches("a red square with the letter A", "empty background") == (False, False)
+    assert ws.description_matches(None, "a green square with the letter A") == (False, False)
+
+
+def test_config_diff_names_recipe_keys_only():
+    base = {"steps": 10, "threads": 1, "data": {"level": "easy", "synth": {}}, "eval": {"n_rollout": 4}}
+    run = {"steps": 20, "threads": 2, "data": {"level": "easy", "synth": {"object_frac": 0.5}}, "eval": {"n_rollout": 8}}
+    assert ws.config_diff(run, base) == ['data.synth={"object_frac":0.5}', "steps=20"]
+
+
+def test_answer_turn_is_the_oracle_final_turn_for_each_option():
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.protocol import DEFAULT_CONFIG
+
+    sample = ws.heldout("easy", 1)[0]
+
+    final = oracle_trajectory(sample, rng_or_seed=0).assistant_texts[-1]
+    mine = ws.answer_turn(sample, sample.answer, DEFAULT_CONFIG)
+    assert final.endswith(mine)  # the oracle's turn also opens with the description of the crop
+    other = next(letter for letter in "ABCD" if letter != sample.answer)
+    assert f"<answer>{other}</answer>" in ws.answer_turn(sample, other, DEFAULT_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """configs/warmstart.yaml through the project's SFT recipe, at tiny scale."""
+    from mapo.config import load_config
+    from mapo.train.sft import SFTConfig, run_sft
+
+    torch.manual_seed(0)
+    run_dir = tmp_path_factory.mktemp("ws") / "run"
+    cfg = load_config(SFTConfig, ws.BASE_CONFIG, TINY)
+    run_sft(cfg, run_dir)
+    return run_dir
+
+
+def test_recipe_trains_and_ships_at_tiny_scale(tiny_run, tmp_path):
+    from mapo.policy import build_tiny_policy, default
+
+    ev = json.loads((tiny_run / "eval.json").read_text())
+    assert ev["step"] == 2 and ev["heldout/n"] == 2.0
+    default.ship(tiny_run, tmp_path / "asset")
+    policy = default.load_default(tmp_path / "asset")
+    init = build_tiny_policy("tiny", seed=0, text_layers=1, vision_depth=1)  # the recipe's starting weights
+    name = "model.language_model.embed_tokens.weight"
+    assert not torch.equal(policy.model.state_dict()[name], init.model.state_dict()[name])  # training moved them
+
+
+def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):
+    from mapo.policy import load_policy
+    from mapo.protocol import DEFAULT_CONFIG
+
+    policy = load_policy(tiny_run / "final")
+    samples = ws.heldout("easy", 2)
+    letters = ws.no_tool_choices(policy, samples, DEFAULT_CONFIG)
+    assert all(letter in "ABCD"[: len(s.options)] for letter, s in zip(letters, samples))
+    goals = ws.evaluate_goals(policy, samples, max_turns=2)
+    assert goals["n"] == 2.0 and goals["chance"] == 0.25
+    for key in ("first_zoom_hit", "accuracy_tool", "accuracy_no_tool", "description_object", "description_glyph"):
+        assert 0.0 <= goals[key] <= 1.0
+
+
+def test_sweep_table_has_a_row_per_finished_run(tiny_run):
+    table = ws.sweep_table(tiny_run.parent)
+    assert "| run | checkpoint |" in table and "stopped" not in table
+    assert "| run |" in table and "steps=2" in table
+
+
+def test_evaluate_goals_refuses_no_samples():
+    with pytest.raises(ValueError, match="at least one sample"):
+        ws.evaluate_goals(None, [])
+
+
+@pytest.mark.parametrize("level", ["easy", "distractors", "medium"])
+def test_a_perfect_first_zoom_counts_as_a_hit(level):
+    """The oracle's zoom is the smallest crop, one 112 px cell; objects fill 75% of its side,
+    so IoU = 84^2 / 112^2 = 0.5625 >= 0.5 (at 70% it was 0.485: no zoom could ever hit)."""
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.tools import box_iou
+
+    for sample in ws.heldout(level, 4):
+        crop = oracle_trajectory(sample, rng_or_seed=0).boxes_original[0]
+        assert box_iou(crop, sample.target_boxes[0].xyxy) == pytest.approx(0.5625)
