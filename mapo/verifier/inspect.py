@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from mapo.verifier.base import Verifier
+from mapo.verifier.train import negative_kind
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -51,6 +52,9 @@ def evaluate(verifier: Verifier, pairs: Sequence, *, candidates: int = 16, seed:
         caption) / (crop, another crop's caption) / both pooled;
         ``gap_mean``: mean over crops of s(correct) − mean s(hallucinated);
         ``gap_positive``: fraction of crops whose correct caption outscores every hallucinated one;
+        ``hard_win``: {kind: fraction of (crop, hallucinated caption) pairs of that kind scored below
+        the correct caption}, kinds from :func:`mapo.verifier.train.negative_kind` (colour, shape,
+        glyph, empty, absent): which attribute the verifier cannot see;
         ``s_correct``/``s_hallucinated``/``s_random``: mean scores.
     """
     if len(pairs) < 2:
@@ -71,11 +75,14 @@ def evaluate(verifier: Verifier, pairs: Sequence, *, candidates: int = 16, seed:
         hits += int(bool(correct[i] > sim[i, distractors].max()))
 
     hard, gaps, wins = [], [], []
+    wins_by_kind: dict[str, list[float]] = {}
     for i, p in enumerate(pairs):
         if not p.negatives:
             continue
         neg = torch.stack([text[n] for n in p.negatives]) @ images[i]  # (H,)
         hard.append(neg)
+        for caption, s in zip(p.negatives, neg):
+            wins_by_kind.setdefault(negative_kind(p.caption, caption), []).append(float(bool(correct[i] > s)))
         gaps.append(float(correct[i] - neg.mean()))
         wins.append(float(bool(correct[i] > neg.max())))
     hard_scores = torch.cat(hard) if hard else torch.zeros(0)
@@ -103,6 +110,7 @@ def evaluate(verifier: Verifier, pairs: Sequence, *, candidates: int = 16, seed:
             gap_mean=sum(gaps) / len(gaps),
             gap_positive=sum(wins) / len(wins),
             s_hallucinated=float(hard_scores.mean()),
+            hard_win={kind: sum(w) / len(w) for kind, w in sorted(wins_by_kind.items())},
         )
     return metrics
 
