@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" --timeout=600 -q
-
-test-slow: $(STAMP)
-	$(VENV)/bin/pytest -m slow --timeout=3600 -q
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module under mapo.commands, one-line help). Keep sorted by workflow order.
@@ -60,3 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `mapo ... | head` closed the pipe: stop quietly, as Unix tools do (and keep
+        # Python's exit-time flush of stdout from raising again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -21,3 +21,4 @@ def test_unknown_command_is_an_error(capsys):
 def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "mapo", "--version"], capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("mapo ")
+
