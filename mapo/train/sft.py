@@ -19,6 +19,8 @@ from after ``<|im_start|>assistant\\n`` up to and including ``<|im_end|>``
 (the model must learn to end its turn); the prompt, observations (including
 their image tokens) and padding are ``-100``. The global image is resized to
 the view exactly as the rollout does (``tools.view_size``, bicubic).
+``data.localize_only`` cuts each transcript after the first assistant turn
+(the first zoom), for a localisation-only stage (docs/warmstart.md, "Probe").
 
 Departures / guesses (the MAPO paper does not describe its warm start):
 the oracle's templated ``<think>`` texts, the jitter / wrong-first-zoom
@@ -81,6 +83,7 @@ class SFTDataConfig:
     jitter: float = knob(0.1, "oracle box-corner jitter (fraction of the box side); misses teach re-zooming")
     wrong_first_zoom: float = knob(0.1, "probability the oracle's first zoom lands elsewhere, then recovers")
     max_length: int = knob(2048, "examples longer than this many tokens are refused (error, not truncation)")
+    localize_only: bool = knob(False, "end each transcript after its first tool call (a localisation-only stage)")
 
     def __post_init__(self) -> None:
         if self.n_train < 0:
@@ -161,8 +164,14 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
         tool_config=tool_config, protocol_config=protocol,
     )
-    text = processor.apply_chat_template(demo.messages, tokenize=False, add_generation_prompt=False)
-    return Transcript(text, [global_view(demo.images[0], tool_config), *demo.images[1:]], sample)
+    messages, crops = demo.messages, demo.images[1:]
+    if data.localize_only:
+        # Keep system, user and the first assistant turn (think + box + label), so steps are
+        # short and the loss is the first zoom alone; the crop it would return is never shown.
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        messages, crops = messages[: first + 1], []
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    return Transcript(text, [global_view(demo.images[0], tool_config), *crops], sample)
 
 
 def global_view(image: Image.Image, tool_config: tools.ToolConfig) -> Image.Image:
