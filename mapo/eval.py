@@ -53,7 +53,7 @@ from PIL import Image
 
 from mapo import tools
 from mapo.config import knob, to_dict
-from mapo.protocol import ProtocolConfig
+from mapo.protocol import ProtocolConfig, protocol_for_policy
 from mapo.records import PredictionRecord, TurnRecord, append_jsonl, read_jsonl, record_statistics
 from mapo.rollout import RolloutConfig
 
@@ -351,6 +351,8 @@ def evaluate(
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
     todo = [s for s in samples if s.id not in done]
     base = config.rollout_config()
+    # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol.
+    base = dataclasses.replace(base, protocol=protocol_for_policy(base.protocol, getattr(policy, "protocol", None)))
     total, finished = len(samples), len(samples) - len(todo)
     if progress:
         progress(finished, total)
@@ -375,7 +377,8 @@ def evaluate(
         "tools": record_statistics(records, hit_iou=config.hit_iou),
         "data": {k: v for k, v in load_report.items()},
         "broken_rows": load_report["skipped"],
-        "run": {**(run_info or {}), "data": str(data), "limit": limit, "config": to_dict(config)},
+        "run": {**(run_info or {}), "data": str(data), "limit": limit, "config": to_dict(config),
+                "protocol": to_dict(base.protocol)},
     }
     _write_json_atomic(out / "metrics.json", metrics)
     return EvalResult(metrics, out, len(todo))

@@ -33,6 +33,8 @@ import math
 import numbers
 import re
 import string
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -446,6 +448,37 @@ def render_assistant_turn(
 # ----------------------------------------------------------------------------- prompts
 
 
+def note_to_stderr(message: str) -> None:
+    print(f"mapo: note: {message}", file=sys.stderr)
+
+
+def protocol_for_policy(
+    configured: ProtocolConfig, trained: ProtocolConfig | None, *, on_conflict: Callable[[str], None] | None = note_to_stderr
+) -> ProtocolConfig:
+    """The protocol to prompt a policy with: what it was trained with, unless the config says otherwise.
+
+    A policy is only as good as the prompt it was trained on (a tiny warm start trained on a
+    one-line system prompt does not know the long default one), so a policy's recorded protocol
+    (``Policy.protocol``, from ``mapo_protocol.json``) replaces a configured protocol that was left
+    at the defaults. An explicitly configured protocol is kept even when it differs from the
+    record (e.g. DeepEyes' prompts for a Qwen checkpoint); ``on_conflict(message)`` then says so
+    (default: a note on stderr; ``None``: silent). Without a record the configured protocol is used as is.
+    """
+    if trained is None or configured == trained:
+        return configured
+    if configured == DEFAULT_CONFIG:
+        return trained
+    if on_conflict is not None:
+        changed = sorted(
+            name for name in configured.__dataclass_fields__ if getattr(configured, name) != getattr(trained, name)
+        )
+        on_conflict(
+            f"the configured protocol differs from the one the policy was trained with in {', '.join(changed)}; "
+            "using the configured one (leave protocol settings at their defaults to use the policy's own)"
+        )
+    return configured
+
+
 def system_prompt(config: ProtocolConfig = DEFAULT_CONFIG) -> str:
     """The system prompt: the tool, its JSON schema, the tag grammar and the description rule."""
     return _render_system(config)
@@ -508,6 +541,7 @@ __all__ = [
     "Turn",
     "initial_messages",
     "observation_message",
+    "protocol_for_policy",
     "option_letters",
     "parse_turn",
     "render_assistant_turn",

@@ -19,7 +19,10 @@ def shipped(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("default")
     run = root / "run"
+    from mapo.protocol import ProtocolConfig
+
     policy = build_tiny_policy("tiny", seed=0, text_layers=1, vision_depth=1)
+    policy.protocol = ProtocolConfig(system_template="Zoom with $tool_name.")  # as `mapo sft` records it
     policy.save(run / "final")
     (run / "config.yaml").write_text(yaml.safe_dump({"seed": 3, "policy": {"seed": 4}, "data": {"seed": 5}}))
     (run / "goals_easy.json").write_text(json.dumps({"first_zoom_hit": 0.5}))
@@ -45,6 +48,7 @@ def test_load_default_returns_the_shipped_weights(shipped):
     assert state.keys() == original.keys()
     assert all(torch.equal(state[k], original[k]) for k in original)
     assert policy.tokenizer.convert_tokens_to_ids("<|im_end|>") in policy.eos_token_ids
+    assert policy.protocol.system_template == "Zoom with $tool_name."  # prompted as it was trained
 
 
 def test_tampered_file_is_refused_with_the_rebuild_command(shipped, tmp_path):

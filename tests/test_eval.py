@@ -154,3 +154,19 @@ def test_partial_rollout_overrides_keep_eval_defaults():
     c = _load_config(None, ["rollout.tool.view_max_pixels=1003520", "rollout.batch_size=3"])
     assert (c.rollout.group_size, c.rollout.greedy, c.rollout.batch_size) == (1, True, 3)
     assert c.rollout.tool.view_max_pixels == 1003520
+
+
+def test_eval_prompts_a_policy_as_it_was_trained(policy, tmp_path):
+    """A policy's recorded protocol replaces the default one; an explicitly configured one wins."""
+    import dataclasses
+
+    from mapo.protocol import ProtocolConfig
+
+    short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
+    trained = dataclasses.replace(policy, protocol=short)
+    cfg = EvalConfig(rollout=RolloutConfig(group_size=1, greedy=True, batch_size=2, max_turns=1, max_new_tokens_per_turn=4))
+    used = evaluate("synth:2:easy:7", tmp_path / "a", policy=trained, config=cfg).metrics["run"]["protocol"]
+    assert used["system_template"] == short.system_template
+    explicit = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, protocol=ProtocolConfig(system_template="Zoom: $tool_name")))
+    used = evaluate("synth:2:easy:7", tmp_path / "b", policy=trained, config=explicit).metrics["run"]["protocol"]
+    assert used["system_template"] == "Zoom: $tool_name"

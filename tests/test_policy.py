@@ -320,3 +320,34 @@ def test_loads_qwen_release_layout(policy, saved, tmp_path):
     ) == policy.processor.apply_chat_template(protocol.initial_messages("Q?"), tokenize=False, add_generation_prompt=True)
     a = loaded.processor(text=[text], images=images, return_tensors="pt")
     assert a["image_grid_thw"].tolist() == [[1, 8, 8], [1, 16, 16]]
+
+
+# ----------------------------------------------------------------------------- the protocol record
+
+
+def test_protocol_record_round_trips(policy, tmp_path):
+    """A policy saved with its training protocol loads with it; one saved without loads with None."""
+    import dataclasses
+
+    from mapo.policy.load import PROTOCOL_FILE
+    from mapo.protocol import ProtocolConfig
+
+    short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
+    with_record = dataclasses.replace(policy, protocol=short)
+    with_record.save(tmp_path / "a")
+    assert (tmp_path / "a" / PROTOCOL_FILE).is_file()
+    assert load_policy(tmp_path / "a").protocol == short
+    policy.save(tmp_path / "b")  # the module's policy carries no record
+    assert not (tmp_path / "b" / PROTOCOL_FILE).exists()
+    assert load_policy(tmp_path / "b").protocol is None
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"protocol": {"no_such_field": 1}}', '{"protocol": {"think_tag": "a b"}}', "[]"])
+def test_bad_protocol_record_is_named(saved, tmp_path, text):
+    from mapo.policy.load import PROTOCOL_FILE
+
+    copy = tmp_path / "p"
+    shutil.copytree(saved, copy)
+    (copy / PROTOCOL_FILE).write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=PROTOCOL_FILE):
+        load_policy(copy)

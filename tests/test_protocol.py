@@ -404,3 +404,20 @@ def test_render_then_parse_round_trips(think, description, bbox, label, answer):
         assert turn.action == "tool_call" and turn.answer is None
         assert turn.tool_call.bbox == tuple(float(v) for v in bbox)
         assert turn.tool_call.label == label
+
+
+# ----------------------------------------------------------------------------- which protocol a policy gets
+
+
+def test_protocol_for_policy_prefers_the_record_over_defaults_and_explicit_config_over_the_record():
+    from mapo.protocol import protocol_for_policy
+
+    default = ProtocolConfig()
+    trained = ProtocolConfig(system_template="Zoom with $tool_name.")
+    explicit = ProtocolConfig(answer_instruction="Answer with a letter.")
+    notes: list[str] = []
+    assert protocol_for_policy(default, None, on_conflict=notes.append) is default  # no record: as configured
+    assert protocol_for_policy(default, trained, on_conflict=notes.append) is trained  # defaults: the record
+    assert protocol_for_policy(trained, trained, on_conflict=notes.append) is trained and not notes
+    assert protocol_for_policy(explicit, trained, on_conflict=notes.append) is explicit  # explicit: kept, noted
+    assert len(notes) == 1 and "answer_instruction" in notes[0] and "system_template" in notes[0]

@@ -130,6 +130,7 @@ def test_tiny_sft_run_learns_and_writes_everything(tmp_path, capsys):
     from mapo.policy import build_tiny_policy, load_policy
 
     trained = load_policy(run / "final")
+    assert trained.protocol == _cfg().protocol  # it records the prompts it was trained on
     init = build_tiny_policy("tiny", seed=0)
     w0 = init.model.lm_head.weight
     assert not torch.equal(trained.model.lm_head.weight, w0)

@@ -395,3 +395,24 @@ def check_entropy(model, batch, entropy):
     torch.testing.assert_close(entropy[rows[keep], cols[keep]].detach(), full[rows[keep], cols[keep] - 1],
                                rtol=1e-4, atol=1e-4)
     assert entropy[~batch["loss_mask"]].abs().max() == 0
+
+
+def test_rl_prompts_the_policy_as_it_was_trained_and_its_checkpoints_keep_the_record(assets, tmp_path):
+    import shutil
+
+    import mapo.train.rl as rl
+    from mapo.policy.load import read_protocol, write_protocol
+    from mapo.train.common import latest_checkpoint
+    from mapo.protocol import ProtocolConfig
+
+    short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
+    policy_dir = tmp_path / "policy"
+    shutil.copytree(assets[0], policy_dir)
+    write_protocol(policy_dir, short)
+    run = rl.setup(rl_config((policy_dir, assets[1]), save_every=1, steps=1), tmp_path / "run", resume=False)
+    try:
+        assert run.rollout_cfg.protocol == short
+        rl._save(run)
+    finally:
+        run.logger.close()
+    assert read_protocol(latest_checkpoint(tmp_path / "run") / "model") == short  # a resumed run resolves alike

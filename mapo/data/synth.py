@@ -1,6 +1,7 @@
 """The synthetic visual-search task: small lettered shapes on a large canvas.
 
-Each image is a canvas with a textured background and a few objects on a coarse
+Each image is a canvas with a grey background (flat on the 448 px levels, textured on
+``hard``) and a few objects on a coarse
 grid of cells. An object is a shape (circle, square, triangle, diamond) in a
 colour, with a capital letter (the *glyph*) drawn on it. Questions mirror V*:
 
@@ -126,18 +127,21 @@ LEVELS: dict[str, dict[str, Any]] = {
     # object_frac 0.75 on the 448 px levels: the tool's smallest crop (28 view px = one 112 px cell)
     # then has IoU (0.75)^2 = 0.56 >= 0.5 with the object box, so a perfect zoom counts as a hit@0.5
     # (at 0.7 it was 0.485: no zoom could ever hit).
+    # texture_strength 0 on the 448 px levels: the background texture cut a tiny policy's first-zoom
+    # hits by about two thirds (docs/warmstart.md, "Probe"); the hard level brings it back.
     "easy": dict(
-        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224
+        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224,
+        texture_strength=0.0,
     ),
     # The target among distractors with random attributes: find the named object among others.
     "distractors": dict(
         canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=224, distractor_similarity=0.0,
+        obs_side=224, distractor_similarity=0.0, texture_strength=0.0,
     ),
     # The target among distractors that share its colour or shape: bind both words to a location.
     "medium": dict(
         canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=224, distractor_similarity=0.6,
+        obs_side=224, distractor_similarity=0.6, texture_strength=0.0,
     ),
     # Larger canvas, many similar distractors, relative positions, weaker position cues.
     "hard": dict(

@@ -39,6 +39,7 @@ its tool call would end without an answer and score 0, not its knowledge.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -189,14 +190,14 @@ def heldout(level: str, n: int, synth_overrides: dict | None = None) -> list:
     return synth.generate(n, seed=EVAL_SEED, config=synth.level_config(level, **(synth_overrides or {})))
 
 
-def run_protocol(run_dir: Path):
-    """The protocol (prompts, tags) an SFT run trained with, from ``RUN_DIR/config.yaml``."""
+def run_config(run_dir: Path):
+    """The :class:`mapo.train.sft.SFTConfig` an SFT run was started with (``RUN_DIR/config.yaml``)."""
     import yaml
 
     from mapo.config import from_dict
     from mapo.train.sft import SFTConfig
 
-    return from_dict(SFTConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))).protocol
+    return from_dict(SFTConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
 
 
 def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = None) -> dict[str, float]:
@@ -210,7 +211,9 @@ def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = No
     policy_dir = run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model"
     policy = load_policy(policy_dir)
     started = time.perf_counter()
-    out = evaluate_goals(policy, heldout(level, n), protocol_config=run_protocol(run_dir))
+    # The run's own prompts and image knobs (e.g. data.synth.texture_strength): what it was trained on.
+    trained = run_config(run_dir)
+    out = evaluate_goals(policy, heldout(level, n, trained.data.synth), protocol_config=policy.protocol or trained.protocol)
     out["eval_s"] = time.perf_counter() - started
     name = f"goals_{level}.json" if step is None else f"goals_{level}_step{step}.json"
     (run_dir / name).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
@@ -376,6 +379,8 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
     policy = load_policy(policy_dir)
     samples = heldout(level, n)
     rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, batch_size=n, tool=tool_config_for_sample(samples[0]))
+    if policy.protocol is not None:  # prompt it as it was trained
+        rc = dataclasses.replace(rc, protocol=policy.protocol)
     trajectories = rollout(samples, policy, rc)
     pad, text_h = 6, 60
     sheet = Image.new("RGB", (n * (thumb + pad) + pad, 2 * thumb + text_h + 3 * pad), "white")

@@ -40,6 +40,7 @@ SHIPPED_FILES = (
     "chat_template.jinja",
     "preprocessor_config.json",
     "processor_config.json",
+    "mapo_protocol.json",  # the prompts it was trained with (mapo.policy.load.PROTOCOL_FILE)
 )
 
 

@@ -13,6 +13,12 @@ LoRA (optional, via peft) targets the language model's attention and MLP
 projections only; the vision tower stays frozen with the base weights. A
 LoRA policy saves its adapter (``adapter_config.json``); :func:`load_policy` on
 such a directory loads the base model named in it and applies the adapter.
+
+A policy trained by mapo also records the agent protocol it was trained with
+(tags, prompts: :class:`mapo.protocol.ProtocolConfig`) in ``mapo_protocol.json``
+next to its weights, so that RL and evaluation prompt it exactly as SFT did
+(:func:`mapo.protocol.protocol_for_policy`). Checkpoints from elsewhere have no
+such file and use the configured protocol.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from typing import Any, Literal
 
 import torch
 
+from mapo.config import from_dict, to_dict
 from mapo.policy.tokenizer import VISION_TOKENS
+from mapo.protocol import ProtocolConfig
 
+PROTOCOL_FILE = "mapo_protocol.json"
 QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,12 +44,15 @@ class Policy:
     """A vision-language policy: model, processor and tokenizer that belong together.
 
     ``path`` is the directory it was loaded from (``None`` when built in memory).
+    ``protocol`` is the agent protocol the policy was trained with (read from and
+    written to ``mapo_protocol.json``; ``None`` for checkpoints that carry none).
     """
 
     model: Any
     processor: Any
     tokenizer: Any
     path: str | None = None
+    protocol: ProtocolConfig | None = None
 
     def save(self, out_dir: str | Path) -> None:
         """Write a standard HF directory: safetensors weights (or LoRA adapter), processor, tokenizer."""
@@ -55,6 +67,8 @@ class Policy:
         generation = getattr(self.model, "generation_config", None)
         if generation is not None and not (out / "generation_config.json").exists():
             generation.save_pretrained(out)
+        if self.protocol is not None:
+            write_protocol(out, self.protocol)
 
     @property
     def vision_token_ids(self) -> list[int]:
@@ -85,6 +99,31 @@ def _use_standard_processor_class(out: Path) -> None:
     if cfg.get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__:
         cfg["processor_class"] = "Qwen2_5_VLProcessor"
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def write_protocol(out_dir: str | Path, protocol: ProtocolConfig) -> Path:
+    """Record ``protocol`` in ``out_dir/mapo_protocol.json``; return the file's path."""
+    path = Path(out_dir) / PROTOCOL_FILE
+    path.write_text(json.dumps({"protocol": to_dict(protocol)}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_protocol(root: str | Path) -> ProtocolConfig | None:
+    """The protocol recorded in ``root/mapo_protocol.json``, or ``None`` when there is no such file.
+
+    Raises:
+        ValueError: the file exists but is not valid JSON or names unknown/invalid fields.
+    """
+    path = Path(root) / PROTOCOL_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("protocol"), dict):
+            raise ValueError('expected {"protocol": {...}}')
+        return from_dict(ProtocolConfig, data["protocol"], prefix="protocol.")
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a valid protocol record ({e}); fix or delete it") from None
 
 
 def _existing_ids(tokenizer, tokens) -> list[int]:
@@ -198,7 +237,9 @@ def load_policy(
     model = _load_model(root, config.get("model_type"), torch_dtype).to(device)
     processor = _load_processor(root, config.get("model_type"))
     model.eval()
-    policy = Policy(model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root))
+    policy = Policy(
+        model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root), protocol=read_protocol(root)
+    )
     return apply_lora(policy, lora) if lora is not None else policy
 
 
@@ -270,4 +311,5 @@ def _load_adapter(root: Path, *, dtype: str, device: str | torch.device) -> Poli
         )
     base = load_policy(base_path, dtype=dtype, device=device)
     model = PeftModel.from_pretrained(base.model, root, is_trainable=False)
-    return dataclasses.replace(base, model=model, path=str(root))
+    # The adapter's own record wins (it was trained last); else the base model's.
+    return dataclasses.replace(base, model=model, path=str(root), protocol=read_protocol(root) or base.protocol)

@@ -68,6 +68,7 @@ import torch.distributed
 from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.config import knob
 from mapo.loss import LossConfig, policy_loss
+from mapo.protocol import note_to_stderr, protocol_for_policy
 from mapo.reward import RewardConfig, outcome_reward
 from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
 from mapo.train import diagnostics
@@ -378,7 +379,11 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         reference.model.eval().requires_grad_(False)
     # No embedding cache: a score must not depend on which batch first embedded its crop (resume exactness).
     verifier = load_verifier(cfg.verifier, device=device, cache_images=False) if cfg.verifier else None
-    rollout_cfg = cfg.rollout
+    # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol;
+    # its checkpoints record the protocol used here, so a resumed run resolves the same way.
+    protocol = protocol_for_policy(cfg.rollout.protocol, policy.protocol, on_conflict=note_to_stderr if info.is_main else None)
+    policy.protocol = protocol
+    rollout_cfg = dataclasses.replace(cfg.rollout, protocol=protocol)
     first = data.prompts(0, 1)[0]
     if cfg.tool_from_data and "view_side" in first.meta and "obs_side" in first.meta:  # a synthetic sample
         from mapo.data.oracle import tool_config_for_sample

@@ -426,6 +426,7 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
     ckpt = latest_checkpoint(run_dir) if resume else None
     policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype) if ckpt else build_policy(cfg.policy)
     policy.model.train()
+    policy.protocol = cfg.protocol  # recorded with every save (mapo_protocol.json): RL and eval prompt alike
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     step = cursor = 0
