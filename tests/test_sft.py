@@ -107,6 +107,28 @@ def test_masked_loss_matches_full_logits(policy):
     assert stats["tokens"] == float((labels[:, 1:] != -100).sum())
 
 
+def test_coordinate_and_letter_weights_by_hand(policy):
+    """Numbers weigh coord_weight, single capital letters letter_weight, the rest 1 (a weighted mean)."""
+    from mapo.train.sft import mark_number_tokens
+
+    cfg = _cfg()
+    mark_number_tokens(policy.model, policy.tokenizer)
+    inputs, labels = collate(training_transcripts(0, 2, policy.processor, cfg), policy, 4096)
+    with torch.no_grad():
+        loss, stats = masked_lm_loss(policy.model, inputs, labels, coord_weight=3.0, letter_weight=7.0)
+        logits = policy.model(**inputs).logits[:, :-1]  # (B, T-1, V)
+    targets = labels[:, 1:]
+    valid = targets != -100
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    tokens = [[policy.tokenizer.convert_ids_to_tokens(int(i)).lstrip("Ġ") for i in row.clamp(min=0)] for row in targets]
+    weight = torch.tensor([[3.0 if t.isdigit() else 7.0 if len(t) == 1 and "A" <= t <= "Z" else 1.0 for t in row] for row in tokens])
+    weight = weight * valid
+    assert torch.allclose(loss, (ce * weight).sum() / weight.sum(), atol=1e-5)
+    letters = (weight == 7.0).sum()
+    assert letters >= 4 and stats["letter_token_count"] == float(letters)  # glyph + answer letter, per transcript
+    assert 0.0 <= stats["letter_token_acc"] <= 1.0 and stats["coord_token_count"] == float((weight == 3.0).sum())
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 
@@ -256,3 +278,16 @@ def test_sft_tokens_match_the_rollout(policy):
     n = len(traj.input_ids)
     mine = logp[: n - 1].gather(-1, traj.input_ids[1:, None]).squeeze(-1)  # (T-1,) log p(token t+1)
     assert torch.allclose(mine[mask[1:]], traj.logprobs[1:][mask[1:]], atol=1e-3)
+
+
+def test_a_fresh_policy_takes_the_training_levels_image_sizes():
+    """A level with 448 px observations gets a processor that passes them unchanged (no silent resize)."""
+    from mapo.data import synth
+    from mapo.policy.processor import check_no_resize
+    from mapo.train.sft import PolicySpec, build_policy
+
+    level = synth.level_config("easy", obs_side=448)
+    policy = build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1}), synth.tool_config_for(level))
+    check_no_resize(policy.processor, 448, 448)
+    with pytest.raises(ValueError):
+        check_no_resize(build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1})).processor, 448, 448)

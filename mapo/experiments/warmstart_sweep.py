@@ -269,7 +269,12 @@ def config_diff(run_config: dict, base_config: dict) -> list[str]:
     """``key=value`` for every recipe key where a run's config differs from the base config."""
     run, base = _flat(run_config), _flat(base_config)
     keys = sorted(k for k in set(run) | set(base) if run.get(k) != base.get(k) and not k.startswith(_NOT_RECIPE))
-    return [f"{k}={json.dumps(run.get(k), separators=(',', ':'))}" for k in keys]
+    return [f"{k}={_short(json.dumps(run.get(k), separators=(',', ':')))}" for k in keys]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters (a long system prompt would swamp a table row)."""
+    return text if len(text) <= limit else f"{text[: limit - 14]}…({len(text)} chars)"
 
 
 def _read_json(path: Path) -> dict:

@@ -111,6 +111,9 @@ class SFTConfig:
     batch_size: int = knob(8, "transcripts per step")
     seed: int = knob(0, "seed of the torch / numpy / python generators")
     coord_loss_weight: float = knob(1.0, "loss weight of whole-number tokens (box coordinates) relative to other tokens")
+    letter_loss_weight: float = knob(
+        1.0, "loss weight of single capital-letter tokens (the glyph read off a crop, the answer letter)"
+    )
     policy: PolicySpec = knob(factory=PolicySpec, help="the policy to train")
     data: SFTDataConfig = knob(factory=SFTDataConfig, help="training transcripts")
     optim: OptimConfig = knob(factory=OptimConfig, help="optimiser and schedule")
@@ -133,6 +136,8 @@ class SFTConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.coord_loss_weight > 0:
             raise ValueError(f"coord_loss_weight must be > 0, got {self.coord_loss_weight}")
+        if not self.letter_loss_weight > 0:
+            raise ValueError(f"letter_loss_weight must be > 0, got {self.letter_loss_weight}")
         if self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}) so evaluation is held out")
 
@@ -258,12 +263,14 @@ def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dic
 
 
 def masked_lm_loss(
-    model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, coord_weight: float = 1.0
+    model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, coord_weight: float = 1.0, letter_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-mean cross-entropy over labelled tokens; logits only where a label follows.
 
-    With ``coord_weight`` != 1, whole-number tokens (the box coordinates) weigh that much
-    and the mean is weighted: ``sum_t w_t CE_t / sum_t w_t``.
+    With ``coord_weight`` / ``letter_weight`` != 1, whole-number tokens (the box coordinates)
+    and single capital-letter tokens (glyphs and answer letters) weigh that much and the mean
+    is weighted: ``sum_t w_t CE_t / sum_t w_t``. Both token classes come from
+    :func:`mark_number_tokens`.
 
     Computing the LM head only at positions ``t`` with a label at ``t + 1`` (the
     union over the batch) skips the prompt and observations, a large part of
@@ -274,7 +281,8 @@ def masked_lm_loss(
         labels: (B, T) long, -100 where not trained.
 
     Returns:
-        (loss, stats) with ``tokens`` (labelled tokens) and ``token_acc`` (greedy match rate).
+        (loss, stats) with ``tokens`` (labelled tokens), ``token_acc`` (greedy match rate) and,
+        when the batch has such tokens, ``coord_token_acc`` / ``letter_token_acc``.
     """
     targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
     keep = (targets != IGNORE).any(0).nonzero().squeeze(-1)  # (K,) positions needing logits
@@ -283,36 +291,42 @@ def masked_lm_loss(
     logits = model(**inputs, logits_to_keep=keep).logits  # (B, K, V)
     picked = targets[:, keep]  # (B, K)
     valid = picked != IGNORE
-    if coord_weight == 1.0:
+    numbers = _token_class_mask(picked, model, "_mapo_number_ids") & valid  # (B, K)
+    letters = _token_class_mask(picked, model, "_mapo_letter_ids") & valid  # (B, K)
+    if coord_weight == 1.0 and letter_weight == 1.0:
         loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), picked, ignore_index=IGNORE)
     else:
         per_token = torch.nn.functional.cross_entropy(
             logits.float().transpose(1, 2), picked, ignore_index=IGNORE, reduction="none"
         )  # (B, K), 0 where ignored
-        weight = torch.where(_number_token_mask(picked, model) & valid, coord_weight, 1.0) * valid  # (B, K)
+        weight = torch.where(numbers, coord_weight, torch.where(letters, letter_weight, 1.0)) * valid  # (B, K)
         loss = (per_token * weight).sum() / weight.sum()
     with torch.no_grad():
         correct = (logits.argmax(-1) == picked) & valid
         stats = {"tokens": float(valid.sum()), "token_acc": float(correct.sum() / valid.sum().clamp(min=1))}
-        numbers = _number_token_mask(picked, model) & valid
-        if numbers.any():
-            stats["coord_token_acc"] = float((correct & numbers).sum() / numbers.sum())
+        for name, mask in (("coord_token_acc", numbers), ("letter_token_acc", letters)):
+            if mask.any():
+                stats[name] = float((correct & mask).sum() / mask.sum())
+                stats[name.replace("_acc", "_count")] = float(mask.sum())
     return loss, stats
 
 
-def _number_token_mask(ids: torch.Tensor, model) -> torch.Tensor:
-    table = getattr(model, "_mapo_number_ids", None)
+def _token_class_mask(ids: torch.Tensor, model, attribute: str) -> torch.Tensor:
+    table = getattr(model, attribute, None)
     return table[ids.clamp(min=0)] if table is not None else torch.zeros_like(ids, dtype=torch.bool)
 
 
 def mark_number_tokens(model, tokenizer) -> None:
-    """Remember which ids are whole numbers, for the coordinate-token accuracy metric."""
+    """Remember which ids are whole numbers and which single capital letters (loss weights, accuracies)."""
     vocab = tokenizer.get_vocab()
-    table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    numbers = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    letters = torch.zeros_like(numbers)
     for token, i in vocab.items():
-        if token.lstrip("Ġ").isdigit():
-            table[i] = True
-    model._mapo_number_ids = table
+        bare = token.lstrip("Ġ")
+        numbers[i] = bare.isdigit()
+        letters[i] = len(bare) == 1 and "A" <= bare <= "Z"
+    model._mapo_number_ids = numbers
+    model._mapo_letter_ids = letters
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -329,7 +343,7 @@ def teacher_forced_eval(policy, cfg: SFTConfig, transcripts: list[Transcript]) -
     """Loss and token accuracies on held-out oracle transcripts (batches of ``batch_size``)."""
     was_training = policy.model.training
     policy.model.eval()
-    totals: dict[str, float] = {"loss": 0.0, "token_acc": 0.0, "coord_token_acc": 0.0, "tokens": 0.0, "coord_w": 0.0}
+    totals: dict[str, float] = {"loss": 0.0, "token_acc": 0.0, "tokens": 0.0}
     for i in range(0, len(transcripts), cfg.batch_size):
         inputs, labels = collate(transcripts[i : i + cfg.batch_size], policy, cfg.data.max_length)
         loss, stats = masked_lm_loss(policy.model, inputs, labels)
@@ -337,14 +351,16 @@ def teacher_forced_eval(policy, cfg: SFTConfig, transcripts: list[Transcript]) -
         totals["loss"] += float(loss) * n
         totals["token_acc"] += stats["token_acc"] * n
         totals["tokens"] += n
-        if "coord_token_acc" in stats:
-            totals["coord_token_acc"] += stats["coord_token_acc"] * n
-            totals["coord_w"] += n
+        for name in ("coord", "letter"):  # accuracies weighted by their own token counts
+            count = stats.get(f"{name}_token_count", 0.0)
+            totals[f"{name}_correct"] = totals.get(f"{name}_correct", 0.0) + stats.get(f"{name}_token_acc", 0.0) * count
+            totals[f"{name}_count"] = totals.get(f"{name}_count", 0.0) + count
     policy.model.train(was_training)
     n = max(totals["tokens"], 1.0)
     out = {"eval/loss": totals["loss"] / n, "eval/token_acc": totals["token_acc"] / n}
-    if totals["coord_w"]:
-        out["eval/coord_token_acc"] = totals["coord_token_acc"] / totals["coord_w"]
+    for name in ("coord", "letter"):
+        if totals[f"{name}_count"]:
+            out[f"eval/{name}_token_acc"] = totals[f"{name}_correct"] / totals[f"{name}_count"]
     return out
 
 
@@ -398,12 +414,16 @@ def rollout_eval(policy, cfg: SFTConfig, samples: list) -> dict[str, float]:
 # ----------------------------------------------------------------------------- setup
 
 
-def build_policy(spec: PolicySpec):
+def build_policy(spec: PolicySpec, tool_config=None):
+    """The starting policy: ``spec.init_from`` loaded, else a fresh tiny policy whose processor
+    passes images within ``tool_config``'s budgets unchanged (the training level's own)."""
     from mapo.policy import build_tiny_policy, load_policy
 
     if spec.init_from is not None:
         return load_policy(spec.init_from, dtype=spec.dtype)
-    policy = build_tiny_policy(spec.preset, seed=spec.seed, max_number=spec.max_number, **spec.overrides)
+    policy = build_tiny_policy(
+        spec.preset, seed=spec.seed, max_number=spec.max_number, tool_config=tool_config, **spec.overrides
+    )
     if spec.dtype == "bfloat16":
         policy.model.to(torch.bfloat16)
     return policy
@@ -419,12 +439,13 @@ class _State:
 
 
 def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
+    from mapo.data import synth
     from mapo.policy import load_policy
 
     prepare_run_dir(run_dir, cfg, kind="sft", resume=resume, ignore=RESUMABLE_KEYS)
     seed_everything(cfg.seed)
     ckpt = latest_checkpoint(run_dir) if resume else None
-    policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype) if ckpt else build_policy(cfg.policy)
+    policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype) if ckpt else build_policy(cfg.policy, synth.tool_config_for(synth_config(cfg.data)))
     policy.model.train()
     policy.protocol = cfg.protocol  # recorded with every save (mapo_protocol.json): RL and eval prompt alike
     optimizer = build_optimizer(policy.model, cfg.optim)
@@ -455,7 +476,9 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
-    loss, stats = masked_lm_loss(st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight)
+    loss, stats = masked_lm_loss(
+        st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight
+    )
     loss.backward()
     grad_norm = clip_gradients(st.policy.model, cfg.optim.grad_clip)
     lr = st.optimizer.param_groups[0]["lr"]
@@ -469,7 +492,7 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
         "train/loss": float(loss.detach()), "train/token_acc": stats["token_acc"], "train/grad_norm": grad_norm, "train/lr": lr,
         "train/tokens": stats["tokens"], "train/seq_len": float(inputs["input_ids"].shape[1]),
         "time/step_s": elapsed, "time/data_s": data_s,
-        **({"train/coord_token_acc": stats["coord_token_acc"]} if "coord_token_acc" in stats else {}),
+        **{f"train/{k}": stats[k] for k in ("coord_token_acc", "letter_token_acc") if k in stats},
     }
 
 
