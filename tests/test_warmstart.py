@@ -83,6 +83,17 @@ def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):
         assert 0.0 <= goals[key] <= 1.0
 
 
+def test_letter_diagnosis_finds_three_letters_per_transcript(tiny_run):
+    """Every transcript yields a description glyph, a thought glyph and an answer; an untrained
+    policy sits near the no-context reference NLLs."""
+    out = ws.letter_diagnosis(tiny_run, n=4)
+    assert json.loads((tiny_run / "letters.json").read_text()) == out
+    for key in ("description_glyph_nll", "thought_glyph_nll", "answer_nll"):
+        assert out[key] > 0.5, out
+    assert 0.0 < out["description_glyph_mass_on_options"] < 1.0
+    assert out["uniform_glyph_nll"] == pytest.approx(3.0445, abs=1e-3)
+
+
 def test_sweep_table_has_a_row_per_finished_run(tiny_run):
     table = ws.sweep_table(tiny_run.parent)
     assert "| run | checkpoint |" in table and "stopped" not in table

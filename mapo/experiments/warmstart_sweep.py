@@ -13,9 +13,10 @@ must come out of ``mapo sft`` able to *localise* (first zoom on the target),
 
 Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
 
-    run NAME [NAME ...] [--root runs/warmstart]   # train listed variants (see VARIANTS)
+    run NAME [NAME ...] [--root runs/warmstart]   # train listed variants (VARIANTS, FIRST_VARIANTS)
     goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
     table [--root runs/warmstart]                  # the markdown sweep table
+    letters RUN_DIR [--n 64]                       # where its letters come from -> RUN_DIR/letters.json
     figure POLICY_DIR --out docs/img/warmstart_zooms.png
 
 Metric definitions (held-out split: ``synth.generate(n, seed=EVAL_SEED, level)``):
@@ -53,19 +54,50 @@ import torch
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
 BASE_CONFIG = "configs/warmstart.yaml"
 
-# name -> overrides of configs/warmstart.yaml: the rows of the sweep table in docs/warmstart.md.
+FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system prompt, textured background
+
+# name -> overrides of configs/warmstart.yaml: the rows of the sweep tables in docs/warmstart.md.
+# "from stage 1" rows start from the shipped recipe's policy (train it first:
+# `mapo sft --config configs/warmstart.yaml --out runs/warmstart/default`); their docs rows
+# started from the probe's P4 run, the same recipe.
+_FROM_STAGE1 = "policy.init_from=runs/warmstart/default/final"
+VARIANTS: dict[str, list[str]] = {
+    "W1_long2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
+    "X1_lr1e3_1200": ["steps=1200", "optim.lr=1e-3"],
+    "X2_stage2_lr1e3": ["steps=900", "optim.lr=1e-3", _FROM_STAGE1],  # more of the same data: the glyph?
+    "G1_letter10": ["steps=600", "optim.lr=1e-3", "letter_loss_weight=10", _FROM_STAGE1],
+    "C1_crisp896": [  # the glyph drawn at 22 px on an 896 px canvas: crisp in the crop, still 2.75 view px
+        "steps=600", "optim.lr=1e-3", "letter_loss_weight=10", "data.synth.canvas_size=896", "data.synth.glyph_px=22",
+        _FROM_STAGE1,
+    ],
+    "V1_vision128x4": [  # a 4-block, 128-wide vision tower from scratch
+        "policy.overrides.vision_hidden=128", "policy.overrides.vision_depth=4", "policy.overrides.vision_heads=4",
+        "policy.overrides.vision_intermediate=256",
+    ],
+}
+# name -> overrides of configs/warmstart_v1.yaml (session 1; the first shipped recipe).
 # a_base, b_clean_lr3, c_bs8_cw5 and L1_cw5_600 ran before the 448 px levels' objects grew from
 # 70% to 75% of a cell (docs/warmstart.md, "Geometry fix"); rerunning them now uses 75%.
-VARIANTS: dict[str, list[str]] = {
+FIRST_VARIANTS: dict[str, list[str]] = {
     "a_base": ["steps=120", "coord_loss_weight=1.0", "data.jitter=0.1", "data.wrong_first_zoom=0.1", "optim.lr=2e-3"],
     "b_clean_lr3": ["steps=120", "coord_loss_weight=1.0"],
     "c_bs8_cw5": ["batch_size=8", "steps=300"],
     "L1_cw5_600": ["steps=600"],
-    "L2_cw5_900": [],  # = configs/warmstart.yaml: the shipped default
+    "L2_cw5_900": [],  # = configs/warmstart_v1.yaml: the first shipped default
     "S1_short_prompt": ["steps=600", "protocol.system_template=You can zoom in on the image with $tool_name."],
     # Sanity: can the pipeline carry position at all? Memorise 64 images (training coord accuracy).
     "M_memorise64": ["steps=200", "data.n_train=64", "eval.n_rollout=0", "save_every=0"],
 }
+
+
+def variant(name: str) -> tuple[str, list[str]]:
+    """(base config, overrides) of sweep variant ``name``."""
+    if name in VARIANTS:
+        return BASE_CONFIG, VARIANTS[name]
+    if name in FIRST_VARIANTS:
+        return FIRST_CONFIG, FIRST_VARIANTS[name]
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join([*VARIANTS, *FIRST_VARIANTS])}")
+
 
 COLOR_WORDS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPE_WORDS = ("circle", "square", "triangle", "diamond")
@@ -224,19 +256,17 @@ def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = No
 
 
 def run_variant(name: str, root: str | Path, overrides: list[str] | None = None) -> Path:
-    """Train variant ``name`` (``VARIANTS[name]`` unless ``overrides`` given) into ``ROOT/NAME``."""
+    """Train variant ``name`` (its base config and overrides, :func:`variant`; or ``overrides`` of
+    ``configs/warmstart.yaml`` when given) into ``ROOT/NAME``."""
     from mapo.config import load_config
     from mapo.train.sft import SFTConfig, run_sft
 
-    if overrides is None:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        overrides = VARIANTS[name]
-    cfg = load_config(SFTConfig, BASE_CONFIG, overrides)
+    base, overrides = variant(name) if overrides is None else (BASE_CONFIG, overrides)
+    cfg = load_config(SFTConfig, base, overrides)
     run_dir = Path(root) / name
     started = time.perf_counter()
     run_sft(cfg, run_dir)
-    meta = {"overrides": overrides, "wall_s": time.perf_counter() - started}
+    meta = {"base": base, "overrides": overrides, "wall_s": time.perf_counter() - started}
     (run_dir / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return run_dir
 
@@ -291,7 +321,7 @@ def _last_train_metrics(run_dir: Path) -> dict:
     return last
 
 
-def sweep_table(*roots: str | Path) -> str:
+def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     """Markdown tables from the run directories under ``roots``.
 
     1. finished runs (``eval.json``): the recipe diff against ``configs/warmstart.yaml``, steps,
@@ -305,10 +335,10 @@ def sweep_table(*roots: str | Path) -> str:
     from mapo.config import from_dict, load_config, to_dict
     from mapo.train.sft import SFTConfig
 
-    base = to_dict(load_config(SFTConfig, BASE_CONFIG))
+    base = to_dict(load_config(SFTConfig, base_config))
     run_dirs = sorted((p for root in roots for p in Path(root).iterdir() if (p / "config.yaml").is_file()), key=lambda p: p.name)
     finished = [
-        "| run | recipe: differences from configs/warmstart.yaml | steps | train wall | tf loss | tf coord acc "
+        f"| run | recipe: differences from {base_config} | steps | train wall | tf loss | tf coord acc "
         "| hit@0.5 (n) | acc tool | acc no-tool | desc object | desc glyph |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -369,6 +399,60 @@ def _goals_order(path: Path) -> tuple[str, int]:
     return level, step
 
 
+# ----------------------------------------------------------------------------- letter diagnosis
+
+
+@torch.no_grad()
+def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
+    """Where the policy's letters come from, teacher-forced on ``n`` held-out oracle transcripts.
+
+    An easy transcript carries three letters: the glyph in the description (only the crop
+    shows it), the same glyph repeated in the final thought (a copy of the description a few
+    tokens back) and the answer letter (a lookup: which option holds that glyph). For each
+    the mean negative log-likelihood of the true token, against the reference values of a
+    policy that uses no context: ln(21) = 3.04 for a glyph (uniform over
+    ``mapo.data.synth.GLYPHS``), ln(4) = 1.39 for the answer. ``*_mass_on_options`` is the
+    probability the policy puts on the question's four option glyphs (4/21 = 0.19 without
+    reading the prompt).
+    """
+    from mapo.policy import load_policy
+    from mapo.data.synth import GLYPHS
+    from mapo.train.sft import IGNORE, collate, heldout_samples, make_transcript
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    policy = load_policy(run_dir / "final")
+    samples = heldout_samples(cfg, n)
+    transcripts = [
+        make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=cfg.data, protocol=cfg.protocol)
+        for i, s in enumerate(samples)
+    ]
+    sums: dict[str, list[float]] = {}
+    for start in range(0, n, 16):
+        chunk = samples[start : start + 16]
+        inputs, labels = collate(transcripts[start : start + 16], policy, cfg.data.max_length)
+        logp = torch.log_softmax(policy.model(**inputs).logits[:, :-1].float(), -1)  # (B, T-1, V)
+        targets = labels[:, 1:]  # (B, T-1)
+        for b, sample in enumerate(chunk):
+            option_ids = [policy.tokenizer.convert_tokens_to_ids("Ġ" + o) for o in sample.options]
+            roles = iter(("description_glyph", "thought_glyph", "answer"))
+            for k in (targets[b] != IGNORE).nonzero().squeeze(-1).tolist():
+                token = policy.tokenizer.convert_ids_to_tokens(int(targets[b, k])).lstrip("Ġ")
+                if len(token) != 1 or not "A" <= token <= "Z" or token == "I":
+                    continue
+                role = next(roles, None)
+                if role is None:
+                    break
+                sums.setdefault(f"{role}_nll", []).append(-float(logp[b, k, targets[b, k]]))
+                if role != "answer":
+                    mass = float(logp[b, k, option_ids].exp().sum())
+                    sums.setdefault(f"{role}_mass_on_options", []).append(mass)
+    out = {key: float(np.mean(values)) for key, values in sums.items()}
+    out.update(n=float(n), uniform_glyph_nll=float(np.log(len(GLYPHS))), uniform_answer_nll=float(np.log(4)))
+    (run_dir / "letters.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
 # ----------------------------------------------------------------------------- figure
 
 
@@ -420,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mapo.experiments.warmstart_sweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="train sweep variants")
-    p.add_argument("names", nargs="+", help=f"variants: {', '.join(VARIANTS)}")
+    p.add_argument("names", nargs="+", help=f"variants: {', '.join([*VARIANTS, *FIRST_VARIANTS])}")
     p.add_argument("--root", default="runs/warmstart")
     p = sub.add_parser("goals", help="goal metrics of RUN_DIR/final on held-out samples")
     p.add_argument("run_dir")
@@ -428,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--step", type=int, default=None, help="evaluate checkpoint step_N instead of final/")
     p = sub.add_parser("table", help="print the sweep tables")
+    p.add_argument("--base", default=BASE_CONFIG, help=f"recipes are shown as differences from this (e.g. {FIRST_CONFIG})")
     p.add_argument("--root", nargs="+", default=["runs/warmstart", "runs/warmstart_stopped"])
+    p = sub.add_parser("letters", help="teacher-forced NLL of the glyph and answer letters -> RUN_DIR/letters.json")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64)
     p = sub.add_parser("figure", help="figure of a policy's zooms on held-out samples")
     p.add_argument("policy_dir")
     p.add_argument("--out", default="docs/img/warmstart_zooms.png")
@@ -440,8 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {run_variant(name, args.root)}")
     elif args.cmd == "goals":
         print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
+    elif args.cmd == "letters":
+        print(json.dumps(letter_diagnosis(args.run_dir, args.n), indent=2))
     elif args.cmd == "table":
-        print(sweep_table(*(r for r in args.root if Path(r).is_dir())))
+        print(sweep_table(*(r for r in args.root if Path(r).is_dir()), base_config=args.base))
     else:
         print(zoom_figure(args.policy_dir, args.out, level=args.level))
     return 0

@@ -112,7 +112,7 @@ class SFTConfig:
     seed: int = knob(0, "seed of the torch / numpy / python generators")
     coord_loss_weight: float = knob(1.0, "loss weight of whole-number tokens (box coordinates) relative to other tokens")
     letter_loss_weight: float = knob(
-        1.0, "loss weight of single capital-letter tokens (the glyph read off a crop, the answer letter)"
+        1.0, "loss weight of single capital-letter tokens but 'I' (the glyph read off a crop, the answer letter)"
     )
     policy: PolicySpec = knob(factory=PolicySpec, help="the policy to train")
     data: SFTDataConfig = knob(factory=SFTDataConfig, help="training transcripts")
@@ -324,7 +324,8 @@ def mark_number_tokens(model, tokenizer) -> None:
     for token, i in vocab.items():
         bare = token.lstrip("Ġ")
         numbers[i] = bare.isdigit()
-        letters[i] = len(bare) == 1 and "A" <= bare <= "Z"
+        # The pronoun "I" is no glyph (mapo.data.synth.GLYPHS leaves it out) and would only pad the metric.
+        letters[i] = len(bare) == 1 and "A" <= bare <= "Z" and bare != "I"
     model._mapo_number_ids = numbers
     model._mapo_letter_ids = letters
 
