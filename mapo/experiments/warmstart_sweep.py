@@ -62,17 +62,25 @@ FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system pr
 # started from the probe's P4 run, the same recipe.
 _FROM_STAGE1 = "policy.init_from=runs/warmstart/default/final"
 VARIANTS: dict[str, list[str]] = {
-    "W1_long2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
+    "W1_tiny_2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
     "X1_lr1e3_1200": ["steps=1200", "optim.lr=1e-3"],
-    "X2_stage2_lr1e3": ["steps=900", "optim.lr=1e-3", _FROM_STAGE1],  # more of the same data: the glyph?
-    "G1_letter10": ["steps=600", "optim.lr=1e-3", "letter_loss_weight=10", _FROM_STAGE1],
-    "C1_crisp896": [  # the glyph drawn at 22 px on an 896 px canvas: crisp in the crop, still 2.75 view px
+    "W2_vis128x4_1500": [  # a 4-block, 128-wide vision tower from scratch (V1_vis128x4_s1: the same at 300 steps)
+        "steps=1500", "policy.overrides.vision_hidden=128", "policy.overrides.vision_depth=4",
+        "policy.overrides.vision_heads=4", "policy.overrides.vision_intermediate=256",
+    ],
+    "V1_vis128x4_s1": [
+        "policy.overrides.vision_hidden=128", "policy.overrides.vision_depth=4", "policy.overrides.vision_heads=4",
+        "policy.overrides.vision_intermediate=256",
+    ],
+    "X2_fromP4_lr1e3_900": ["steps=900", "optim.lr=1e-3", _FROM_STAGE1],  # more of the same data: the glyph?
+    "G1_fromP4_letter10": ["steps=600", "optim.lr=1e-3", "letter_loss_weight=10", _FROM_STAGE1],
+    "C1_crisp896_fromP4": [  # the glyph drawn at 22 px on an 896 px canvas: crisp in the crop, still 2.75 view px
         "steps=600", "optim.lr=1e-3", "letter_loss_weight=10", "data.synth.canvas_size=896", "data.synth.glyph_px=22",
         _FROM_STAGE1,
     ],
-    "V1_vision128x4": [  # a 4-block, 128-wide vision tower from scratch
-        "policy.overrides.vision_hidden=128", "policy.overrides.vision_depth=4", "policy.overrides.vision_heads=4",
-        "policy.overrides.vision_intermediate=256",
+    "B1_bigglyph40_fromP4": [  # a 40 px glyph, visible even in the global view (no need to zoom)
+        "steps=400", "optim.lr=1e-3", "letter_loss_weight=10", "data.synth.glyph_px=40", "data.synth.require_zoom=false",
+        _FROM_STAGE1,
     ],
 }
 # name -> overrides of configs/warmstart_v1.yaml (session 1; the first shipped recipe).
