@@ -1,0 +1,102 @@
+"""Where RL's prompts come from: the embedded synthetic task or a benchmark file, and the held-out set.
+
+``Data.prompts(cursor, count)`` is a pure function of the cursor (a fresh synthetic sample per
+index, or a seeded permutation per epoch of a fixed list), which is what makes a resumed run
+and a data-parallel run draw the same prompts as an uninterrupted single-process one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mapo.config import knob
+
+
+@dataclass(frozen=True)
+class RLDataConfig:
+    """Training prompts and the held-out set."""
+
+    source: str | None = knob(
+        None, "training samples: a path load_samples reads (V* folder, HR-Bench TSV, MME JSON, DeepEyes parquet); "
+        "null = the embedded synthetic task"
+    )
+    synth_level: str = knob("easy", "synthetic task level when source is null: easy, medium or hard")
+    synth: dict = knob(factory=dict, help="SynthConfig overrides on top of the level, e.g. {tint_strength: 0.5}")
+    n: int = knob(0, "training samples: synthetic, 0 = a fresh sample per prompt, else cycle over n; source, first n (0 = all)")
+    seed: int = knob(0, "seed of the synthetic training samples and of the order prompts are drawn in")
+    eval_source: str | None = knob(
+        None, "held-out samples path; null = synthetic samples of eval_seed, or with a source its last n_eval samples"
+    )
+    eval_seed: int = knob(1_000_003, "seed of the synthetic held-out samples (must differ from seed)")
+    n_eval: int = knob(16, "held-out samples for the periodic greedy evaluation (0 = no evaluation)")
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or self.n_eval < 0:
+            raise ValueError(f"data.n and data.n_eval must be >= 0, got {self.n} and {self.n_eval}")
+        if self.eval_seed == self.seed and self.source is None:
+            raise ValueError(f"data.eval_seed must differ from data.seed ({self.seed}) so evaluation is held out")
+
+
+
+@dataclass
+class Data:
+    """Where the prompts of each step come from: a fixed list, or fresh synthetic samples."""
+
+    train: list | None  # fixed training samples; None = synthetic sample i for cursor i
+    heldout: list
+    synth_config: Any  # mapo.data.synth.SynthConfig of the synthetic task (None with a source)
+    seed: int
+
+    def prompts(self, cursor: int, count: int) -> list:
+        """Samples ``cursor .. cursor + count - 1`` of the training stream (a pure function of the cursor)."""
+        from mapo.data import synth
+
+        if self.train is None:
+            return [synth.generate_one(self.synth_config, self.seed, i) for i in range(cursor, cursor + count)]
+        return [self.train[shuffled_index(c, len(self.train), self.seed)] for c in range(cursor, cursor + count)]
+
+
+def shuffled_index(cursor: int, n: int, seed: int) -> int:
+    """Position ``cursor`` of an endless stream of seeded permutations of ``range(n)`` (one per epoch)."""
+    epoch, pos = divmod(cursor, n)
+    return int(np.random.default_rng([seed, epoch]).permutation(n)[pos])
+
+
+def load_data(cfg: RLDataConfig) -> Data:
+    """Training and held-out samples; a source with no usable sample stops here, saying why."""
+    from mapo.data import synth
+
+    if cfg.source is None:
+        level = synth.level_config(cfg.synth_level, **cfg.synth)
+        train = None if cfg.n == 0 else [synth.generate_one(level, cfg.seed, i) for i in range(cfg.n)]
+        heldout = [] if cfg.eval_source else synth.generate(cfg.n_eval, cfg.eval_seed, level)
+        data = Data(train, heldout, level, cfg.seed)
+    else:
+        samples = _usable(cfg.source)
+        heldout = []
+        if cfg.eval_source is None and cfg.n_eval:
+            if len(samples) <= cfg.n_eval:
+                raise ValueError(
+                    f"data.source {cfg.source} has {len(samples)} usable samples, not more than n_eval={cfg.n_eval}: "
+                    "set data.eval_source, lower data.n_eval, or set it to 0"
+                )
+            samples, heldout = samples[: -cfg.n_eval], samples[-cfg.n_eval :]
+        data = Data(samples[: cfg.n] if cfg.n else samples, heldout, None, cfg.seed)
+    if cfg.eval_source is not None:
+        data.heldout = _usable(cfg.eval_source)[: cfg.n_eval]
+    return data
+
+
+def _usable(source: str) -> list:
+    """Samples of ``source`` that have an answer to reward; ValueError when there are none."""
+    from mapo.data import load_samples
+
+    loaded = load_samples(source)
+    usable = [s for s in loaded if s.answer]
+    if not usable:
+        report = loaded.report.summary() if hasattr(loaded, "report") else ""
+        raise ValueError(f"data source {source} yields no usable samples (each needs a question and an answer)\n{report}")
+    return usable
