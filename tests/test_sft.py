@@ -291,3 +291,20 @@ def test_a_fresh_policy_takes_the_training_levels_image_sizes():
     check_no_resize(policy.processor, 448, 448)
     with pytest.raises(ValueError):
         check_no_resize(build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1})).processor, 448, 448)
+
+
+def test_glyph_hint_states_the_glyph_in_the_prompt_only_for_that_fraction(policy):
+    """glyph_hint=1 appends the target's glyph to the question; 0 leaves transcripts unchanged."""
+    import dataclasses
+
+    cfg = _cfg()
+    sample = training_transcripts(0, 1, policy.processor, cfg)[0].sample
+    glyph = sample.options[ord(sample.answer) - ord("A")]
+    plain = make_transcript(sample, policy.processor, seed=3, data=cfg.data, protocol=cfg.protocol)
+    hinted = make_transcript(
+        sample, policy.processor, seed=3, data=dataclasses.replace(cfg.data, glyph_hint=1.0), protocol=cfg.protocol
+    )
+    assert f"Hint: the letter is {glyph}." in hinted.text and "Hint:" not in plain.text
+    assert hinted.text.replace(f"\nHint: the letter is {glyph}.", "") == plain.text  # nothing else changes
+    with pytest.raises(ValueError, match="glyph_hint"):
+        dataclasses.replace(cfg.data, glyph_hint=1.5)

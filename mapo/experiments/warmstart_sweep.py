@@ -431,8 +431,9 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
     cfg = run_config(run_dir)
     policy = load_policy(run_dir / "final")
     samples = heldout_samples(cfg, n)
+    data = dataclasses.replace(cfg.data, glyph_hint=0.0)  # the real task: the letter is only in the crop
     transcripts = [
-        make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=cfg.data, protocol=cfg.protocol)
+        make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=data, protocol=cfg.protocol)
         for i, s in enumerate(samples)
     ]
     sums: dict[str, list[float]] = {}

@@ -84,8 +84,13 @@ class SFTDataConfig:
     wrong_first_zoom: float = knob(0.1, "probability the oracle's first zoom lands elsewhere, then recovers")
     max_length: int = knob(2048, "examples longer than this many tokens are refused (error, not truncation)")
     localize_only: bool = knob(False, "end each transcript after its first tool call (a localisation-only stage)")
+    glyph_hint: float = knob(
+        0.0, "fraction of glyph questions whose prompt also states the glyph (a copying stage: docs/warmstart.md)"
+    )
 
     def __post_init__(self) -> None:
+        if not 0 <= self.glyph_hint <= 1:
+            raise ValueError(f"glyph_hint must be in [0, 1], got {self.glyph_hint}")
         if self.n_train < 0:
             raise ValueError(f"n_train must be >= 0 (0 = unlimited fresh samples), got {self.n_train}")
         if not (0 <= self.jitter <= 1 and 0 <= self.wrong_first_zoom <= 1):
@@ -170,6 +175,8 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
         tool_config=tool_config, protocol_config=protocol,
     )
     messages, crops = demo.messages, demo.images[1:]
+    if data.glyph_hint and np.random.default_rng([seed, 7]).random() < data.glyph_hint:
+        messages = with_glyph_hint(messages, sample)
     if data.localize_only:
         # Keep system, user and the first assistant turn (think + box + label), so steps are
         # short and the loss is the first zoom alone; the crop it would return is never shown.
@@ -177,6 +184,25 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
         messages, crops = messages[: first + 1], []
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     return Transcript(text, [global_view(demo.images[0], tool_config), *crops], sample)
+
+
+def with_glyph_hint(messages: list[dict], sample) -> list[dict]:
+    """``messages`` whose first user turn ends with "Hint: the letter is K." (glyph questions only).
+
+    The oracle's answer then only needs copying from the prompt (description, thought) and a
+    lookup among the options (answer letter): a stage that teaches those two operations
+    without reading the crop.
+    """
+    if sample.meta.get("family") != "glyph" or not sample.answer:
+        return messages
+    glyph = sample.options[ord(sample.answer) - ord("A")]
+    out = [dict(m) for m in messages]
+    user = next(m for m in out if m["role"] == "user")
+    user["content"] = [
+        {**part, "text": f"{part['text']}\nHint: the letter is {glyph}."} if part.get("type") == "text" else part
+        for part in user["content"]
+    ]
+    return out
 
 
 def global_view(image: Image.Image, tool_config: tools.ToolConfig) -> Image.Image:
