@@ -78,6 +78,11 @@ VARIANTS: dict[str, list[str]] = {
         "steps=600", "optim.lr=1e-3", "letter_loss_weight=10", "data.synth.canvas_size=896", "data.synth.glyph_px=22",
         _FROM_STAGE1,
     ],
+    "D1_distractors_fromS1": ["steps=600", "optim.lr=1e-3", "data.level=distractors", _FROM_STAGE1],  # bind words
+    # The glyph also stated in the prompt (data.glyph_hint): can it copy a letter at all?
+    "H1_hint50_fromS1": ["steps=600", "optim.lr=1e-3", "data.glyph_hint=0.5", _FROM_STAGE1],
+    "H3_hint100_letter20_fromS1": ["data.glyph_hint=1.0", "letter_loss_weight=20", _FROM_STAGE1],
+    "H4_hint100_letter20_1000": ["steps=1000", "data.glyph_hint=1.0", "letter_loss_weight=20", _FROM_STAGE1],
     "B1_bigglyph40_fromP4": [  # a 40 px glyph, visible even in the global view (no need to zoom)
         "steps=400", "optim.lr=1e-3", "letter_loss_weight=10", "data.synth.glyph_px=40", "data.synth.require_zoom=false",
         _FROM_STAGE1,
@@ -411,7 +416,7 @@ def _goals_order(path: Path) -> tuple[str, int]:
 
 
 @torch.no_grad()
-def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
+def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) -> dict[str, float]:
     """Where the policy's letters come from, teacher-forced on ``n`` held-out oracle transcripts.
 
     An easy transcript carries three letters: the glyph in the description (only the crop
@@ -421,7 +426,9 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
     policy that uses no context: ln(21) = 3.04 for a glyph (uniform over
     ``mapo.data.synth.GLYPHS``), ln(4) = 1.39 for the answer. ``*_mass_on_options`` is the
     probability the policy puts on the question's four option glyphs (4/21 = 0.19 without
-    reading the prompt).
+    reading the prompt). With ``hint`` every prompt also states the glyph (``data.glyph_hint=1``):
+    then the description glyph needs only a copy from the prompt. Written to
+    ``RUN_DIR/letters.json`` (``letters_hint.json``).
     """
     from mapo.policy import load_policy
     from mapo.data.synth import GLYPHS
@@ -431,7 +438,7 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
     cfg = run_config(run_dir)
     policy = load_policy(run_dir / "final")
     samples = heldout_samples(cfg, n)
-    data = dataclasses.replace(cfg.data, glyph_hint=0.0)  # the real task: the letter is only in the crop
+    data = dataclasses.replace(cfg.data, glyph_hint=1.0 if hint else 0.0)  # default: the letter is only in the crop
     transcripts = [
         make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=data, protocol=cfg.protocol)
         for i, s in enumerate(samples)
@@ -457,8 +464,28 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64) -> dict[str, float]:
                     mass = float(logp[b, k, option_ids].exp().sum())
                     sums.setdefault(f"{role}_mass_on_options", []).append(mass)
     out = {key: float(np.mean(values)) for key, values in sums.items()}
+    out.update(embedding_spread(policy))
     out.update(n=float(n), uniform_glyph_nll=float(np.log(len(GLYPHS))), uniform_answer_nll=float(np.log(4)))
-    (run_dir / "letters.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    (run_dir / ("letters_hint.json" if hint else "letters.json")).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def embedding_spread(policy) -> dict[str, float]:
+    """How distinct the glyph tokens' embeddings are, against the colour words'.
+
+    For a group of tokens: the norm of their mean embedding (what they share) and the mean
+    norm of each one's difference from it (what tells them apart). The embeddings are tied
+    to the LM head, so tokens that share nearly everything also get nearly equal logits.
+    """
+    from mapo.data.synth import GLYPHS
+
+    weight = policy.model.get_input_embeddings().weight.detach().float()
+    out = {}
+    for name, words in (("glyph", list(GLYPHS)), ("colour", list(COLOR_WORDS))):
+        rows = weight[[policy.tokenizer.convert_tokens_to_ids("Ġ" + w) for w in words]]
+        mean = rows.mean(0)
+        out[f"{name}_embedding_shared_norm"] = float(mean.norm())
+        out[f"{name}_embedding_residual_norm"] = float((rows - mean).norm(dim=-1).mean())
     return out
 
 
@@ -526,23 +553,28 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("letters", help="teacher-forced NLL of the glyph and answer letters -> RUN_DIR/letters.json")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
+    p.add_argument("--hint", action="store_true", help="every prompt also states the glyph (can it copy?)")
     p = sub.add_parser("figure", help="figure of a policy's zooms on held-out samples")
     p.add_argument("policy_dir")
     p.add_argument("--out", default="docs/img/warmstart_zooms.png")
     p.add_argument("--level", default="easy")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.cmd == "run":
-        for name in args.names:
-            print(f"{name}: {run_variant(name, args.root)}")
-    elif args.cmd == "goals":
-        print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
-    elif args.cmd == "letters":
-        print(json.dumps(letter_diagnosis(args.run_dir, args.n), indent=2))
-    elif args.cmd == "table":
-        print(sweep_table(*(r for r in args.root if Path(r).is_dir()), base_config=args.base))
-    else:
-        print(zoom_figure(args.policy_dir, args.out, level=args.level))
+    try:
+        if args.cmd == "run":
+            for name in args.names:
+                print(f"{name}: {run_variant(name, args.root)}")
+        elif args.cmd == "goals":
+            print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
+        elif args.cmd == "letters":
+            print(json.dumps(letter_diagnosis(args.run_dir, args.n, hint=args.hint), indent=2))
+        elif args.cmd == "table":
+            print(sweep_table(*(r for r in args.root if Path(r).is_dir()), base_config=args.base))
+        else:
+            print(zoom_figure(args.policy_dir, args.out, level=args.level))
+    except (ValueError, FileNotFoundError) as e:  # a bad name or an unfinished run: say so, no traceback
+        print(f"warmstart_sweep {args.cmd}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
