@@ -351,3 +351,14 @@ def test_bad_protocol_record_is_named(saved, tmp_path, text):
     (copy / PROTOCOL_FILE).write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=PROTOCOL_FILE):
         load_policy(copy)
+
+
+def test_untied_lm_head_round_trips(tmp_path):
+    """tie_embeddings=False gives the LM head its own weights, kept through save/load."""
+    untied = build_tiny_policy("tiny", seed=0, text_layers=1, vision_depth=1, tie_embeddings=False)
+    head, embed = untied.model.lm_head.weight, untied.model.get_input_embeddings().weight
+    assert head.data_ptr() != embed.data_ptr()
+    untied.save(tmp_path / "u")
+    loaded = load_policy(tmp_path / "u")
+    assert loaded.model.lm_head.weight.data_ptr() != loaded.model.get_input_embeddings().weight.data_ptr()
+    assert torch.equal(loaded.model.lm_head.weight, head)

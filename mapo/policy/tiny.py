@@ -46,6 +46,7 @@ class TinyPreset:
     vision_heads: int
     vision_intermediate: int
     vocab_size: int = 2048  # trained BPE part, before special/number/tag tokens
+    tie_embeddings: bool = True  # LM head = input embeddings (as in Qwen2.5-VL-3B); False: a separate head
 
     def __post_init__(self) -> None:
         head_dim, rem = divmod(self.text_hidden, self.text_heads)
@@ -96,7 +97,7 @@ def model_config(p: TinyPreset, tokenizer):
         num_key_value_heads=p.text_kv_heads,
         max_position_embeddings=8192,
         rope_parameters={"rope_type": "default", "mrope_section": list(p.mrope_section), "rope_theta": 10000.0},
-        tie_word_embeddings=True,
+        tie_word_embeddings=p.tie_embeddings,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -120,7 +121,7 @@ def model_config(p: TinyPreset, tokenizer):
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=True,
+        tie_word_embeddings=p.tie_embeddings,
     )
 
 
