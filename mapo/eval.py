@@ -171,16 +171,13 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
 
 def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | None, bool]:
     """``(prediction, correct)`` of one sample from its ``<answer>`` text (None: never answered)."""
-    from mapo.data.scoring import extract_choice, mme_extract
+    from mapo.data.scoring import predicted_choice
     from mapo.reward import answer_matches
 
     if answer_text is None:
         return None, False
-    if benchmark == "mme":
-        letter = mme_extract(answer_text) or None
-        return letter, letter == sample.answer
-    if sample.options:
-        letter = extract_choice(answer_text, sample.options)
+    if benchmark == "mme" or sample.options:  # multiple choice: the official rule (mapo.data.scoring)
+        letter = predicted_choice(sample, answer_text, benchmark)
         return letter, letter == sample.answer
     return answer_text.strip(), answer_matches(answer_text, sample.answer)
 

@@ -99,3 +99,20 @@ def test_score_dispatches_on_source_and_rejects_mixtures():
     with pytest.raises(ValueError, match="predictions must map"):
         score_vstar([a], ["A"])
     assert math.isnan(score_vstar([], {})["overall"])
+
+
+@pytest.mark.parametrize(
+    "benchmark, text, expected",
+    [("vstar", "The answer is (C).", "C"), ("mme", "Because it is red", "B"), ("mme", "no idea at all", None)],
+)
+def test_eval_verdict_follows_the_official_rule(benchmark, text, expected):
+    """mapo eval's per-sample verdict and the official scorer read the same letter from a response."""
+    from mapo.data.scoring import predicted_choice
+    from mapo.eval import judge
+
+    sample = Sample(id="s", image=b"", question="q", options=["a", "b", "c", "d"], answer=expected or "A", category="c")
+    assert predicted_choice(sample, text, benchmark) == expected
+    letter, correct = judge(sample, text, benchmark)
+    assert letter == expected and correct == (expected is not None)
+    official = score([sample], {"s": text}, benchmark)["overall"]
+    assert official == (1.0 if expected is not None else 0.0)

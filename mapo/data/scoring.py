@@ -143,8 +143,19 @@ def _grouped(judged: list[tuple[Sample, bool]], key: Callable[[Sample], str]) ->
     return {k: _accuracy(v) for k, v in sorted(groups.items())}
 
 
+def predicted_choice(sample: Sample, text: str, benchmark: str) -> str | None:
+    """The option letter ``benchmark``'s official rule reads from ``text`` (None: no letter found).
+
+    The one place that rule lives: the scorers below and ``mapo eval``'s per-sample verdict
+    both call it, so a record's ``correct`` flag always agrees with the official score.
+    """
+    if benchmark == "mme":
+        return mme_extract(text) or None
+    return extract_choice(text, sample.options)
+
+
 def _choice(s: Sample, text: str) -> str | None:
-    return extract_choice(text, s.options)
+    return predicted_choice(s, text, "vstar")
 
 
 def score_vstar(samples: Iterable[Sample], predictions: Mapping[str, str]) -> dict[str, Any]:
@@ -188,7 +199,7 @@ def _mean(values: list[float]) -> float:
 
 def score_mme_realworld(samples: Iterable[Sample], predictions: Mapping[str, str]) -> dict[str, Any]:
     """MME-RealWorld: ``overall``, ``per_task``, ``per_subtask`` (``task/subtask``), ``per_category``."""
-    judged, missing = _judge(samples, predictions, lambda s, text: mme_extract(text))
+    judged, missing = _judge(samples, predictions, lambda s, text: predicted_choice(s, text, "mme"))
     return {
         "overall": _accuracy([ok for _, ok in judged]),
         "per_task": _grouped(judged, lambda s: str(s.meta.get("task", ""))),
