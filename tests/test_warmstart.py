@@ -94,6 +94,14 @@ def test_letter_diagnosis_finds_three_letters_per_transcript(tiny_run):
     assert out["uniform_glyph_nll"] == pytest.approx(3.0445, abs=1e-3)
 
 
+def test_context_effects_measure_how_much_a_prompt_word_moves_a_prediction(tiny_run):
+    out = ws.context_effects(tiny_run, n=2)
+    assert json.loads((tiny_run / "context_effects.json").read_text()) == out
+    assert out["n"] == 2.0
+    assert out["question_colour_effect"] >= 0.0 and out["hint_letter_effect"] >= 0.0
+    assert out["question_colour_effect"] > 0.0  # even an untrained model's prediction moves a little
+
+
 def test_sweep_table_has_a_row_per_finished_run(tiny_run):
     table = ws.sweep_table(tiny_run.parent)
     assert "| run | checkpoint |" in table and "stopped" not in table

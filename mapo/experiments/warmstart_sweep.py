@@ -17,6 +17,7 @@ Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
     goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
     table [--root runs/warmstart]                  # the markdown sweep table
     letters RUN_DIR [--n 64]                       # where its letters come from -> RUN_DIR/letters.json
+    context RUN_DIR [--n 16]                       # does it use its prompt? -> RUN_DIR/context_effects.json
     figure POLICY_DIR --out docs/img/warmstart_zooms.png
 
 Metric definitions (held-out split: ``synth.generate(n, seed=EVAL_SEED, level)``):
@@ -474,6 +475,56 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     return out
 
 
+@torch.no_grad()
+def context_effects(run_dir: str | Path, n: int = 16) -> dict[str, float]:
+    """Does the policy use its prompt? Mean |change| in nats of one predicted token when one prompt word changes.
+
+    - ``question_colour_effect``: the first thought's colour word ("I need to find the *red* ...")
+      when the question's colour word is swapped (red <-> blue): a copy from the question.
+    - ``hint_letter_effect``: the description's glyph when the prompt carries
+      "Hint: the letter is K." (``data.glyph_hint``) and K is swapped for another letter: a copy
+      of a letter from the prompt.
+
+    Each is ``|log p(true token | original) - log p(true token | swapped)|``, teacher-forced on
+    ``n`` held-out easy transcripts; 0 means the token ignores that word. Written to
+    ``RUN_DIR/context_effects.json``.
+    """
+    from mapo.data.synth import GLYPHS
+    from mapo.policy import load_policy
+    from mapo.train.sft import collate, heldout_samples, make_transcript
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    policy = load_policy(run_dir / "final")
+    hinted = dataclasses.replace(cfg.data, glyph_hint=1.0)
+    effects: dict[str, list[float]] = {"question_colour_effect": [], "hint_letter_effect": []}
+    for i, sample in enumerate(heldout_samples(cfg, n)):
+        match = re.search(r"on the (\w+) \w+\?", sample.question)
+        if sample.meta.get("family") != "glyph" or match is None:
+            continue
+        colour = match.group(1)
+        glyph = sample.options[ord(sample.answer) - ord("A")]
+        swaps = {
+            "question_colour_effect": (cfg.data, colour, f"on the {colour} ", f"on the {'blue' if colour == 'red' else 'red'} "),
+            "hint_letter_effect": (
+                hinted, glyph, f"Hint: the letter is {glyph}.", f"Hint: the letter is {next(g for g in GLYPHS if g != glyph)}."
+            ),
+        }
+        for name, (data, word, old, new) in swaps.items():
+            original = make_transcript(sample, policy.processor, seed=i, data=data, protocol=cfg.protocol)
+            swapped = dataclasses.replace(original, text=original.text.replace(old, new, 1))
+            inputs, labels = collate([original, swapped], policy, cfg.data.max_length)
+            logp = torch.log_softmax(policy.model(**inputs).logits.float(), -1)  # (2, T, V)
+            word_id = policy.tokenizer.convert_tokens_to_ids("Ġ" + word)
+            targets = labels[0, 1:]  # token t + 1 is predicted at position t
+            k = int((targets == word_id).nonzero()[0])  # its first labelled occurrence
+            effects[name].append(abs(float(logp[0, k, word_id] - logp[1, k, word_id])))
+    out = {name: float(np.mean(values)) if values else float("nan") for name, values in effects.items()}
+    out["n"] = float(len(effects["hint_letter_effect"]))
+    (run_dir / "context_effects.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
 def embedding_spread(policy) -> dict[str, float]:
     """How distinct the glyph tokens' embeddings are, against the colour words'.
 
@@ -558,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--hint", action="store_true", help="every prompt also states the glyph (can it copy?)")
+    p = sub.add_parser("context", help="does the policy use its prompt? -> RUN_DIR/context_effects.json")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=16)
     p = sub.add_parser("figure", help="figure of a policy's zooms on held-out samples")
     p.add_argument("policy_dir")
     p.add_argument("--out", default="docs/img/warmstart_zooms.png")
@@ -572,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
         elif args.cmd == "letters":
             print(json.dumps(letter_diagnosis(args.run_dir, args.n, hint=args.hint), indent=2))
+        elif args.cmd == "context":
+            print(json.dumps(context_effects(args.run_dir, args.n), indent=2))
         elif args.cmd == "table":
             print(sweep_table(*(r for r in args.root if Path(r).is_dir()), base_config=args.base))
         else:
