@@ -41,12 +41,15 @@ def test_glyph_needs_zooming_at_every_level(level):
     """The guarantee: glyph < 3 px in the global view, > 10 px in the oracle's crop (real tool code)."""
     config = level_config(level)
     tc = tool_config_for(config)
-    font = glyph_font(config.glyph_px)
-    assert glyph_extent(font) <= config.glyph_px
+    font = glyph_font(config.glyph_px, config.glyphs, config.glyph_stroke)
+    assert glyph_extent(font, config.glyphs, config.glyph_stroke) <= config.glyph_px
     # The font's bbox is honest: draw every glyph and measure the ink.
-    for g in GLYPHS:
+    for g in config.glyphs:
         im = Image.new("L", (4 * config.glyph_px, 4 * config.glyph_px), 0)
-        ImageDraw.Draw(im).text((2 * config.glyph_px, 2 * config.glyph_px), g, fill=255, font=font, anchor="mm")
+        ImageDraw.Draw(im).text(
+            (2 * config.glyph_px, 2 * config.glyph_px), g, fill=255, font=font, anchor="mm",
+            stroke_width=config.glyph_stroke, stroke_fill=255,
+        )
         ys, xs = np.nonzero(np.asarray(im) > 0)
         assert max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) <= config.glyph_px, g
     for sample in generate(6, seed=0, config=config):
@@ -94,6 +97,74 @@ def test_questions_options_and_answers_are_consistent():
             (ax, ay), (bx, by) = a.center, b.center
             expected = {True: "left" if ax < bx else "right", False: "above" if ay < by else "below"}[ay == by]
             assert s.answer_text == expected and (ax == bx or ay == by)
+
+
+def test_small_alphabet_and_fixed_option_order():
+    config = level_config("medium", glyphs="LSTX", fixed_options=True, glyph_stroke=1)
+    samples = generate(40, 5, config)
+    for s in samples:
+        assert s.options == ["L", "S", "T", "X"]  # always the alphabet's order: the letter follows from the glyph
+        assert s.answer == "ABCD"[s.options.index(s.target_boxes[0].caption[-1])]
+        assert {b.caption[-1] for b in s.boxes} <= set("LSTX")  # 3-6 objects share 4 letters: repeats allowed
+    assert {s.answer for s in samples} == set("ABCD")
+    shuffled = generate(40, 5, level_config("medium", glyphs="LSTX"))
+    assert len({tuple(s.options) for s in shuffled}) > 1
+    assert [s.answer_text for s in shuffled] == [s.answer_text for s in samples]  # same glyphs, other order
+    with pytest.raises(ValueError, match="glyphs must be"):
+        SynthConfig(glyphs="LL")
+    with pytest.raises(ValueError, match="glyphs must be"):
+        SynthConfig(glyphs="L1")
+    with pytest.raises(ValueError, match="n_options"):
+        SynthConfig(glyphs="LST")  # 4 options from 3 letters
+    with pytest.raises(ValueError, match="glyph_stroke"):
+        SynthConfig(glyph_stroke=5)
+
+
+def test_ink_questions_ask_the_letters_colour():
+    from mapo.data.synth import INKS
+
+    config = level_config("distractors", asks="ink", glyph_stroke=1)
+    for s in generate(20, 2, config):
+        target = s.target_boxes[0]
+        assert s.question == f"What colour is the letter on the {target.label}?"
+        assert s.category == "direct_attributes" and s.meta["family"] == "ink"
+        assert set(s.options) <= set(INKS) and len(set(s.options)) == 4
+        assert target.caption.endswith(f"in {s.answer_text}")
+        # The letter really is drawn in that colour: the target's centre holds ink-coloured pixels.
+        img = np.asarray(s.load_image()).astype(int)
+        x1, y1, x2, y2 = (int(v) for v in target.xyxy)
+        patch = img[y1:y2, x1:x2].reshape(-1, 3)
+        assert (np.abs(patch - np.array(INKS[s.answer_text])).sum(-1) < 30).sum() >= 10
+    # The letter questions' images and answers are unchanged by the ink knob's existence.
+    assert generate(3, 0, "easy")[0].question.startswith("What letter")
+    with pytest.raises(ValueError, match="asks must be"):
+        SynthConfig(asks="size")
+
+
+def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
+    from mapo.data import synth
+
+    for s in generate(12, 4, "pattern_distractors"):
+        target = s.target_boxes[0]
+        assert s.question == f"What pattern is on the {target.label}?"
+        assert s.options == list(synth.PATTERNS) and s.meta["family"] == "pattern"
+        assert target.caption.endswith(f" and {s.answer_text}")
+    # The same object under each pattern: equal mean colour, and a 4x smaller view that differs by at
+    # most two grey levels (rounding), while the full-resolution pixels differ a lot.
+    font = synth.glyph_font(11)
+    full, views = {}, {}
+    for pattern in synth.PATTERNS:
+        o = synth._Object("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)
+        img = Image.new("RGB", (112, 112), (150, 150, 150))
+        synth._draw_shape(ImageDraw.Draw(img), o)
+        img = synth._with_patterns(img, [o], 11)
+        synth._draw_glyph(ImageDraw.Draw(img), o, font)
+        full[pattern] = np.asarray(img).astype(int)
+        views[pattern] = np.asarray(img.resize((28, 28), Image.BICUBIC)).astype(int)
+    for pattern in synth.PATTERNS[1:]:
+        assert np.abs(full[pattern][20:92, 20:92].mean((0, 1)) - full["no pattern"][20:92, 20:92].mean((0, 1))).max() < 0.2
+        assert np.abs(full[pattern] - full["no pattern"]).max() > 20
+        assert np.abs(views[pattern] - views["no pattern"]).max() <= 2  # rounding, at the outline
 
 
 def test_position_tint_encodes_x_and_y():

@@ -42,6 +42,30 @@ def test_object_phrase_matches_the_synthetic_captions(medium):
         assert object_phrase(color, shape, box.caption[-1]) == box.caption
 
 
+def test_ink_captions_round_trip_and_get_an_ink_negative():
+    level = synth.level_config("ink_distractors")
+    for box in [b for s in synth.generate(4, 3, level) for b in s.boxes]:
+        color, shape = box.label.split()
+        glyph, ink = box.caption.split()[-3], box.caption.split()[-1]
+        assert object_phrase(color, shape, glyph, ink) == box.caption
+    caption = "a red circle with the letter K in cyan"
+    negatives = hallucinated_captions(caption, random.Random(0))
+    kinds = [negative_kind(caption, n) for n in negatives]
+    assert kinds == ["colour", "shape", "glyph", "ink", "empty"]
+    assert negatives[3].startswith("a red circle with the letter K in ") and negatives[3] != caption
+
+
+def test_pattern_captions_round_trip_and_get_a_pattern_negative():
+    for box in [b for s in synth.generate(4, 3, "pattern_distractors") for b in s.boxes]:
+        color, shape = box.label.split()
+        glyph = box.caption.split(" with the letter ")[1][0]
+        pattern = box.caption.split(" and ", 1)[1]
+        assert object_phrase(color, shape, glyph, pattern=pattern) == box.caption
+    caption = "a red circle with the letter K and no pattern"
+    negatives = hallucinated_captions(caption, random.Random(0))
+    assert [negative_kind(caption, n) for n in negatives] == ["colour", "shape", "glyph", "pattern", "empty"]
+
+
 def test_hallucinated_captions_change_exactly_one_attribute():
     caption = "a red circle with the letter K and an orange square with the letter B"
     rng = random.Random(0)

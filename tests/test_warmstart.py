@@ -57,6 +57,18 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def tiny_pattern_run(tmp_path_factory):
+    """The same recipe on the pattern level (the question asks the object's surface pattern)."""
+    from mapo.config import load_config
+    from mapo.train.sft import SFTConfig, run_sft
+
+    torch.manual_seed(0)
+    run_dir = tmp_path_factory.mktemp("ws") / "pattern"
+    run_sft(load_config(SFTConfig, ws.BASE_CONFIG, [*TINY, "data.level=pattern"]), run_dir)
+    return run_dir
+
+
 def test_recipe_trains_and_ships_at_tiny_scale(tiny_run, tmp_path):
     from mapo.policy import build_tiny_policy, default
 
@@ -74,16 +86,28 @@ def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):
     from mapo.protocol import DEFAULT_CONFIG
 
     policy = load_policy(tiny_run / "final")
-    samples = ws.heldout("easy", 2)
+    samples = ws.heldout("pattern", 2)
     letters = ws.no_tool_choices(policy, samples, DEFAULT_CONFIG)
     assert all(letter in "ABCD"[: len(s.options)] for letter, s in zip(letters, samples))
     goals = ws.evaluate_goals(policy, samples, max_turns=2)
     assert goals["n"] == 2.0 and goals["chance"] == 0.25
     for key in ("first_zoom_hit", "accuracy_tool", "accuracy_no_tool", "description_object", "description_glyph"):
         assert 0.0 <= goals[key] <= 1.0
+    assert goals["description_detail"] is None or 0.0 <= goals["description_detail"] <= 1.0
+    assert ws.evaluate_goals(policy, ws.heldout("easy", 2), max_turns=2)["description_detail"] is None  # no details
 
 
-def test_letter_diagnosis_finds_three_letters_per_transcript(tiny_run):
+def test_asked_details_are_parsed_from_descriptions():
+    assert [d.strip() for d in ws._DETAIL.findall("a red circle with the letter K in cyan")] == ["in cyan"]
+    two = "a red circle with the letter K and checks and a blue square with the letter P and no pattern"
+    assert [d.strip() for d in ws._DETAIL.findall(two)] == ["and checks", "and no pattern"]
+    assert [d.strip() for d in ws._DETAIL.findall("a red circle with the letter K and a blue square")] == [""]
+    assert ws.description_matches("a red circle with the letter K in pink", "a red circle with the letter K in cyan") == (
+        True, True,  # objects and letters only: the detail is scored separately
+    )
+
+
+def test_letter_diagnosis_finds_three_letters_per_transcript(tiny_run, tiny_pattern_run):
     """Every transcript yields a description glyph, a thought glyph and an answer; an untrained
     policy sits near the no-context reference NLLs."""
     out = ws.letter_diagnosis(tiny_run, n=4)
@@ -92,6 +116,18 @@ def test_letter_diagnosis_finds_three_letters_per_transcript(tiny_run):
         assert out[key] > 0.5, out
     assert 0.0 < out["description_glyph_mass_on_options"] < 1.0
     assert out["uniform_glyph_nll"] == pytest.approx(3.0445, abs=1e-3)
+    with pytest.raises(ValueError, match="not the letter"):
+        ws.letter_diagnosis(tiny_pattern_run, n=4)  # a pattern transcript carries no thought glyph
+
+
+def test_word_diagnosis_scores_the_asked_word_twice_and_the_answer(tiny_run, tiny_pattern_run):
+    out = ws.word_diagnosis(tiny_pattern_run, n=2)
+    assert json.loads((tiny_pattern_run / "words.json").read_text()) == out
+    assert out["n"] == 2.0 and out["tokens_per_word"] >= 1.0
+    for key in ("description_word_nll", "thought_word_nll", "answer_nll"):
+        assert out[key] > 0.1, out  # two SFT steps have not learned the words
+    with pytest.raises(ValueError, match="letter level"):
+        ws.word_diagnosis(tiny_run, n=2)
 
 
 def test_context_effects_measure_how_much_a_prompt_word_moves_a_prediction(tiny_run):

@@ -13,6 +13,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from mapo.data.synth import LEVELS
+
 FORMAT_CHOICES = ("vstar", "hrbench", "mme", "deepeyes", "all")
 
 
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--out", required=True, help="output folder (one sub-folder per format)")
     synth.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; sample i depends only on (seed, i)")
-    synth.add_argument("--level", default="easy", choices=("easy", "distractors", "medium", "hard"), help="curriculum preset")
+    synth.add_argument("--level", default="easy", choices=tuple(LEVELS), help="curriculum preset")
     synth.add_argument("--format", default="all", choices=FORMAT_CHOICES, help="format(s) to write (default all)")
     synth.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override SynthConfig knobs")
     synth.add_argument("--workers", type=int, default=2, help="processes for rendering (default 2)")

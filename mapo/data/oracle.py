@@ -174,6 +174,10 @@ def _final_thought(sample: Sample) -> str:
     family = sample.meta.get("family")
     if family == "glyph":
         return f"The letter on the {targets[0].label} is {sample.answer_text}."
+    if family == "pattern":
+        return f"The pattern on the {targets[0].label} is {sample.answer_text}."
+    if family == "ink":
+        return f"The letter on the {targets[0].label} is {sample.answer_text}."  # "... is cyan."
     if family == "relative" and len(targets) >= 2 and sample.answer_text in RELATION_WORDS:
         return f"The {targets[0].label} is {RELATION_WORDS[sample.answer_text]} the {targets[1].label}."
     return f"The answer is {sample.answer_text}."

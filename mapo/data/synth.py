@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mapo.config import knob
 from mapo.data.sample import Box, Sample, shuffle_options
@@ -56,10 +56,26 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
+# Letter colours for ``asks="ink"``: none is an object colour, each contrasts with most of them.
+INKS: dict[str, tuple[int, int, int]] = {
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "cyan": (0, 235, 235),
+    "pink": (255, 120, 200),
+}
 # Capital letters that stay distinct when small (no I/J/O/Q/W look-alikes).
 GLYPHS = "ABCDEFGHKLMNPRSTUVXYZ"
 DIRECTIONS = ("left", "right", "above", "below")
-CATEGORY_OF_FAMILY = {"glyph": "direct_attributes", "relative": "relative_position"}
+# Surface patterns for ``asks="pattern"``: brightness factors over the object, period 2 original
+# pixels. Every pattern averages to 0.8 of the fill colour, so any 2 x 2 block (and a view
+# downsampled 4x) looks the same whichever pattern it is; only a zoom shows which.
+PATTERNS = ("no pattern", "stripes", "bands", "checks")  # stripes run up-down, bands left-right
+PATTERN_LIGHT, PATTERN_DARK = 1.0, 0.6  # plain objects are drawn at their mean, 0.8
+PATTERN_RIM = 9  # pixels of plain rim (odd: a MinFilter size) over which a pattern fades in
+CATEGORY_OF_FAMILY = {
+    "glyph": "direct_attributes", "ink": "direct_attributes", "pattern": "direct_attributes",
+    "relative": "relative_position",
+}
 MAX_GLYPH_VIEW_PX = 3.0  # the glyph must span fewer view pixels than this (needs zooming)
 MIN_GLYPH_OBS_PX = 10.0  # ... and more than this many pixels in the oracle's crop
 
@@ -81,6 +97,14 @@ class SynthConfig:
     distractor_similarity: float = knob(0.0, "probability that a distractor shares the target's colour or shape")
     relative_frac: float = knob(0.0, "fraction of relative-position questions (the rest ask for a glyph)")
     n_options: int = knob(4, "answer options per question (glyph questions; relative ones have 4 directions)")
+    asks: str = knob(
+        "letter", "what a direct-attribute question asks: 'letter' (which letter), 'ink' (its colour) or 'pattern'"
+    )
+    glyph_stroke: int = knob(0, "extra stroke width of the glyph in original pixels (0 = the font's own; 1 = bold)")
+    glyphs: str = knob(GLYPHS, "alphabet the glyphs are drawn from (distinct capital letters)")
+    fixed_options: bool = knob(
+        False, "list options in one fixed order (the alphabet's): the answer letter is then a function of the glyph"
+    )
     tint_strength: float = knob(1.0, "position cue: background red grows with x, blue with y (0 = off)")
     grid_lines: float = knob(0.0, "position cue: opacity of faint lines on cell borders (0 = off)")
     texture_strength: float = knob(1.0, "amplitude of the smooth background texture (0 = flat)")
@@ -106,10 +130,20 @@ class SynthConfig:
         for name in ("distractor_similarity", "relative_frac", "tint_strength", "grid_lines"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 2 <= self.n_options <= len(GLYPHS):
-            raise ValueError(f"n_options must be in [2, {len(GLYPHS)}], got {self.n_options}")
+        if len(self.glyphs) < 2 or len(set(self.glyphs)) != len(self.glyphs) or not set(self.glyphs) <= set(GLYPHS):
+            raise ValueError(f"glyphs must be at least 2 distinct letters from {GLYPHS!r}, got {self.glyphs!r}")
+        if not 2 <= self.n_options <= len(self.glyphs):
+            raise ValueError(f"n_options must be in [2, {len(self.glyphs)}] (the size of glyphs), got {self.n_options}")
         if self.glyph_px < 4 or self.glyph_px > self.object_frac * self.canvas_size / self.grid / 2:
             raise ValueError(f"glyph_px={self.glyph_px} must be >= 4 and at most half the object side")
+        if self.asks not in ("letter", "ink", "pattern"):
+            raise ValueError(f"asks must be 'letter', 'ink' or 'pattern', got {self.asks!r}")
+        if self.asks == "pattern" and self.n_options > len(PATTERNS):
+            raise ValueError(f"pattern questions have at most {len(PATTERNS)} options, got n_options={self.n_options}")
+        if self.asks == "ink" and self.n_options > len(INKS):
+            raise ValueError(f"ink questions have at most {len(INKS)} options ({', '.join(INKS)}), got n_options={self.n_options}")
+        if not 0 <= self.glyph_stroke <= 3:
+            raise ValueError(f"glyph_stroke must be in [0, 3], got {self.glyph_stroke}")
         if self.view_side < 28 or self.obs_side < 28:
             raise ValueError("view_side and obs_side must be >= 28 (one Qwen2.5-VL merged patch)")
         if self.require_zoom:
@@ -142,6 +176,31 @@ LEVELS: dict[str, dict[str, Any]] = {
     "medium": dict(
         canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
         obs_side=224, distractor_similarity=0.6, texture_strength=0.0,
+    ),
+    # The same two stages asking the letter's *colour* (black, white, cyan or pink; drawn bold), options
+    # in one fixed order. Session 3's experiment (docs/warmstart.md): a tiny policy learned to copy the
+    # colour word but not to read it from its crop. The colour is also in the view's pixels
+    # (python -m mapo.experiments.pixel_probe), so only a policy's no-tool accuracy shows it needs the zoom.
+    "ink": dict(
+        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224,
+        texture_strength=0.0, asks="ink", fixed_options=True, glyph_stroke=1,
+    ),
+    "ink_distractors": dict(
+        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
+        obs_side=224, distractor_similarity=0.0, texture_strength=0.0, asks="ink", fixed_options=True, glyph_stroke=1,
+    ),
+    # The same two stages asking the object's surface *pattern* (none, stripes, bands or checks, period
+    # 2 px, all averaging to the same colour): a property of the whole object, so the crop shows it
+    # everywhere, while the 4x smaller view averages it away (docs/data.md: at most 2 grey levels left).
+    # obs_side 112: a cell's crop is shown pixel for pixel, so the pattern has the same phase in every
+    # 14 px patch (7 whole periods) and a linear patch embedding sees it (at 224 px it alternates sign).
+    "pattern": dict(
+        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=112,
+        texture_strength=0.0, asks="pattern", fixed_options=True, glyph_stroke=1,
+    ),
+    "pattern_distractors": dict(
+        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
+        obs_side=112, distractor_similarity=0.0, texture_strength=0.0, asks="pattern", fixed_options=True, glyph_stroke=1,
     ),
     # Larger canvas, many similar distractors, relative positions, weaker position cues.
     "hard": dict(
@@ -195,6 +254,8 @@ class _Object:
     glyph: str
     box: tuple[int, int, int, int]
     cell: tuple[int, int]  # (row, col)
+    ink: str | None = None  # the letter's colour (INKS) when the level asks for it; else black or white by contrast
+    pattern: str | None = None  # the surface pattern (PATTERNS) when the level asks for it; else a flat fill
 
     @property
     def label(self) -> str:
@@ -203,7 +264,9 @@ class _Object:
     @property
     def caption(self) -> str:
         article = "an" if self.color[0] in "aeiou" else "a"
-        return f"{article} {self.color} {self.shape} with the letter {self.glyph}"
+        ink = f" in {self.ink}" if self.ink else ""
+        pattern = f" and {self.pattern}" if self.pattern else ""
+        return f"{article} {self.color} {self.shape} with the letter {self.glyph}{ink}{pattern}"
 
 
 def generate(n: int, seed: int, config: SynthConfig | str = "easy") -> list[Sample]:
@@ -222,15 +285,23 @@ def generate(n: int, seed: int, config: SynthConfig | str = "easy") -> list[Samp
 def generate_one(config: SynthConfig, seed: int, index: int) -> Sample:
     """Sample ``index`` of ``generate(n, seed, config)`` alone (same bytes), for streaming or parallel use."""
     rng = np.random.default_rng([seed, index])
-    family = "relative" if rng.random() < config.relative_frac else "glyph"
+    family = "relative" if rng.random() < config.relative_frac else {"letter": "glyph"}.get(config.asks, config.asks)
     objects = _place_objects(config, rng, family)
     image = _render(config, rng, objects)
     sample_id = f"synth-{config.level}-s{seed}-{index:06d}"
     if family == "glyph":
         question, correct_first, targets = _glyph_question(config, rng, objects)
+    elif family == "ink":
+        question, correct_first, targets = _ink_question(config, rng, objects)
+    elif family == "pattern":
+        question, correct_first, targets = _pattern_question(config, rng, objects)
     else:
         question, correct_first, targets = _relative_question(objects)
-    options, answer = shuffle_options(correct_first, key=sample_id)
+    if config.fixed_options:
+        order = {"glyph": config.glyphs, "ink": list(INKS), "pattern": PATTERNS, "relative": DIRECTIONS}[family]
+        options, answer = _fixed_order(correct_first, order)
+    else:
+        options, answer = shuffle_options(correct_first, key=sample_id)
     boxes = [
         Box(*map(float, o.box), label=o.label, caption=o.caption, is_target=i in targets) for i, o in enumerate(objects)
     ]
@@ -265,7 +336,8 @@ def _place_objects(config: SynthConfig, rng: np.random.Generator, family: str) -
         n = max(n, 2)
     cells = _pick_cells(config.grid, n, rng, pair_in_line=family == "relative")
     pairs = _pick_attributes(n, config.distractor_similarity, rng)
-    glyphs = rng.choice(list(GLYPHS), size=n, replace=False)
+    # With fewer glyphs than objects, distractors may repeat letters (only the target's matters).
+    glyphs = rng.choice(list(config.glyphs), size=n, replace=n > len(config.glyphs))
     cell_side = config.canvas_size / config.grid
     side = int(round(config.object_frac * cell_side))
     objects = []
@@ -274,6 +346,12 @@ def _place_objects(config: SynthConfig, rng: np.random.Generator, family: str) -
         dx, dy = (slack / 2, slack / 2) if config.cell_aligned else rng.uniform(0, slack, size=2)
         x1, y1 = int(round(col * cell_side + dx)), int(round(row * cell_side + dy))
         objects.append(_Object(color, shape, str(glyph), (x1, y1, x1 + side, y1 + side), (row, col)))
+    if config.asks == "ink":  # drawn only here, so letter levels keep their random stream (and images)
+        for o, ink in zip(objects, rng.choice(list(INKS), size=n, replace=True)):
+            o.ink = str(ink)
+    if config.asks == "pattern":
+        for o, pattern in zip(objects, rng.choice(list(PATTERNS), size=n, replace=True)):
+            o.pattern = str(pattern)
     return objects
 
 
@@ -312,12 +390,34 @@ def _glyph_question(config: SynthConfig, rng: np.random.Generator, objects: list
         (o for o in objects[1:]),
         key=lambda o: (-(o.color == target.color) - (o.shape == target.shape), o.cell),
     )
-    distractors = [o.glyph for o in present][: config.n_options - 1]
-    absent = [g for g in GLYPHS if g != target.glyph and g not in distractors]
+    distractors = list(dict.fromkeys(o.glyph for o in present if o.glyph != target.glyph))[: config.n_options - 1]
+    absent = [g for g in config.glyphs if g != target.glyph and g not in distractors]
     need = config.n_options - 1 - len(distractors)
     distractors += [str(g) for g in rng.choice(absent, size=need, replace=False)]
     question = f"What letter is on the {target.label}?"
     return question, [target.glyph] + distractors, {0}
+
+
+def _ink_question(config: SynthConfig, rng: np.random.Generator, objects: list[_Object]):
+    target = objects[0]
+    others = [i for i in INKS if i != target.ink]
+    distractors = [str(i) for i in rng.choice(others, size=config.n_options - 1, replace=False)]
+    return f"What colour is the letter on the {target.label}?", [target.ink] + distractors, {0}
+
+
+def _pattern_question(config: SynthConfig, rng: np.random.Generator, objects: list[_Object]):
+    target = objects[0]
+    others = [p for p in PATTERNS if p != target.pattern]
+    distractors = [str(p) for p in rng.choice(others, size=config.n_options - 1, replace=False)]
+    return f"What pattern is on the {target.label}?", [target.pattern] + distractors, {0}
+
+
+def _fixed_order(correct_first: list[str], order) -> tuple[list[str], str]:
+    """``correct_first`` listed in the order of ``order``, and the letter of the correct one."""
+    from mapo.data.sample import LETTERS
+
+    options = sorted(correct_first, key=list(order).index)
+    return options, LETTERS[options.index(correct_first[0])]
 
 
 def _relative_question(objects: list[_Object]):
@@ -340,10 +440,54 @@ def _render(config: SynthConfig, rng: np.random.Generator, objects: list[_Object
             p = int(round(k * cell))
             draw.line([(p, 0), (p, config.canvas_size)], fill=(shade, shade, shade), width=1)
             draw.line([(0, p), (config.canvas_size, p)], fill=(shade, shade, shade), width=1)
-    font = glyph_font(config.glyph_px)
+    font = glyph_font(config.glyph_px, config.glyphs, config.glyph_stroke)
     for o in objects:
-        _draw_object(draw, o, font)
+        _draw_shape(draw, o)
+    if any(o.pattern for o in objects):
+        image = _with_patterns(image, objects, config.glyph_px)
+        draw = ImageDraw.Draw(image)
+    for o in objects:
+        _draw_glyph(draw, o, font, config.glyph_stroke)
     return image
+
+
+def _with_patterns(image: Image.Image, objects: list[_Object], glyph_px: int) -> Image.Image:
+    """``image`` with each patterned object's pixels (outline included) modulated by its pattern.
+
+    Every pattern averages to the same colour: a plain object is drawn at ``base`` = 0.8 of its
+    fill, a patterned one alternates ``base + a`` and ``base - a`` (integers, so the pairs cancel
+    exactly; ``a`` = 0.2 of the fill, faded in from the outline, see below).
+    """
+    pixels = np.asarray(image).astype(np.float32)  # (H, W, 3)
+    ys, xs = np.mgrid[0 : pixels.shape[0], 0 : pixels.shape[1]]
+    signs = {
+        "no pattern": np.zeros(ys.shape, np.float32),
+        "stripes": np.where(xs % 2 == 0, 1.0, -1.0),
+        "bands": np.where(ys % 2 == 0, 1.0, -1.0),
+        "checks": np.where((xs + ys) % 2 == 0, 1.0, -1.0),
+    }
+    mean = (PATTERN_LIGHT + PATTERN_DARK) / 2
+    for o in objects:
+        if not o.pattern:
+            continue
+        mask_image = Image.new("L", image.size, 0)
+        _draw_shape(ImageDraw.Draw(mask_image), o, fill=255, outline=255)
+        mask = np.asarray(mask_image) > 0  # (H, W)
+        # The pattern fades in from a plain rim: a pattern cut off sharply at the outline leaves a
+        # brightness step whose phase survives the 4x downsampling into the view (a leak a linear
+        # probe reads, python -m mapo.experiments.pixel_probe); a smooth envelope does not.
+        # So does a plain patch around the letter, whose antialiased edge would blend with the pattern.
+        keep = mask_image.copy()
+        cx, cy = _glyph_centre(o)
+        half = glyph_px / 2 + 2
+        ImageDraw.Draw(keep).rectangle((cx - half, cy - half, cx + half, cy + half), fill=0)
+        inner = keep.filter(ImageFilter.MinFilter(PATTERN_RIM)).filter(ImageFilter.GaussianBlur(PATTERN_RIM / 3))
+        envelope = np.asarray(inner, np.float32)[mask] / 255.0  # (M,) in [0, 1]
+        fill = pixels[mask]  # (M, 3)
+        base = np.rint(fill * mean)
+        amplitude = np.rint(fill * (PATTERN_LIGHT - mean) * envelope[:, None])
+        pixels[mask] = base + signs[o.pattern][mask][:, None] * amplitude
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def _background(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -364,43 +508,56 @@ def _background(config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def glyph_font(glyph_px: int) -> ImageFont.FreeTypeFont:
-    """The largest bundled font whose every glyph in :data:`GLYPHS` fits in ``glyph_px`` x ``glyph_px``."""
+def glyph_font(glyph_px: int, glyphs: str = GLYPHS, stroke: int = 0) -> ImageFont.FreeTypeFont:
+    """The largest bundled font whose every glyph in ``glyphs`` (drawn ``stroke`` px bolder) fits in ``glyph_px``²."""
     best = ImageFont.load_default(size=4)
     for size in range(4, 4 * glyph_px):
         font = ImageFont.load_default(size=size)
-        if glyph_extent(font) > glyph_px:
+        if glyph_extent(font, glyphs, stroke) > glyph_px:
             break
         best = font
     return best
 
 
-def glyph_extent(font: ImageFont.FreeTypeFont) -> int:
-    """The largest width or height, in pixels, of any glyph in :data:`GLYPHS` drawn with ``font``."""
+def glyph_extent(font: ImageFont.FreeTypeFont, glyphs: str = GLYPHS, stroke: int = 0) -> int:
+    """The largest width or height, in pixels, of any glyph in ``glyphs`` drawn with ``font`` (and ``stroke``)."""
     extents = []
-    for g in GLYPHS:
-        left, top, right, bottom = font.getbbox(g)
+    for g in glyphs:
+        left, top, right, bottom = font.getbbox(g, stroke_width=stroke)
         extents.append(max(right - left, bottom - top))
     return max(extents)
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, o: _Object, font: ImageFont.FreeTypeFont) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, o: _Object, fill: Any = None, outline: Any = (0, 0, 0)) -> None:
+    """The object's filled shape with its outline (``fill`` defaults to its colour; a mask passes 255)."""
     x1, y1, x2, y2 = o.box
-    fill = COLORS[o.color]
+    fill = COLORS[o.color] if fill is None else fill
     outline_w = max(1, (x2 - x1) // 30)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     if o.shape == "circle":
-        draw.ellipse(o.box, fill=fill, outline=(0, 0, 0), width=outline_w)
+        draw.ellipse(o.box, fill=fill, outline=outline, width=outline_w)
     elif o.shape == "square":
-        draw.rectangle(o.box, fill=fill, outline=(0, 0, 0), width=outline_w)
+        draw.rectangle(o.box, fill=fill, outline=outline, width=outline_w)
     elif o.shape == "triangle":
-        draw.polygon([(cx, y1), (x2, y2), (x1, y2)], fill=fill, outline=(0, 0, 0), width=outline_w)
-        cy = y1 + 2 * (y2 - y1) / 3  # the centroid: the widest place inside an upward triangle
+        draw.polygon([(cx, y1), (x2, y2), (x1, y2)], fill=fill, outline=outline, width=outline_w)
     elif o.shape == "diamond":
-        draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=fill, outline=(0, 0, 0), width=outline_w)
+        draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=fill, outline=outline, width=outline_w)
+
+
+def _glyph_centre(o: _Object) -> tuple[float, float]:
+    """Where the letter sits: the box centre, or the centroid of a triangle (its widest inside place)."""
+    x1, y1, x2, y2 = o.box
+    cy = y1 + 2 * (y2 - y1) / 3 if o.shape == "triangle" else (y1 + y2) / 2
+    return (x1 + x2) / 2, cy
+
+
+def _draw_glyph(draw: ImageDraw.ImageDraw, o: _Object, font: ImageFont.FreeTypeFont, stroke: int = 0) -> None:
+    """The object's letter at its centre (the centroid of a triangle), in a contrasting or its asked colour."""
+    fill = COLORS[o.color]
+    cx, cy = _glyph_centre(o)
     luminance = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
-    ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    draw.text((cx, cy), o.glyph, fill=ink, font=font, anchor="mm")
+    ink = INKS[o.ink] if o.ink else (0, 0, 0) if luminance > 140 else (255, 255, 255)
+    draw.text((cx, cy), o.glyph, fill=ink, font=font, anchor="mm", stroke_width=stroke, stroke_fill=ink)
 
 
 # ----------------------------------------------------------------------------- ground-truth captions

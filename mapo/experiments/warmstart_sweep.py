@@ -17,6 +17,7 @@ Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
     goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
     table [--root runs/warmstart]                  # the markdown sweep table
     letters RUN_DIR [--n 64]                       # where its letters come from -> RUN_DIR/letters.json
+    words RUN_DIR [--n 64] [--step N]              # the same for the asked word (ink, pattern levels) -> RUN_DIR/words.json
     context RUN_DIR [--n 16]                       # does it use its prompt? -> RUN_DIR/context_effects.json
     figure POLICY_DIR --out docs/img/warmstart_zooms.png
 
@@ -31,7 +32,9 @@ Metric definitions (held-out split: ``synth.generate(n, seed=EVAL_SEED, level)``
 - ``description_object`` = over valid crops followed by a description, the fraction whose
   set of "colour shape" phrases equals that of the ground-truth caption of the crop
   (:func:`mapo.data.synth.caption_for_crop`; "empty background" must be said as such);
-- ``description_glyph`` = same, for the set of letters.
+- ``description_glyph`` = same, for the set of letters;
+- ``description_detail`` = same, for the asked detail after each letter ("the letter K in cyan",
+  "the letter K and checks") on ink and pattern levels; null elsewhere.
 
 Departure: the no-tool accuracy is a likelihood ranking, not a rollout with the tool
 switched off: the warm-started policy always zooms first, so a rollout that refuses
@@ -53,16 +56,41 @@ import numpy as np
 import torch
 
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
-BASE_CONFIG = "configs/warmstart.yaml"
-
+BASE_CONFIG = "configs/warmstart.yaml"  # the shipped recipe: the base of VARIANTS
 FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system prompt, textured background
 
 # name -> overrides of configs/warmstart.yaml: the rows of the sweep tables in docs/warmstart.md.
 # "from stage 1" rows start from the shipped recipe's policy (train it first:
-# `mapo sft --config configs/warmstart.yaml --out runs/warmstart/default`); their docs rows
-# started from the probe's P4 run, the same recipe.
+# `mapo sft --config configs/warmstart.yaml --out runs/warmstart/default`); the docs rows
+# marked fromP4 started from the probe's P4 run, the same recipe.
 _FROM_STAGE1 = "policy.init_from=runs/warmstart/default/final"
+_LSTX = ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.synth.glyphs=LSTX", "data.synth.fixed_options=true"]
 VARIANTS: dict[str, list[str]] = {
+    # Session 3 (runs/ws3): four very different letters, options in a fixed order (the answer letter
+    # follows from the glyph), bold, fewer crop tokens; then the letter's colour instead of its shape.
+    "R1_lstx_fromS1": [*_LSTX, _FROM_STAGE1],
+    "R2_lstx_bold_fromS1": [*_LSTX, "data.synth.glyph_stroke=1", _FROM_STAGE1],
+    "R3_lstx_bold_obs112_fromS1": [*_LSTX, "data.synth.glyph_stroke=1", "data.synth.obs_side=112", _FROM_STAGE1],
+    "R4_lstx_bold_obs140_fromS1": [*_LSTX, "data.synth.glyph_stroke=1", "data.synth.obs_side=140", _FROM_STAGE1],
+    "R5_ink_fixed_fromS1": [
+        "steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.synth.asks=ink", "data.synth.fixed_options=true",
+        "data.synth.glyph_stroke=1", _FROM_STAGE1,
+    ],
+    "S5_ink_scratch_500": ["steps=500", "letter_loss_weight=5", "data.level=ink"],  # = data.synth ink knobs on easy
+    "K1_ink_obs112_scratch": ["steps=500", "letter_loss_weight=5", "data.level=ink", "data.synth.obs_side=112"],
+    "K2_ink_obs56_fromS1": [
+        "steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.level=ink", "data.synth.obs_side=56", _FROM_STAGE1,
+    ],
+    # The object's surface pattern (asks=pattern); P1/P2 with the ink level's other knobs (224 px crops) and an
+    # earlier rendering (no plain patch around the letter, float rounding): a rerun differs slightly.
+    "P1_pattern_scratch": [
+        "steps=500", "letter_loss_weight=5", "data.level=ink", "data.synth.asks=pattern", "data.synth.fixed_options=true",
+    ],
+    "P2_pattern_fromS1": [
+        "steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.level=ink", "data.synth.asks=pattern", _FROM_STAGE1,
+    ],
+    "P3_pattern_obs112_fromS1": ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.level=pattern", _FROM_STAGE1],
+    "P4_pattern_obs112_scratch": ["steps=500", "letter_loss_weight=5", "data.level=pattern"],
     "W1_tiny_2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
     "X1_lr1e3_1200": ["steps=1200", "optim.lr=1e-3"],
     "W2_vis128x4_1500": [  # a 4-block, 128-wide vision tower from scratch (V1_vis128x4_s1: the same at 300 steps)
@@ -121,6 +149,8 @@ COLOR_WORDS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPE_WORDS = ("circle", "square", "triangle", "diamond")
 _OBJECT = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\s+(" + "|".join(SHAPE_WORDS) + r")\b")
 _GLYPH = re.compile(r"\bletter\s+([A-Z])\b")
+# The asked detail after the letter, on ink and pattern levels: "the letter K in cyan", "the letter K and checks".
+_DETAIL = re.compile(r"\bletter\s+[A-Z]((?:\s+in\s+[a-z]+)?(?:\s+and\s+(?:no pattern|stripes|bands|checks))?)")
 
 
 # ----------------------------------------------------------------------------- goal metrics
@@ -202,7 +232,7 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
         batch_size=min(batch_size, len(samples)), tool=tool_config_for_sample(samples[0]), protocol=pc,
     )
     trajectories = rollout(samples, policy, rc)
-    hits, correct, obj_ok, glyph_ok, ious = [], [], [], [], []
+    hits, correct, obj_ok, glyph_ok, detail_ok, ious = [], [], [], [], [], []
     for t in trajectories:
         s = t.sample
         letter = extract_choice(t.answer_text, s.options) if t.answer_text is not None else None
@@ -215,9 +245,14 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
             first = iou if first is None else first
             ious.append(iou)
             if description is not None:
-                o, g = description_matches(description, caption_for_crop(s, call.box_original))
+                caption = caption_for_crop(s, call.box_original)
+                o, g = description_matches(description, caption)
                 obj_ok.append(o)
                 glyph_ok.append(g)
+                details = frozenset(d.strip() for d in _DETAIL.findall(caption)) - {""}
+                if details:  # the letters' colours or the patterns, where the level draws and asks them
+                    said = frozenset(d.strip() for d in _DETAIL.findall(description)) - {""}
+                    detail_ok.append(said == details)
         hits.append(first is not None and first >= 0.5)
     no_tool = no_tool_choices(policy, samples, pc)
     return {
@@ -229,6 +264,7 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
         "chance": float(np.mean([1.0 / len(s.options) for s in samples])),
         "description_object": float(np.mean(obj_ok)) if obj_ok else 0.0,
         "description_glyph": float(np.mean(glyph_ok)) if glyph_ok else 0.0,
+        "description_detail": float(np.mean(detail_ok)) if detail_ok else None,
         "described_crops": float(len(obj_ok)),
         "tool_use_rate": float(np.mean([t.used_tool for t in trajectories])),
     }
@@ -342,7 +378,7 @@ def _last_train_metrics(run_dir: Path) -> dict:
 def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     """Markdown tables from the run directories under ``roots``.
 
-    1. finished runs (``eval.json``): the recipe diff against ``configs/warmstart.yaml``, steps,
+    1. finished runs (``eval.json``): the recipe diff against ``base_config`` (``configs/warmstart.yaml``), steps,
        training wall time, teacher-forced held-out loss and coordinate-token accuracy, and the goal
        metrics of ``goals_easy.json`` (else the SFT's own 48-sample rollout eval);
     2. goal metrics per checkpoint and per level (every ``goals_<level>[_step<N>].json``);
@@ -402,7 +438,7 @@ def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     return "\n".join(out)
 
 
-_LEVEL_ORDER = ("easy", "distractors", "medium", "hard")
+_LEVEL_ORDER = ("easy", "distractors", "medium", "hard", "ink", "ink_distractors", "pattern", "pattern_distractors")
 
 
 def _goals_sort_key(path: Path) -> tuple[int, int]:
@@ -439,8 +475,13 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     from mapo.data.synth import GLYPHS
     from mapo.train.sft import IGNORE, collate, heldout_samples, make_transcript
 
+    from mapo.train.sft import synth_config
+
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
+    asks = synth_config(cfg.data).asks
+    if asks != "letter":
+        raise ValueError(f"{run_dir} was trained on a level that asks {asks!r}, not the letter; see the words command")
     policy = load_policy(run_dir / "final")
     samples = heldout_samples(cfg, n)
     data = dataclasses.replace(cfg.data, glyph_hint=1.0 if hint else 0.0)  # default: the letter is only in the crop
@@ -472,6 +513,56 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     out.update(embedding_spread(policy))
     out.update(n=float(n), uniform_glyph_nll=float(np.log(len(GLYPHS))), uniform_answer_nll=float(np.log(4)))
     (run_dir / ("letters_hint.json" if hint else "letters.json")).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+@torch.no_grad()
+def word_diagnosis(run_dir: str | Path, n: int = 64, step: int | None = None) -> dict[str, float]:
+    """Where the asked word comes from, teacher-forced on ``n`` held-out transcripts of an ink or pattern level.
+
+    Such a transcript names the answer twice, in the description (only the crop shows it: "the
+    letter K in cyan", "... and checks") and in the final thought (a copy a few tokens later),
+    then answers with that option's letter (options in a fixed order: a function of the word).
+    Reported: the mean NLL of the whole word (summed over its tokens) at each place and of the
+    answer letter, against ln(4) = 1.39 for a policy that ignores its context (exact when each
+    word is one token), and ``tokens_per_word``. ``step`` reads checkpoint step_N instead of
+    ``final/``. Written to ``RUN_DIR/words.json`` (``words_step<N>.json``).
+    """
+    from mapo.policy import load_policy
+    from mapo.train.sft import IGNORE, collate, heldout_samples, make_transcript, synth_config
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    if synth_config(cfg.data).asks == "letter":
+        raise ValueError(f"{run_dir} was trained on a letter level; words diagnoses ink and pattern levels (see letters)")
+    policy = load_policy(run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model")
+    samples = heldout_samples(cfg, n)
+    transcripts = [
+        make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=cfg.data, protocol=cfg.protocol)
+        for i, s in enumerate(samples)
+    ]
+    sums: dict[str, list[float]] = {"description_word_nll": [], "thought_word_nll": [], "answer_nll": [], "tokens_per_word": []}
+    for start in range(0, n, 16):
+        chunk = samples[start : start + 16]
+        inputs, labels = collate(transcripts[start : start + 16], policy, cfg.data.max_length)
+        logp = torch.log_softmax(policy.model(**inputs).logits[:, :-1].float(), -1)  # (B, T-1, V)
+        targets = labels[:, 1:]  # (B, T-1): token k + 1 is predicted at position k
+        for b, sample in enumerate(chunk):
+            word = policy.tokenizer(" " + sample.answer_text, add_special_tokens=False)["input_ids"]
+            seq = targets[b].tolist()
+            spans = [k for k in range(len(seq) - len(word) + 1) if seq[k : k + len(word)] == word and seq[k] != IGNORE]
+            answer_id = policy.tokenizer.convert_tokens_to_ids(sample.answer)
+            answers = [k for k, t in enumerate(seq) if t == answer_id]
+            if len(spans) < 2 or not answers:
+                continue
+            for role, k in zip(("description_word_nll", "thought_word_nll"), spans[-2:]):
+                sums[role].append(-sum(float(logp[b, k + j, t]) for j, t in enumerate(word)))
+            sums["answer_nll"].append(-float(logp[b, answers[-1], answer_id]))
+            sums["tokens_per_word"].append(float(len(word)))
+    out = {key: float(np.mean(values)) if values else float("nan") for key, values in sums.items()}
+    out.update(n=float(len(sums["answer_nll"])), uniform_nll=float(np.log(4)))
+    name = "words.json" if step is None else f"words_step{step}.json"
+    (run_dir / name).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -609,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--hint", action="store_true", help="every prompt also states the glyph (can it copy?)")
+    p = sub.add_parser("words", help="teacher-forced NLL of the asked word and answer (ink, pattern levels) -> RUN_DIR/words.json")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--step", type=int, default=None, help="read checkpoint step_N instead of final/")
     p = sub.add_parser("context", help="does the policy use its prompt? -> RUN_DIR/context_effects.json")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=16)
@@ -626,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
         elif args.cmd == "letters":
             print(json.dumps(letter_diagnosis(args.run_dir, args.n, hint=args.hint), indent=2))
+        elif args.cmd == "words":
+            print(json.dumps(word_diagnosis(args.run_dir, args.n, args.step), indent=2))
         elif args.cmd == "context":
             print(json.dumps(context_effects(args.run_dir, args.n), indent=2))
         elif args.cmd == "table":

@@ -23,7 +23,7 @@ class RLDataConfig:
         None, "training samples: a path load_samples reads (V* folder, HR-Bench TSV, MME JSON, DeepEyes parquet); "
         "null = the embedded synthetic task"
     )
-    synth_level: str = knob("easy", "synthetic task level when source is null: easy, medium or hard")
+    synth_level: str = knob("easy", "synthetic task level when source is null (mapo.data.synth.LEVELS)")
     synth: dict = knob(factory=dict, help="SynthConfig overrides on top of the level, e.g. {tint_strength: 0.5}")
     n: int = knob(0, "training samples: synthetic, 0 = a fresh sample per prompt, else cycle over n; source, first n (0 = all)")
     seed: int = knob(0, "seed of the synthetic training samples and of the order prompts are drawn in")

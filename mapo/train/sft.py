@@ -76,7 +76,7 @@ class PolicySpec:
 class SFTDataConfig:
     """Where the oracle transcripts come from."""
 
-    level: str = knob("easy", "synthetic task level: easy, medium or hard")
+    level: str = knob("easy", "synthetic task level (mapo.data.synth.LEVELS: easy, distractors, medium, hard, ink, ink_distractors)")
     synth: dict = knob(factory=dict, help="SynthConfig knob overrides on top of the level, e.g. {tint_strength: 0.5}")
     seed: int = knob(0, "seed of the training samples")
     n_train: int = knob(0, "distinct training samples (0 = a fresh sample for every example)")

@@ -62,7 +62,7 @@ class VerifierTrainConfig:
     synth_level: str = knob("medium", "synthetic task level used when `data` is None")
     n_samples: int = knob(400, "synthetic samples generated when `data` is None (or the first n of `data`)")
     crops_per_sample: int = knob(8, "crops cut from each sample (targets, distractors, partial views, background)")
-    hard_negatives: int = knob(4, "captions with one attribute changed, per crop, put in its batch as extra negatives (4: all)")
+    hard_negatives: int = knob(4, "captions with one attribute changed, per crop, put in its batch as extra negatives (4: all on letter levels; ink levels have 5)")
     val_fraction: float = knob(0.15, "fraction of samples held out for the quality report (split by sample)")
     seed: int = knob(0, "seed for data, initialisation and batching")
     # model
@@ -135,44 +135,58 @@ def _object_pattern():
 
     colors = "|".join(synth.COLORS)
     shapes = "|".join(synth.SHAPES)
-    return re.compile(rf"\b(?:a|an) ({colors}) ({shapes}) with the letter ([{synth.GLYPHS}])\b")
+    inks = "|".join(synth.INKS)
+    patterns = "|".join(synth.PATTERNS)
+    return re.compile(
+        rf"\b(?:a|an) ({colors}) ({shapes}) with the letter ([{synth.GLYPHS}])(?: in ({inks}))?(?: and ({patterns}))?\b"
+    )
 
 
-def object_phrase(color: str, shape: str, glyph: str) -> str:
-    """The synthetic task's caption of one object (checked against ``caption_for_crop`` in the tests)."""
+def object_phrase(color: str, shape: str, glyph: str, ink: str | None = None, pattern: str | None = None) -> str:
+    """The synthetic task's caption of one object (checked against ``caption_for_crop`` in the tests).
+
+    ``ink`` (the letter's colour) and ``pattern`` (the surface pattern) are named on the levels
+    that draw and ask them (``asks="ink"`` / ``"pattern"``), else None.
+    """
     article = "an" if color[0] in "aeiou" else "a"
-    return f"{article} {color} {shape} with the letter {glyph}"
+    return f"{article} {color} {shape} with the letter {glyph}" + (f" in {ink}" if ink else "") + (
+        f" and {pattern}" if pattern else ""
+    )
 
 
 def hallucinated_captions(caption: str, rng: random.Random) -> list[str]:
-    """Captions for the same crop with one thing wrong: colour, shape or glyph of one object, or existence.
+    """Captions for the same crop with one thing wrong: one attribute of one object, or existence.
 
     For ``caption`` naming objects: one variant each with a different colour, shape and
-    glyph (of a random object) and ``"empty background"``. For an empty background:
-    a caption of a random object that is not there.
+    glyph (and letter colour or pattern, where the caption names one) of a random object, and
+    ``"empty background"``. For an empty background: a caption of a random object that is not there.
     """
     from mapo.data import synth
 
     objects = [(m.span(), m.groups()) for m in _object_pattern().finditer(caption)]
     if not objects:
         return [object_phrase(rng.choice(list(synth.COLORS)), rng.choice(synth.SHAPES), rng.choice(synth.GLYPHS))]
-    (start, end), (color, shape, glyph) = rng.choice(objects)
+    (start, end), (color, shape, glyph, ink, pattern) = rng.choice(objects)
     variants = [
-        (rng.choice([c for c in synth.COLORS if c != color]), shape, glyph),
-        (color, rng.choice([s for s in synth.SHAPES if s != shape]), glyph),
-        (color, shape, rng.choice([g for g in synth.GLYPHS if g != glyph])),
+        (rng.choice([c for c in synth.COLORS if c != color]), shape, glyph, ink, pattern),
+        (color, rng.choice([s for s in synth.SHAPES if s != shape]), glyph, ink, pattern),
+        (color, shape, rng.choice([g for g in synth.GLYPHS if g != glyph]), ink, pattern),
     ]
+    if ink:
+        variants.append((color, shape, glyph, rng.choice([i for i in synth.INKS if i != ink]), pattern))
+    if pattern:
+        variants.append((color, shape, glyph, ink, rng.choice([p for p in synth.PATTERNS if p != pattern])))
     out = [caption[:start] + object_phrase(*v) + caption[end:] for v in variants]
     return [c for c in out if c != caption] + ["empty background"]
 
 
-ATTRIBUTES = ("colour", "shape", "glyph")  # the positions of (colour, shape, glyph) in an object phrase
+ATTRIBUTES = ("colour", "shape", "glyph", "ink", "pattern")  # the groups of an object phrase, in order
 
 
 def negative_kind(caption: str, negative: str) -> str:
     """What ``negative`` gets wrong about a crop captioned ``caption``.
 
-    One of ``colour``/``shape``/``glyph`` (first object attribute that differs),
+    One of ``colour``/``shape``/``glyph``/``ink``/``pattern`` (first object attribute that differs),
     ``empty`` (says "empty background" of a crop with objects), ``absent`` (names
     an object in an empty crop) or ``other`` (any other difference). Used to break
     the hard-negative AUROC down by attribute in :func:`mapo.verifier.inspect.evaluate`.
