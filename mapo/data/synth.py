@@ -156,52 +156,40 @@ class SynthConfig:
                 )
 
 
+# object_frac 0.75 on the 448 px levels: the tool's smallest crop (28 view px = one 112 px cell)
+# then has IoU (0.75)^2 = 0.56 >= 0.5 with the object box, so a perfect zoom counts as a hit@0.5
+# (at 0.7 it was 0.485: no zoom could ever hit).
+# texture_strength 0 on the 448 px levels: the background texture cut a tiny policy's first-zoom
+# hits by about two thirds (docs/warmstart.md, "Probe"); the hard level brings it back.
+_ONE_TARGET = dict(
+    canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224,
+    texture_strength=0.0,
+)
+_AMONG_DISTRACTORS = {**_ONE_TARGET, "min_objects": 3, "max_objects": 6, "distractor_similarity": 0.0}
+# The letter's *colour* (black, white, cyan or pink; drawn bold), options in one fixed order. Session 3's
+# experiment (docs/warmstart.md): a tiny policy learned to copy the colour word but not to read it from
+# its crop. The colour is also in the view's pixels (python -m mapo.experiments.pixel_probe), so only a
+# policy's no-tool accuracy shows it needs the zoom.
+_ASK_INK = dict(asks="ink", fixed_options=True, glyph_stroke=1)
+# The object's surface *pattern* (none, stripes, bands or checks, period 2 px, all averaging to the same
+# colour): a property of the whole object, so the crop shows it everywhere, while the 4x smaller view
+# averages it away (docs/data.md: at most 2 grey levels left). obs_side 112: a cell's crop is shown pixel
+# for pixel, so the pattern has the same phase in every 14 px patch (7 whole periods) and a linear patch
+# embedding sees it (at 224 px it alternates sign).
+_ASK_PATTERN = dict(asks="pattern", fixed_options=True, glyph_stroke=1, obs_side=112)
+
 LEVELS: dict[str, dict[str, Any]] = {
     # One salient target: learn to find and zoom on it, read the glyph.
-    # object_frac 0.75 on the 448 px levels: the tool's smallest crop (28 view px = one 112 px cell)
-    # then has IoU (0.75)^2 = 0.56 >= 0.5 with the object box, so a perfect zoom counts as a hit@0.5
-    # (at 0.7 it was 0.485: no zoom could ever hit).
-    # texture_strength 0 on the 448 px levels: the background texture cut a tiny policy's first-zoom
-    # hits by about two thirds (docs/warmstart.md, "Probe"); the hard level brings it back.
-    "easy": dict(
-        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224,
-        texture_strength=0.0,
-    ),
+    "easy": _ONE_TARGET,
     # The target among distractors with random attributes: find the named object among others.
-    "distractors": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=224, distractor_similarity=0.0, texture_strength=0.0,
-    ),
+    "distractors": _AMONG_DISTRACTORS,
     # The target among distractors that share its colour or shape: bind both words to a location.
-    "medium": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=224, distractor_similarity=0.6, texture_strength=0.0,
-    ),
-    # The same two stages asking the letter's *colour* (black, white, cyan or pink; drawn bold), options
-    # in one fixed order. Session 3's experiment (docs/warmstart.md): a tiny policy learned to copy the
-    # colour word but not to read it from its crop. The colour is also in the view's pixels
-    # (python -m mapo.experiments.pixel_probe), so only a policy's no-tool accuracy shows it needs the zoom.
-    "ink": dict(
-        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=224,
-        texture_strength=0.0, asks="ink", fixed_options=True, glyph_stroke=1,
-    ),
-    "ink_distractors": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=224, distractor_similarity=0.0, texture_strength=0.0, asks="ink", fixed_options=True, glyph_stroke=1,
-    ),
-    # The same two stages asking the object's surface *pattern* (none, stripes, bands or checks, period
-    # 2 px, all averaging to the same colour): a property of the whole object, so the crop shows it
-    # everywhere, while the 4x smaller view averages it away (docs/data.md: at most 2 grey levels left).
-    # obs_side 112: a cell's crop is shown pixel for pixel, so the pattern has the same phase in every
-    # 14 px patch (7 whole periods) and a linear patch embedding sees it (at 224 px it alternates sign).
-    "pattern": dict(
-        canvas_size=448, grid=4, min_objects=1, max_objects=1, object_frac=0.75, glyph_px=11, view_side=112, obs_side=112,
-        texture_strength=0.0, asks="pattern", fixed_options=True, glyph_stroke=1,
-    ),
-    "pattern_distractors": dict(
-        canvas_size=448, grid=4, min_objects=3, max_objects=6, object_frac=0.75, glyph_px=11, view_side=112,
-        obs_side=112, distractor_similarity=0.0, texture_strength=0.0, asks="pattern", fixed_options=True, glyph_stroke=1,
-    ),
+    "medium": {**_AMONG_DISTRACTORS, "distractor_similarity": 0.6},
+    # The same first two stages asking the letter's colour, then the surface pattern (session 3).
+    "ink": {**_ONE_TARGET, **_ASK_INK},
+    "ink_distractors": {**_AMONG_DISTRACTORS, **_ASK_INK},
+    "pattern": {**_ONE_TARGET, **_ASK_PATTERN},
+    "pattern_distractors": {**_AMONG_DISTRACTORS, **_ASK_PATTERN},
     # Larger canvas, many similar distractors, relative positions, weaker position cues.
     "hard": dict(
         canvas_size=1344, grid=6, min_objects=8, max_objects=14, object_frac=0.6, glyph_px=16, view_side=224,
