@@ -16,7 +16,7 @@ Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
     run NAME [NAME ...] [--root runs/warmstart]   # train listed variants (VARIANTS, FIRST_VARIANTS)
     goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
     table [--root runs/warmstart]                  # the markdown sweep table
-    letters RUN_DIR [--n 64]                       # where its letters come from -> RUN_DIR/letters.json
+    letters RUN_DIR [--n 64] [--step N]            # where its letters come from -> RUN_DIR/letters.json
     words RUN_DIR [--n 64] [--step N]              # the same for the asked word (ink, pattern levels) -> RUN_DIR/words.json
     context RUN_DIR [--n 16]                       # does it use its prompt? -> RUN_DIR/context_effects.json
     figure POLICY_DIR --out docs/img/warmstart_zooms.png
@@ -276,6 +276,11 @@ def heldout(level: str, n: int, synth_overrides: dict | None = None) -> list:
     return synth.generate(n, seed=EVAL_SEED, config=synth.level_config(level, **(synth_overrides or {})))
 
 
+def _policy_dir(run_dir: Path, step: int | None) -> Path:
+    """``RUN_DIR/final``, or the model of checkpoint ``step`` (``mapo sft`` keeps them as step_NNNNNN/model)."""
+    return run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model"
+
+
 def run_config(run_dir: Path):
     """The :class:`mapo.train.sft.SFTConfig` an SFT run was started with (``RUN_DIR/config.yaml``)."""
     import yaml
@@ -294,8 +299,7 @@ def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = No
     from mapo.policy import load_policy
 
     run_dir = Path(run_dir)
-    policy_dir = run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model"
-    policy = load_policy(policy_dir)
+    policy = load_policy(_policy_dir(run_dir, step))
     started = time.perf_counter()
     # The run's own prompts and image knobs (e.g. data.synth.texture_strength): what it was trained on.
     trained = run_config(run_dir)
@@ -457,7 +461,7 @@ def _goals_order(path: Path) -> tuple[str, int]:
 
 
 @torch.no_grad()
-def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) -> dict[str, float]:
+def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False, step: int | None = None) -> dict[str, float]:
     """Where the policy's letters come from, teacher-forced on ``n`` held-out oracle transcripts.
 
     An easy transcript carries three letters: the glyph in the description (only the crop
@@ -468,8 +472,8 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     ``mapo.data.synth.GLYPHS``), ln(4) = 1.39 for the answer. ``*_mass_on_options`` is the
     probability the policy puts on the question's four option glyphs (4/21 = 0.19 without
     reading the prompt). With ``hint`` every prompt also states the glyph (``data.glyph_hint=1``):
-    then the description glyph needs only a copy from the prompt. Written to
-    ``RUN_DIR/letters.json`` (``letters_hint.json``).
+    then the description glyph needs only a copy from the prompt. ``step`` reads checkpoint
+    step_N instead of ``final/``. Written to ``RUN_DIR/letters[_hint][_step<N>].json``.
     """
     from mapo.policy import load_policy
     from mapo.data.synth import GLYPHS
@@ -482,7 +486,7 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     asks = synth_config(cfg.data).asks
     if asks != "letter":
         raise ValueError(f"{run_dir} was trained on a level that asks {asks!r}, not the letter; see the words command")
-    policy = load_policy(run_dir / "final")
+    policy = load_policy(_policy_dir(run_dir, step))
     samples = heldout_samples(cfg, n)
     data = dataclasses.replace(cfg.data, glyph_hint=1.0 if hint else 0.0)  # default: the letter is only in the crop
     transcripts = [
@@ -512,7 +516,8 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False) ->
     out = {key: float(np.mean(values)) for key, values in sums.items()}
     out.update(embedding_spread(policy))
     out.update(n=float(n), uniform_glyph_nll=float(np.log(len(GLYPHS))), uniform_answer_nll=float(np.log(4)))
-    (run_dir / ("letters_hint.json" if hint else "letters.json")).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    name = "letters" + ("_hint" if hint else "") + ("" if step is None else f"_step{step}") + ".json"
+    (run_dir / name).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -535,7 +540,7 @@ def word_diagnosis(run_dir: str | Path, n: int = 64, step: int | None = None) ->
     cfg = run_config(run_dir)
     if synth_config(cfg.data).asks == "letter":
         raise ValueError(f"{run_dir} was trained on a letter level; words diagnoses ink and pattern levels (see letters)")
-    policy = load_policy(run_dir / "final" if step is None else run_dir / "checkpoints" / f"step_{step:06d}" / "model")
+    policy = load_policy(_policy_dir(run_dir, step))
     samples = heldout_samples(cfg, n)
     transcripts = [
         make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=cfg.data, protocol=cfg.protocol)
@@ -700,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--hint", action="store_true", help="every prompt also states the glyph (can it copy?)")
+    p.add_argument("--step", type=int, default=None, help="read checkpoint step_N instead of final/")
     p = sub.add_parser("words", help="teacher-forced NLL of the asked word and answer (ink, pattern levels) -> RUN_DIR/words.json")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64)
@@ -720,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "goals":
             print(json.dumps(goals_for_run(args.run_dir, args.level, args.n, args.step), indent=2))
         elif args.cmd == "letters":
-            print(json.dumps(letter_diagnosis(args.run_dir, args.n, hint=args.hint), indent=2))
+            print(json.dumps(letter_diagnosis(args.run_dir, args.n, hint=args.hint, step=args.step), indent=2))
         elif args.cmd == "words":
             print(json.dumps(word_diagnosis(args.run_dir, args.n, args.step), indent=2))
         elif args.cmd == "context":
