@@ -91,6 +91,11 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "P3_pattern_obs112_fromS1": ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.level=pattern", _FROM_STAGE1],
     "P4_pattern_obs112_scratch": ["steps=500", "letter_loss_weight=5", "data.level=pattern"],
+    # A close-up: the whole image is the object (no search, the pattern at full resolution in the view too).
+    "CU1_closeup_pattern_scratch": [
+        "letter_loss_weight=5", "data.level=pattern", "data.synth.canvas_size=112", "data.synth.grid=1",
+        "data.synth.require_zoom=false",
+    ],
     "W1_tiny_2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
     "X1_lr1e3_1200": ["steps=1200", "optim.lr=1e-3"],
     "W2_vis128x4_1500": [  # a 4-block, 128-wide vision tower from scratch (V1_vis128x4_s1: the same at 300 steps)
