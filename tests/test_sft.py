@@ -129,6 +129,33 @@ def test_coordinate_and_letter_weights_by_hand(policy):
     assert 0.0 <= stats["letter_token_acc"] <= 1.0 and stats["coord_token_count"] == float((weight == 3.0).sum())
 
 
+def test_answer_word_tokens_are_found_and_weighted(policy):
+    """On the pattern level the answer word is spelled twice per transcript (description, thought):
+    those runs of tokens, and nothing else, weigh word_weight."""
+    import dataclasses
+
+    from mapo.train.sft import answer_word_mask
+
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern"))
+    batch = training_transcripts(0, 2, policy.processor, cfg)
+    inputs, labels = collate(batch, policy, 4096)
+    mask = answer_word_mask(batch, labels, policy.tokenizer)  # (B, T)
+    for b, transcript in enumerate(batch):
+        word = policy.tokenizer(" " + transcript.sample.answer_text, add_special_tokens=False)["input_ids"]
+        assert int(mask[b].sum()) == 2 * len(word)
+        assert labels[b][mask[b]].tolist() == word * 2
+    with torch.no_grad():
+        plain, _ = masked_lm_loss(policy.model, inputs, labels)
+        weighted, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=mask, word_weight=5.0)
+        logits = policy.model(**inputs).logits[:, :-1]  # (B, T-1, V)
+    targets, words = labels[:, 1:], mask[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    weight = torch.where(words, 5.0, 1.0) * (targets != -100)
+    assert torch.allclose(weighted, (ce * weight).sum() / weight.sum(), atol=1e-5)
+    assert not torch.allclose(weighted, plain) and stats["word_token_count"] == float(words.sum())
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 

@@ -96,6 +96,14 @@ VARIANTS: dict[str, list[str]] = {
         "letter_loss_weight=5", "data.level=pattern", "data.synth.canvas_size=112", "data.synth.grid=1",
         "data.synth.require_zoom=false",
     ],
+    # The asked word's tokens weighted 20x in the loss (word_loss_weight): more reading signal per step.
+    "CU2_closeup_pattern_word20": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "data.synth.canvas_size=112",
+        "data.synth.grid=1", "data.synth.require_zoom=false",
+    ],
+    "P5_pattern_word20_fromS1": [
+        "steps=250", "optim.lr=1e-3", "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", _FROM_STAGE1,
+    ],
     "W1_tiny_2000": ["steps=2000"],  # the recipe at a longer schedule: the rate stays high for long
     "X1_lr1e3_1200": ["steps=1200", "optim.lr=1e-3"],
     "W2_vis128x4_1500": [  # a 4-block, 128-wide vision tower from scratch (V1_vis128x4_s1: the same at 300 steps)

@@ -119,6 +119,10 @@ class SFTConfig:
     letter_loss_weight: float = knob(
         1.0, "loss weight of single capital-letter tokens but 'I' (the glyph read off a crop, the answer letter)"
     )
+    word_loss_weight: float = knob(
+        1.0, "loss weight of the tokens spelling the answer word where the transcript writes it (the letter colour "
+        "or pattern read off a crop, and its copy)"
+    )
     policy: PolicySpec = knob(factory=PolicySpec, help="the policy to train")
     data: SFTDataConfig = knob(factory=SFTDataConfig, help="training transcripts")
     optim: OptimConfig = knob(factory=OptimConfig, help="optimiser and schedule")
@@ -143,6 +147,8 @@ class SFTConfig:
             raise ValueError(f"coord_loss_weight must be > 0, got {self.coord_loss_weight}")
         if not self.letter_loss_weight > 0:
             raise ValueError(f"letter_loss_weight must be > 0, got {self.letter_loss_weight}")
+        if not self.word_loss_weight > 0:
+            raise ValueError(f"word_loss_weight must be > 0, got {self.word_loss_weight}")
         if self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}) so evaluation is held out")
 
@@ -288,15 +294,42 @@ def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dic
 # ----------------------------------------------------------------------------- loss
 
 
+def answer_word_mask(transcripts: list[Transcript], labels: torch.Tensor, tokenizer) -> torch.Tensor:
+    """(B, T) bool: the labelled tokens that spell each transcript's answer word (" cyan", " checks").
+
+    Every labelled occurrence counts: on ink and pattern levels that is the description (read off
+    the crop) and the final thought (its copy). Matched as whole token runs, so a word's tokens
+    elsewhere ("a" in "a red square") are not marked.
+    """
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for b, transcript in enumerate(transcripts):
+        answer = getattr(transcript.sample, "answer_text", None)
+        if not answer:
+            continue
+        word = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        row, n = labels[b].tolist(), len(word)
+        for k in range(len(row) - n + 1):
+            if row[k : k + n] == word:
+                mask[b, k : k + n] = True
+    return mask
+
+
 def masked_lm_loss(
-    model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, coord_weight: float = 1.0, letter_weight: float = 1.0
+    model,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    coord_weight: float = 1.0,
+    letter_weight: float = 1.0,
+    word_mask: torch.Tensor | None = None,
+    word_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-mean cross-entropy over labelled tokens; logits only where a label follows.
 
     With ``coord_weight`` / ``letter_weight`` != 1, whole-number tokens (the box coordinates)
     and single capital-letter tokens (glyphs and answer letters) weigh that much and the mean
     is weighted: ``sum_t w_t CE_t / sum_t w_t``. Both token classes come from
-    :func:`mark_number_tokens`.
+    :func:`mark_number_tokens`. ``word_mask`` (B, T), from :func:`answer_word_mask`, marks the
+    answer word's tokens: they weigh ``word_weight`` and get their own accuracy.
 
     Computing the LM head only at positions ``t`` with a label at ``t + 1`` (the
     union over the batch) skips the prompt and observations, a large part of
@@ -308,7 +341,7 @@ def masked_lm_loss(
 
     Returns:
         (loss, stats) with ``tokens`` (labelled tokens), ``token_acc`` (greedy match rate) and,
-        when the batch has such tokens, ``coord_token_acc`` / ``letter_token_acc``.
+        when the batch has such tokens, ``coord_token_acc`` / ``letter_token_acc`` / ``word_token_acc``.
     """
     targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
     keep = (targets != IGNORE).any(0).nonzero().squeeze(-1)  # (K,) positions needing logits
@@ -319,18 +352,20 @@ def masked_lm_loss(
     valid = picked != IGNORE
     numbers = _token_class_mask(picked, model, "_mapo_number_ids") & valid  # (B, K)
     letters = _token_class_mask(picked, model, "_mapo_letter_ids") & valid  # (B, K)
-    if coord_weight == 1.0 and letter_weight == 1.0:
+    words = (word_mask[:, 1:][:, keep] if word_mask is not None else torch.zeros_like(valid)) & valid  # (B, K)
+    if coord_weight == 1.0 and letter_weight == 1.0 and word_weight == 1.0:
         loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), picked, ignore_index=IGNORE)
     else:
         per_token = torch.nn.functional.cross_entropy(
             logits.float().transpose(1, 2), picked, ignore_index=IGNORE, reduction="none"
         )  # (B, K), 0 where ignored
-        weight = torch.where(numbers, coord_weight, torch.where(letters, letter_weight, 1.0)) * valid  # (B, K)
+        weight = torch.where(numbers, coord_weight, torch.where(letters, letter_weight, 1.0))  # (B, K)
+        weight = torch.where(words, word_weight, weight) * valid
         loss = (per_token * weight).sum() / weight.sum()
     with torch.no_grad():
         correct = (logits.argmax(-1) == picked) & valid
         stats = {"tokens": float(valid.sum()), "token_acc": float(correct.sum() / valid.sum().clamp(min=1))}
-        for name, mask in (("coord_token_acc", numbers), ("letter_token_acc", letters)):
+        for name, mask in (("coord_token_acc", numbers), ("letter_token_acc", letters), ("word_token_acc", words)):
             if mask.any():
                 stats[name] = float((correct & mask).sum() / mask.sum())
                 stats[name.replace("_acc", "_count")] = float(mask.sum())
@@ -372,20 +407,21 @@ def teacher_forced_eval(policy, cfg: SFTConfig, transcripts: list[Transcript]) -
     policy.model.eval()
     totals: dict[str, float] = {"loss": 0.0, "token_acc": 0.0, "tokens": 0.0}
     for i in range(0, len(transcripts), cfg.batch_size):
-        inputs, labels = collate(transcripts[i : i + cfg.batch_size], policy, cfg.data.max_length)
-        loss, stats = masked_lm_loss(policy.model, inputs, labels)
+        chunk = transcripts[i : i + cfg.batch_size]
+        inputs, labels = collate(chunk, policy, cfg.data.max_length)
+        loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=answer_word_mask(chunk, labels, policy.tokenizer))
         n = stats["tokens"]
         totals["loss"] += float(loss) * n
         totals["token_acc"] += stats["token_acc"] * n
         totals["tokens"] += n
-        for name in ("coord", "letter"):  # accuracies weighted by their own token counts
+        for name in ("coord", "letter", "word"):  # accuracies weighted by their own token counts
             count = stats.get(f"{name}_token_count", 0.0)
             totals[f"{name}_correct"] = totals.get(f"{name}_correct", 0.0) + stats.get(f"{name}_token_acc", 0.0) * count
             totals[f"{name}_count"] = totals.get(f"{name}_count", 0.0) + count
     policy.model.train(was_training)
     n = max(totals["tokens"], 1.0)
     out = {"eval/loss": totals["loss"] / n, "eval/token_acc": totals["token_acc"] / n}
-    for name in ("coord", "letter"):
+    for name in ("coord", "letter", "word"):
         if totals[f"{name}_count"]:
             out[f"eval/{name}_token_acc"] = totals[f"{name}_correct"] / totals[f"{name}_count"]
     return out
@@ -503,8 +539,10 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
+    words = answer_word_mask(batch, labels, st.policy.tokenizer)
     loss, stats = masked_lm_loss(
-        st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight
+        st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight,
+        word_mask=words, word_weight=cfg.word_loss_weight,
     )
     loss.backward()
     grad_norm = clip_gradients(st.policy.model, cfg.optim.grad_clip)
@@ -519,7 +557,7 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
         "train/loss": float(loss.detach()), "train/token_acc": stats["token_acc"], "train/grad_norm": grad_norm, "train/lr": lr,
         "train/tokens": stats["tokens"], "train/seq_len": float(inputs["input_ids"].shape[1]),
         "time/step_s": elapsed, "time/data_s": data_s,
-        **{f"train/{k}": stats[k] for k in ("coord_token_acc", "letter_token_acc") if k in stats},
+        **{f"train/{k}": stats[k] for k in ("coord_token_acc", "letter_token_acc", "word_token_acc") if k in stats},
     }
 
 
