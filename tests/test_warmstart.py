@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,33 @@ def test_recipe_trains_and_ships_at_tiny_scale(tiny_run, tmp_path):
     assert not torch.equal(policy.model.state_dict()[name], init.model.state_dict()[name])  # training moved them
 
 
+def test_the_three_stage_recipe_chains_and_its_manifest_records_every_stage(tiny_run, tmp_path):
+    """configs/warmstart_letters -> _closeup -> warmstart.yaml at tiny scale, each stage from the
+    previous one's final/, as ``default.TRAIN_COMMAND`` runs them; ship records all three configs."""
+    import yaml
+
+    from mapo.config import load_config
+    from mapo.policy import default
+    from mapo.train.sft import SFTConfig, run_sft
+
+    (first_config, first_out), *later = default.STAGES
+    assert first_config == ws.BASE_CONFIG
+    previous_out, previous_run = first_out, tiny_run  # stage 1 is the tiny_run fixture
+    for config_path, out in later:
+        recipe = yaml.safe_load(open(config_path, encoding="utf-8"))
+        assert recipe["policy"]["init_from"] == f"{previous_out}/final"  # the chain the command runs
+        run_dir = tmp_path / Path(out).name
+        run_sft(load_config(SFTConfig, config_path, [*TINY, f"policy.init_from={previous_run}/final"]), run_dir)
+        previous_out, previous_run = out, run_dir
+    assert previous_out == "runs/warmstart/default"
+    manifest = default.ship(previous_run, tmp_path / "asset")
+    assert manifest["command"] == default.TRAIN_COMMAND
+    stages = manifest["earlier_stages"]
+    assert [Path(stage["run"]) for stage in stages] == [tiny_run, tmp_path / "closeup"]
+    assert [stage["config"]["data"]["level"] for stage in stages] == ["easy", "closeup"]
+    assert manifest["config"]["data"]["level"] == "pattern"
+
+
 def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):
     from mapo.policy import load_policy
     from mapo.protocol import DEFAULT_CONFIG
@@ -142,6 +170,13 @@ def test_sweep_table_has_a_row_per_finished_run(tiny_run):
     table = ws.sweep_table(tiny_run.parent)
     assert "| run | checkpoint |" in table and "stopped" not in table
     assert "| run |" in table and "steps=2" in table
+
+
+def test_goal_files_are_read_back_with_their_level_and_step():
+    order = ws._goals_order
+    assert order(Path("goals_easy.json")) == ("easy", 1 << 30)  # final sorts after every checkpoint
+    assert order(Path("goals_pattern_distractors.json")) == ("pattern_distractors", 1 << 30)
+    assert order(Path("goals_pattern_distractors_step250.json")) == ("pattern_distractors", 250)
 
 
 def test_evaluate_goals_refuses_no_samples():

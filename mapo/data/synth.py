@@ -190,6 +190,9 @@ LEVELS: dict[str, dict[str, Any]] = {
     "ink_distractors": {**_AMONG_DISTRACTORS, **_ASK_INK},
     "pattern": {**_ONE_TARGET, **_ASK_PATTERN},
     "pattern_distractors": {**_AMONG_DISTRACTORS, **_ASK_PATTERN},
+    # A reading stage with no search: the whole 112 px image is one patterned object, shown pixel for
+    # pixel as in a crop of the pattern levels. Nothing needs zooming here (require_zoom off).
+    "closeup": {**_ONE_TARGET, **_ASK_PATTERN, "canvas_size": 112, "grid": 1, "require_zoom": False},
     # Larger canvas, many similar distractors, relative positions, weaker position cues.
     "hard": dict(
         canvas_size=1344, grid=6, min_objects=8, max_objects=14, object_frac=0.6, glyph_px=16, view_side=224,

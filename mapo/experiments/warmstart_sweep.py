@@ -5,7 +5,8 @@ must come out of ``mapo sft`` able to *localise* (first zoom on the target),
 *read* (describe the crop) and *answer*. This module
 
 - runs named SFT variants through the project's own recipe
-  (:func:`mapo.train.sft.run_sft` on ``configs/warmstart.yaml`` plus overrides),
+  (:func:`mapo.train.sft.run_sft` on ``configs/warmstart_letters.yaml``, stage 1 of the
+  shipped recipe, plus overrides),
   each in ``ROOT/NAME``;
 - measures the issue's goals on held-out samples (:func:`evaluate_goals`);
 - writes the sweep table of ``docs/warmstart.md`` from the run directories
@@ -48,6 +49,7 @@ import dataclasses
 import json
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -56,14 +58,15 @@ import numpy as np
 import torch
 
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
-BASE_CONFIG = "configs/warmstart.yaml"  # the shipped recipe: the base of VARIANTS
+BASE_CONFIG = "configs/warmstart_letters.yaml"  # stage 1 of the shipped recipe (localise): the base of VARIANTS
 FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system prompt, textured background
 
-# name -> overrides of configs/warmstart.yaml: the rows of the sweep tables in docs/warmstart.md.
-# "from stage 1" rows start from the shipped recipe's policy (train it first:
-# `mapo sft --config configs/warmstart.yaml --out runs/warmstart/default`); the docs rows
-# marked fromP4 started from the probe's P4 run, the same recipe.
-_FROM_STAGE1 = "policy.init_from=runs/warmstart/default/final"
+# name -> overrides of configs/warmstart_letters.yaml: the rows of the sweep tables in docs/warmstart.md.
+# "fromS1" rows start from stage 1's policy (train it first:
+# `mapo sft --config configs/warmstart_letters.yaml --out runs/warmstart/letters`; sessions 2-3 ran it
+# as runs/warmstart/default, the shipped default then); the docs rows marked fromP4 started from the
+# probe's P4 run, the same recipe.
+_FROM_STAGE1 = "policy.init_from=runs/warmstart/letters/final"
 _LSTX = ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.synth.glyphs=LSTX", "data.synth.fixed_options=true"]
 VARIANTS: dict[str, list[str]] = {
     # Session 3 (runs/ws3): four very different letters, options in a fixed order (the answer letter
@@ -100,6 +103,26 @@ VARIANTS: dict[str, list[str]] = {
     "CU2_closeup_pattern_word20": [
         "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "data.synth.canvas_size=112",
         "data.synth.grid=1", "data.synth.require_zoom=false",
+    ],
+    # Session 4: reading and localising in one policy.
+    "P6_pattern_word20_scratch": ["letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern"],
+    "P7_pattern_fromCU2": [  # CU2 reads; can it learn to localise on the pattern level?
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern",
+        "policy.init_from=runs/ws3/CU2_closeup_pattern_word20/final",
+    ],
+    # Stage 2 of the shipped recipe (configs/warmstart_closeup.yaml): stage 1 -> read on the close-up.
+    "Q1a_closeup_fromS1_lr3e3": ["letter_loss_weight=5", "word_loss_weight=20", "data.level=closeup", _FROM_STAGE1],
+    "Q1b_closeup_fromS1_lr1e3": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=closeup", "optim.lr=1e-3", _FROM_STAGE1,
+    ],
+    # Stage 3 (configs/warmstart.yaml): stage 2 -> the pattern level, to localise again while reading.
+    "Q2a_pattern_fromQ1b_lr1e3": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "steps=250", "optim.lr=1e-3",
+        "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final",
+    ],
+    "Q2b_pattern_fromQ1b_lr2e3": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "steps=250", "optim.lr=2e-3",
+        "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final",
     ],
     "P5_pattern_word20_fromS1": [
         "steps=250", "optim.lr=1e-3", "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", _FROM_STAGE1,
@@ -414,8 +437,9 @@ def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curve = [
-        "| run | checkpoint | level | n | hit@0.5 | mean IoU | acc tool | acc no-tool (chance) | desc object | desc glyph |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | checkpoint | level | n | hit@0.5 | mean IoU | acc tool | acc no-tool (chance) | desc object | desc glyph "
+        "| desc detail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     stopped = ["| run | recipe | stopped at step | train loss | train coord acc |", "|---|---|---|---|---|"]
     for run_dir in run_dirs:
@@ -447,7 +471,7 @@ def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
                 f"| {run_dir.name} | {'final' if step == 1 << 30 else f'step {step}'} | {level} | {int(g['n'])} "
                 f"| {_fmt(g['first_zoom_hit'])} | {g['mean_iou']:.2f} | {_fmt(g['accuracy_tool'])} "
                 f"| {_fmt(g['accuracy_no_tool'])} ({_fmt(g['chance'])}) | {_fmt(g['description_object'])} "
-                f"| {_fmt(g['description_glyph'])} |"
+                f"| {_fmt(g['description_glyph'])} | {_fmt(g.get('description_detail'))} |"
             )
     out = ["Finished runs:", "", *finished, "", "Goal metrics (held-out, greedy, `goals` command):", "", *curve]
     if len(stopped) > 2:
@@ -455,7 +479,9 @@ def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     return "\n".join(out)
 
 
-_LEVEL_ORDER = ("easy", "distractors", "medium", "hard", "ink", "ink_distractors", "pattern", "pattern_distractors")
+_LEVEL_ORDER = (
+    "easy", "distractors", "medium", "hard", "ink", "ink_distractors", "closeup", "pattern", "pattern_distractors",
+)
 
 
 def _goals_sort_key(path: Path) -> tuple[int, int]:
@@ -465,7 +491,7 @@ def _goals_sort_key(path: Path) -> tuple[int, int]:
 
 def _goals_order(path: Path) -> tuple[str, int]:
     """(level, step) of ``goals_<level>[_step<N>].json``; final sorts after every checkpoint."""
-    m = re.fullmatch(r"goals_([a-z]+)(?:_step(\d+))?\.json", path.name)
+    m = re.fullmatch(r"goals_([a-z_]+?)(?:_step(\d+))?\.json", path.name)
     level, step = (m.group(1), int(m.group(2)) if m.group(2) else 1 << 30) if m else (path.stem, 0)
     return level, step
 
@@ -671,7 +697,7 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
     if policy.protocol is not None:  # prompt it as it was trained
         rc = dataclasses.replace(rc, protocol=policy.protocol)
     trajectories = rollout(samples, policy, rc)
-    pad, text_h = 6, 60
+    pad, text_h = 6, 84
     sheet = Image.new("RGB", (n * (thumb + pad) + pad, 2 * thumb + text_h + 3 * pad), "white")
     draw = ImageDraw.Draw(sheet)
     for i, t in enumerate(trajectories):
@@ -689,7 +715,8 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
         if crop is not None:
             sheet.paste(crop.resize((thumb, thumb)), (x, thumb + 2 * pad))
         desc = next((d for d in t.descriptions if d), "") or ""
-        lines = [t.sample.question[:36], f"said: {desc[:36]}", f"answer {t.answer_text} (true {t.sample.answer})"]
+        said = textwrap.wrap(f"said: {desc}", 36)[:3]  # three lines: the asked detail comes last
+        lines = [t.sample.question[:36], *said, f"answer {t.answer_text} (true {t.sample.answer})"]
         draw.multiline_text((x, 2 * thumb + 3 * pad), "\n".join(lines), fill="black", spacing=2)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
