@@ -25,7 +25,8 @@ Choices and departures (nothing here is specified by the MAPO paper):
   with left padding each round), so a round prefills only the tokens an episode
   has not fed yet: its last generated token and the observation. The ``G``
   episodes of a sample share one prefill of their common prompt. Vision
-  features are computed once per image.
+  features are computed once per image; the crops of one round go through the
+  vision tower in one call.
 - ``top_p < 1`` and ``greedy`` change how tokens are *chosen*, but the recorded
   log-prob is still the full tempered distribution (top-p-free), so with them
   the recorded log-probs are not those of the behaviour policy.
@@ -309,7 +310,7 @@ class _Episode:
     images: list[Image.Image]
     pixel_values: list[torch.Tensor]
     grids: list[torch.Tensor]
-    features: list[torch.Tensor]  # vision features per image, reused across rounds
+    features: list[torch.Tensor | None]  # vision features per image, reused across rounds (None: queued)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (heads, C, d): KV of ids[:C]
     cached_images: int = 0  # images whose tokens lie in ids[:C]
     turns: list[Turn] = field(default_factory=list)
@@ -374,12 +375,29 @@ class _Engine:
         self.generator = None if callable(generator) else generator
         self.forced = forced
         self.blocked = torch.tensor(self.enc.blocked_ids, dtype=torch.long, device=self.device)
+        self.unencoded: list[tuple[_Episode, int]] = []  # crops awaiting encode_observations: (episode, image index)
 
     # --- episode setup ---------------------------------------------------------
 
     def vision_features(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         out = self.core.get_image_features(pixel_values.to(self.device), grid[None].to(self.device), return_dict=True)
         return out.pooler_output[0]
+
+    def encode_observations(self) -> None:
+        """Vision features of every crop observed this round, in one vision-tower call.
+
+        ``_observe`` queues its crop instead of encoding it: one call for the whole batch costs
+        little more than one call for one crop on CPU (the tower attends within each image, so
+        the features are those of separate calls).
+        """
+        if not self.unencoded:
+            return
+        pixel_values = torch.cat([ep.pixel_values[i] for ep, i in self.unencoded]).to(self.device)  # (sum patches, C)
+        grids = torch.stack([ep.grids[i] for ep, i in self.unencoded]).to(self.device)  # (n, 3)
+        pooled = self.core.get_image_features(pixel_values, grids, return_dict=True).pooler_output
+        for (ep, i), feature in zip(self.unencoded, pooled):
+            ep.features[i] = feature
+        self.unencoded = []
 
     def start(self, sample: Any, group: int) -> list[_Episode]:
         """The ``G`` episodes of one sample, sharing the prompt (computed once)."""
@@ -460,8 +478,9 @@ class _Engine:
             probs = logp_all.exp()
             if self.config.top_p < 1.0:
                 probs = _top_p_filter(probs, self.config.top_p)
-            if self.episode_generator is None:
-                tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            if self.episode_generator is None:  # one stream for the batch: one uniform per row
+                u = torch.rand(probs.shape[0], generator=self.generator, dtype=torch.float64)
+                tokens = _inverse_cdf(probs, u)
             else:
                 tokens = _sample_per_row(probs, [generators[row] for row in rows.tolist()])
         for i, row in enumerate(rows.tolist()):
@@ -598,7 +617,8 @@ class _Engine:
             ep.images.append(crop)
             ep.pixel_values.append(pixel_values)
             ep.grids.append(grid)
-            ep.features.append(self.vision_features(pixel_values, grid))
+            ep.features.append(None)  # filled by encode_observations before the next turn
+            self.unencoded.append((ep, len(ep.features) - 1))
 
 
 def _left_pad(t: torch.Tensor | None, length: int, like: torch.Tensor) -> torch.Tensor:
@@ -647,10 +667,18 @@ def _sample_per_row(probs: torch.Tensor, generators: list[torch.Generator]) -> t
     Inverse-CDF sampling from one float64 uniform per row, so each row consumes exactly
     one draw of its own stream whatever the batch holds (and the same on CPU or GPU).
     """
-    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators]).to(probs.device)  # (b,)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])  # (b,)
+    return _inverse_cdf(probs, u)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids (b,) for rows of ``probs`` (b, V, unnormalised) and uniforms ``u`` (b,) in [0, 1).
+
+    Cheaper on CPU than ``torch.multinomial`` for a batch of rows (one cumsum and one search).
+    """
     cdf = probs.double().cumsum(dim=-1)  # (b, V)
     # right=True: the first index whose cdf exceeds u * total, so zero-probability ids are never chosen.
-    tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    tokens = torch.searchsorted(cdf, (u.to(probs.device) * cdf[:, -1])[:, None], right=True).squeeze(1)
     return tokens.clamp_(max=probs.shape[1] - 1)
 
 
@@ -717,6 +745,7 @@ def rollout(
             outputs = engine.generate_turn(active)
             for ep, out in zip(active, outputs):
                 engine.advance(ep, out)
+            engine.encode_observations()
             for ep in active:
                 if ep.finish_reason:  # free what only the next turn would need
                     ep.kv, ep.features = None, []
