@@ -94,6 +94,27 @@ def test_negative_kind_names_the_changed_attribute():
     assert [negative_kind(caption, n) for n in hallucinated_captions(caption, rng)] == ["colour", "shape", "glyph", "empty"]
 
 
+def test_pattern_captions_only_where_the_crop_shows_the_pattern(monkeypatch):
+    """A 2 px pattern survives only an unshrunk crop: shrunk crops are captioned without it."""
+    from mapo.verifier import train as vt
+
+    assert vt.without_patterns(
+        "a red circle with the letter K and stripes and a blue square with the letter P and no pattern"
+    ) == "a red circle with the letter K and a blue square with the letter P"
+    scales, real_scale = [], vt.crop_scale  # the scale of each crop, in the order its pair is made
+    monkeypatch.setattr(vt, "crop_scale", lambda crop, box: scales.append(real_scale(crop, box)) or scales[-1])
+    level = synth.level_config("pattern_distractors")
+    pairs = vt.synth_pairs(synth.generate(12, 5, level), 8, synth.tool_config_for(level), seed=0)
+    assert len(scales) == len(pairs)
+    named = [any(p in pair.caption for p in synth.PATTERNS) for pair in pairs]
+    assert any(named) and not all(named)  # exact-cell object crops keep it, shrunk ones lose it
+    for scale, has_pattern, pair in zip(scales, named, pairs):
+        if scale < 0.99:
+            assert not has_pattern, (scale, pair.caption)
+        elif pair.kind == "object":
+            assert has_pattern, (scale, pair.caption)
+
+
 def test_synth_pairs_are_tool_crops_with_ground_truth_captions(medium):
     samples, tool_config = medium
     pairs = synth_pairs(samples, 10, tool_config, seed=1)
@@ -183,6 +204,39 @@ def test_logit_scale_init_sets_the_initial_temperature_and_is_validated():
     assert build_tiny_clip(config, vocab_size=50).logit_scale.exp().item() == pytest.approx(30.0)
     with pytest.raises(ValueError, match="logit_scale_init"):
         VerifierTrainConfig(logit_scale_init=150.0)
+
+
+def test_focus_weight_counts_a_hard_negative_w_times_in_its_image_softmax():
+    from mapo.verifier.train import contrastive_loss
+
+    image = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    positive, captions, scale = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor(0.0)
+    plain = contrastive_loss(image, text, positive, captions, scale)
+    assert torch.equal(contrastive_loss(image, text, positive, captions, scale, torch.zeros(2, 3)), plain)
+    weight = torch.zeros(2, 3)
+    weight[0, 2] = torch.tensor(20.0).log()  # text 2 is image 0's hard negative of the focus attribute
+    logits = image @ text.T
+    # by hand: image 0's softmax denominator counts text 2 twenty times; image 1 and text->image unchanged
+    def nll(row, extra):
+        return -(logits[row, positive[row]] - torch.log(logits[row].exp().sum() + extra))
+    i2t_plain = (nll(0, 0.0) + nll(1, 0.0)) / 2
+    i2t_focus = (nll(0, 19 * logits[0, 2].exp()) + nll(1, 0.0)) / 2
+    focused = contrastive_loss(image, text, positive, captions, scale, weight)
+    torch.testing.assert_close(focused - plain, (i2t_focus - i2t_plain) / 2)
+    with pytest.raises(ValueError, match="focus_attribute"):
+        VerifierTrainConfig(focus_attribute="texture")
+    with pytest.raises(ValueError, match="focus_weight"):
+        VerifierTrainConfig(focus_weight=0.5)
+
+
+def test_focus_attribute_training_runs(tmp_path):
+    metrics = train_tiny_clip(
+        VerifierTrainConfig(**{**CI, "synth_level": "pattern_distractors", "steps": 4, "focus_attribute": "pattern",
+                               "focus_weight": 20.0}),
+        tmp_path / "v", progress=False,
+    )
+    assert metrics["steps"] == 4 and metrics["final_loss"] == metrics["final_loss"]  # finite, not NaN
 
 
 def test_defaults_match_the_shipped_recipe():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import string
 import time
 from collections.abc import Sequence
@@ -63,6 +64,11 @@ class VerifierTrainConfig:
     n_samples: int = knob(400, "synthetic samples generated when `data` is None (or the first n of `data`)")
     crops_per_sample: int = knob(8, "crops cut from each sample (targets, distractors, partial views, background)")
     hard_negatives: int = knob(4, "captions with one attribute changed, per crop, put in its batch as extra negatives (4: all on letter levels; ink levels have 5)")
+    focus_attribute: str | None = knob(
+        None, "an attribute (colour, shape, glyph, ink, pattern) whose hard negatives count focus_weight times "
+        "in their crop's image-to-text softmax; None: all count once"
+    )
+    focus_weight: float = knob(1.0, "how many times a focus_attribute hard negative counts (its logit + log weight)")
     val_fraction: float = knob(0.15, "fraction of samples held out for the quality report (split by sample)")
     seed: int = knob(0, "seed for data, initialisation and batching")
     # model
@@ -107,6 +113,10 @@ class VerifierTrainConfig:
             raise ValueError(f"eval_candidates must be >= 2, got {self.eval_candidates}")
         if not 1.0 <= self.logit_scale_init <= 100.0:
             raise ValueError(f"logit_scale_init must be in [1, 100] (the learned scale is capped at 100), got {self.logit_scale_init}")
+        if self.focus_attribute is not None and self.focus_attribute not in ATTRIBUTES:
+            raise ValueError(f"focus_attribute must be one of {', '.join(ATTRIBUTES)} or null, got {self.focus_attribute!r}")
+        if not self.focus_weight >= 1.0:
+            raise ValueError(f"focus_weight must be >= 1 (1: no focus), got {self.focus_weight}")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ValueError("lr must be > 0 and weight_decay >= 0")
 
@@ -237,7 +247,8 @@ def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int
 
     Boxes are drawn in view pixels (as the policy would write them) and go through
     the tool's validation, mapping and resize, so the crops are exactly what the
-    policy sees as observations.
+    policy sees as observations. On pattern levels a crop the tool shrank does not show
+    the 2 px pattern, so its caption does not name it (:func:`without_patterns`).
     """
     from mapo import tools
     from mapo.data import synth
@@ -255,8 +266,28 @@ def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int
             if result.crop is None:
                 continue
             caption = synth.caption_for_crop(sample, result.box_original)
+            if crop_scale(result.crop, result.box_original) < _PATTERN_MIN_SCALE:
+                caption = without_patterns(caption)
             pairs.append(CropPair(result.crop, caption, hallucinated_captions(caption, rng), kind, sample.id))
     return pairs
+
+
+# A surface pattern has a period of 2 original pixels and the same mean in every variant
+# (mapo.data.synth.PATTERNS), so any downscale averages or aliases it away: a crop shrunk by the
+# tool's pixel budget does not show it, and a caption that names it there teaches noise.
+_PATTERN_MIN_SCALE = 0.99
+
+
+def crop_scale(crop: Image.Image, box_original: tuple[float, float, float, float]) -> float:
+    """Crop pixels per original pixel, along x (the tool keeps the aspect ratio)."""
+    return crop.width / max(1e-9, box_original[2] - box_original[0])
+
+
+def without_patterns(caption: str) -> str:
+    """``caption`` with every object's pattern phrase removed ("... the letter K and stripes" -> "... the letter K")."""
+    from mapo.data import synth
+
+    return re.sub(rf" and (?:{'|'.join(synth.PATTERNS)})\b", "", caption)
 
 
 # --------------------------------------------------------------------------- tokenizer and model
@@ -328,7 +359,7 @@ def build_tiny_clip(config: VerifierTrainConfig, vocab_size: int):
 
 def contrastive_loss(
     image_emb: torch.Tensor, text_emb: torch.Tensor, positive: torch.Tensor, caption_ids: torch.Tensor,
-    logit_scale: torch.Tensor,
+    logit_scale: torch.Tensor, negative_log_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over B images and U unique texts (positives and hard negatives).
 
@@ -339,9 +370,12 @@ def contrastive_loss(
         caption_ids: (P,) long, the unique indices that are some image's caption
             (text→image queries; hard-negative-only texts are not queries).
         logit_scale: scalar, log of the inverse temperature.
+        negative_log_weight: optional (B, U), added to the image→text logits: ``log w`` makes
+            text ``u`` count ``w`` times as a negative of image ``b`` (0 elsewhere, and on positives).
     """
     logits = logit_scale.exp() * image_emb @ text_emb.T  # (B, U)
-    loss_i2t = F.cross_entropy(logits, positive)
+    i2t = logits if negative_log_weight is None else logits + negative_log_weight
+    loss_i2t = F.cross_entropy(i2t, positive)
     match = (positive[None, :] == caption_ids[:, None]).float()  # (P, B): text p describes image b
     target = match / match.sum(1, keepdim=True)
     loss_t2i = -(target * logits[:, caption_ids].T.log_softmax(1)).sum(1).mean()
@@ -459,15 +493,23 @@ def _train_step(model, tokenizer, pixels, pairs, batch, config, rng) -> torch.Te
     for i in batch:
         positive.append(texts.setdefault(pairs[i].caption, len(texts)))
     caption_ids = sorted(set(positive))
-    for i in batch:
+    focused: list[tuple[int, int]] = []  # (row, text index) of focus_attribute hard negatives
+    for row, i in enumerate(batch):
         negatives = pairs[i].negatives
         for neg in rng.sample(negatives, min(config.hard_negatives, len(negatives))):
-            texts.setdefault(neg, len(texts))
+            index = texts.setdefault(neg, len(texts))
+            if config.focus_attribute and negative_kind(pairs[i].caption, neg) == config.focus_attribute:
+                focused.append((row, index))
     enc = _encode_texts(tokenizer, list(texts), config.max_text_tokens)
     text_emb = F.normalize(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output, dim=-1)
     image_emb = F.normalize(model.get_image_features(pixel_values=pixels.batch(batch)).pooler_output, dim=-1)
+    log_weight = None
+    if focused and config.focus_weight > 1.0:
+        log_weight = torch.zeros((len(batch), len(texts)))
+        rows, cols = zip(*focused)
+        log_weight[list(rows), list(cols)] = math.log(config.focus_weight)
     return contrastive_loss(
-        image_emb, text_emb, torch.tensor(positive), torch.tensor(caption_ids), model.logit_scale
+        image_emb, text_emb, torch.tensor(positive), torch.tensor(caption_ids), model.logit_scale, log_weight
     )
 
 
