@@ -124,6 +124,15 @@ VARIANTS: dict[str, list[str]] = {
         "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "steps=250", "optim.lr=2e-3",
         "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final",
     ],
+    # After shipping: can SFT teach the binding the shipped policy lacks (pattern_distractors: 15% hits)?
+    "B1_binding_fromShipped": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern_distractors", "optim.lr=1e-3",
+        "policy.init_from=runs/warmstart/default/final",
+    ],
+    "B2_binding_search_fromShipped": [
+        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern_distractors", "optim.lr=1e-3",
+        "data.wrong_first_zoom=0.3", "policy.init_from=runs/warmstart/default/final",
+    ],
     "P5_pattern_word20_fromS1": [
         "steps=250", "optim.lr=1e-3", "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", _FROM_STAGE1,
     ],
