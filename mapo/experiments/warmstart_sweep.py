@@ -67,6 +67,10 @@ FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system pr
 # as runs/warmstart/default, the shipped default then); the docs rows marked fromP4 started from the
 # probe's P4 run, the same recipe.
 _FROM_STAGE1 = "policy.init_from=runs/warmstart/letters/final"
+# Session 4: the answer word weighted 20x (what made the policy read) and the runs the stages start from.
+_READ = ["letter_loss_weight=5", "word_loss_weight=20"]
+_FROM_Q1B = "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final"
+_FROM_SHIPPED = "policy.init_from=runs/warmstart/default/final"
 _LSTX = ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.synth.glyphs=LSTX", "data.synth.fixed_options=true"]
 VARIANTS: dict[str, list[str]] = {
     # Session 3 (runs/ws3): four very different letters, options in a fixed order (the answer letter
@@ -105,33 +109,18 @@ VARIANTS: dict[str, list[str]] = {
         "data.synth.grid=1", "data.synth.require_zoom=false",
     ],
     # Session 4: reading and localising in one policy.
-    "P6_pattern_word20_scratch": ["letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern"],
-    "P7_pattern_fromCU2": [  # CU2 reads; can it learn to localise on the pattern level?
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern",
-        "policy.init_from=runs/ws3/CU2_closeup_pattern_word20/final",
-    ],
+    "P6_pattern_word20_scratch": [*_READ, "data.level=pattern"],
+    "P7_pattern_fromCU2": [*_READ, "data.level=pattern", "policy.init_from=runs/ws3/CU2_closeup_pattern_word20/final"],
     # Stage 2 of the shipped recipe (configs/warmstart_closeup.yaml): stage 1 -> read on the close-up.
-    "Q1a_closeup_fromS1_lr3e3": ["letter_loss_weight=5", "word_loss_weight=20", "data.level=closeup", _FROM_STAGE1],
-    "Q1b_closeup_fromS1_lr1e3": [
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=closeup", "optim.lr=1e-3", _FROM_STAGE1,
-    ],
+    "Q1a_closeup_fromS1_lr3e3": [*_READ, "data.level=closeup", _FROM_STAGE1],
+    "Q1b_closeup_fromS1_lr1e3": [*_READ, "data.level=closeup", "optim.lr=1e-3", _FROM_STAGE1],
     # Stage 3 (configs/warmstart.yaml): stage 2 -> the pattern level, to localise again while reading.
-    "Q2a_pattern_fromQ1b_lr1e3": [
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "steps=250", "optim.lr=1e-3",
-        "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final",
-    ],
-    "Q2b_pattern_fromQ1b_lr2e3": [
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "steps=250", "optim.lr=2e-3",
-        "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final",
-    ],
+    "Q2a_pattern_fromQ1b_lr1e3": [*_READ, "data.level=pattern", "steps=250", "optim.lr=1e-3", _FROM_Q1B],
+    "Q2b_pattern_fromQ1b_lr2e3": [*_READ, "data.level=pattern", "steps=250", "optim.lr=2e-3", _FROM_Q1B],
     # After shipping: can SFT teach the binding the shipped policy lacks (pattern_distractors: 15% hits)?
-    "B1_binding_fromShipped": [
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern_distractors", "optim.lr=1e-3",
-        "policy.init_from=runs/warmstart/default/final",
-    ],
+    "B1_binding_fromShipped": [*_READ, "data.level=pattern_distractors", "optim.lr=1e-3", _FROM_SHIPPED],
     "B2_binding_search_fromShipped": [
-        "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern_distractors", "optim.lr=1e-3",
-        "data.wrong_first_zoom=0.3", "policy.init_from=runs/warmstart/default/final",
+        *_READ, "data.level=pattern_distractors", "optim.lr=1e-3", "data.wrong_first_zoom=0.3", _FROM_SHIPPED,
     ],
     "P5_pattern_word20_fromS1": [
         "steps=250", "optim.lr=1e-3", "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", _FROM_STAGE1,
