@@ -479,7 +479,7 @@ class _Engine:
             if self.config.top_p < 1.0:
                 probs = _top_p_filter(probs, self.config.top_p)
             if self.episode_generator is None:  # one stream for the batch: one uniform per row
-                u = torch.rand(probs.shape[0], generator=self.generator, dtype=torch.float64)
+                u = torch.rand(probs.shape[0], generator=self.generator, dtype=torch.float64, device=self.generator.device)
                 tokens = _inverse_cdf(probs, u)
             else:
                 tokens = _sample_per_row(probs, [generators[row] for row in rows.tolist()])

@@ -87,3 +87,16 @@ def test_the_shipped_default_matches_its_manifest():
     total = sum((default.DEFAULT_DIR / name).stat().st_size for name in manifest["files"])
     assert total <= 20 * 2**20
     assert manifest["command"] == default.TRAIN_COMMAND
+
+
+def test_earlier_stages_follow_init_from_and_refuse_a_broken_config(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, init in ((first, None), (second, str(first / "final"))):
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"policy": {"init_from": init}, "data": {"level": run.name}}))
+    stages = default.earlier_stages({"policy": {"init_from": str(second / "final")}})
+    assert [s["config"]["data"]["level"] for s in stages] == ["first", "second"]
+    assert default.earlier_stages({"policy": {"init_from": None}}) == []
+    (first / "config.yaml").write_text("policy: [unclosed")
+    with pytest.raises(default.DefaultPolicyError, match="first/config.yaml .* not valid YAML"):
+        default.earlier_stages({"policy": {"init_from": str(second / "final")}})

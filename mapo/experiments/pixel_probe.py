@@ -42,7 +42,7 @@ def pixel_features(sample) -> tuple[np.ndarray, np.ndarray]:
     x1, y1, x2, y2 = tools.original_to_view(sample.target_boxes[0].xyxy, view_wh, image.size)
     cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
     around = view.crop((cx - 14, cy - 14, cx + 14, cy + 14))  # (28, 28): outside pixels come back black
-    crop = demo.images[1].resize((112, 112), Image.BICUBIC)  # fine enough for period-2 patterns in a 224 px crop
+    crop = demo.images[1].resize((112, 112), Image.BICUBIC)  # the pattern levels' crops are 112 px: no resampling
     return np.asarray(around, np.float32).reshape(-1) / 255.0, np.asarray(crop, np.float32).reshape(-1) / 255.0
 
 

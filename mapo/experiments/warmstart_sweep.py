@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mapo.data.synth import PATTERNS
+
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
 BASE_CONFIG = "configs/warmstart_letters.yaml"  # stage 1 of the shipped recipe (localise): the base of VARIANTS
 FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system prompt, textured background
@@ -184,7 +186,7 @@ SHAPE_WORDS = ("circle", "square", "triangle", "diamond")
 _OBJECT = re.compile(r"\b(" + "|".join(COLOR_WORDS) + r")\s+(" + "|".join(SHAPE_WORDS) + r")\b")
 _GLYPH = re.compile(r"\bletter\s+([A-Z])\b")
 # The asked detail after the letter, on ink and pattern levels: "the letter K in cyan", "the letter K and checks".
-_DETAIL = re.compile(r"\bletter\s+[A-Z]((?:\s+in\s+[a-z]+)?(?:\s+and\s+(?:no pattern|stripes|bands|checks))?)")
+_DETAIL = re.compile(rf"\bletter\s+[A-Z]((?:\s+in\s+[a-z]+)?(?:\s+and\s+(?:{'|'.join(PATTERNS)}))?)")
 
 
 # ----------------------------------------------------------------------------- goal metrics
@@ -416,7 +418,7 @@ def _last_train_metrics(run_dir: Path) -> dict:
 def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     """Markdown tables from the run directories under ``roots``.
 
-    1. finished runs (``eval.json``): the recipe diff against ``base_config`` (``configs/warmstart.yaml``), steps,
+    1. finished runs (``eval.json``): the recipe diff against ``base_config`` (:data:`BASE_CONFIG`), steps,
        training wall time, teacher-forced held-out loss and coordinate-token accuracy, and the goal
        metrics of ``goals_easy.json`` (else the SFT's own 48-sample rollout eval);
     2. goal metrics per checkpoint and per level (every ``goals_<level>[_step<N>].json``);
@@ -571,7 +573,7 @@ def word_diagnosis(run_dir: str | Path, n: int = 64, step: int | None = None) ->
     ``final/``. Written to ``RUN_DIR/words.json`` (``words_step<N>.json``).
     """
     from mapo.policy import load_policy
-    from mapo.train.sft import IGNORE, collate, heldout_samples, make_transcript, synth_config
+    from mapo.train.sft import collate, heldout_samples, make_transcript, synth_config, token_runs
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -592,7 +594,7 @@ def word_diagnosis(run_dir: str | Path, n: int = 64, step: int | None = None) ->
         for b, sample in enumerate(chunk):
             word = policy.tokenizer(" " + sample.answer_text, add_special_tokens=False)["input_ids"]
             seq = targets[b].tolist()
-            spans = [k for k in range(len(seq) - len(word) + 1) if seq[k : k + len(word)] == word and seq[k] != IGNORE]
+            spans = token_runs(seq, word)  # labelled: IGNORE never matches a token id
             answer_id = policy.tokenizer.convert_tokens_to_ids(sample.answer)
             answers = [k for k, t in enumerate(seq) if t == answer_id]
             if len(spans) < 2 or not answers:

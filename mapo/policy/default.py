@@ -9,7 +9,7 @@ Loading checks every file against the manifest and refuses a missing or altered
 file with a message that gives the rebuild command (:data:`REBUILD_COMMAND`).
 
 Why a shipped checkpoint rather than training at start-up: the recipe is three SFT runs
-(:data:`STAGES`: localise, read on a close-up, both on the ``pattern`` level), about 25 minutes
+(:data:`STAGES`: localise, read on a close-up, both on the ``pattern`` level), about 28 minutes
 on one CPU core, beyond ``make demo``'s budget.
 
 What it can do (``docs/warmstart.md``, measured on held-out samples of the ``pattern`` level):
@@ -128,7 +128,10 @@ def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
         if run.resolve() in seen or not config_file.is_file():
             break
         seen.add(run.resolve())
-        stage_config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        try:
+            stage_config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise DefaultPolicyError(f"{config_file} (an earlier stage of the run being shipped) is not valid YAML: {e}") from None
         stages.insert(0, {"run": str(run), "config": stage_config})
         init_from = (stage_config.get("policy") or {}).get("init_from")
     return stages
@@ -138,8 +141,8 @@ def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = T
     """Copy the final policy of SFT run ``run_dir`` to ``out`` and write its manifest.
 
     The manifest records the command, the run's config (``RUN_DIR/config.yaml``) and those of
-    the runs it started from (:func:`earlier_stages`), its seeds, the held-out metrics (``RUN_DIR/eval.json`` and any ``goals_*.json``) and the sha256 of
-    every shipped file.
+    the runs it started from (:func:`earlier_stages`), its seeds, the held-out metrics
+    (``RUN_DIR/eval.json`` and any ``goals_*.json``) and the sha256 of every shipped file.
     """
     import yaml
 

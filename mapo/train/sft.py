@@ -76,7 +76,7 @@ class PolicySpec:
 class SFTDataConfig:
     """Where the oracle transcripts come from."""
 
-    level: str = knob("easy", "synthetic task level (mapo.data.synth.LEVELS: easy, distractors, medium, hard, ink, ink_distractors)")
+    level: str = knob("easy", "synthetic task level (mapo.data.synth.LEVELS)")
     synth: dict = knob(factory=dict, help="SynthConfig knob overrides on top of the level, e.g. {tint_strength: 0.5}")
     seed: int = knob(0, "seed of the training samples")
     n_train: int = knob(0, "distinct training samples (0 = a fresh sample for every example)")
@@ -307,11 +307,15 @@ def answer_word_mask(transcripts: list[Transcript], labels: torch.Tensor, tokeni
         if not answer:
             continue
         word = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        row, n = labels[b].tolist(), len(word)
-        for k in range(len(row) - n + 1):
-            if row[k : k + n] == word:
-                mask[b, k : k + n] = True
+        for k in token_runs(labels[b].tolist(), word):
+            mask[b, k : k + len(word)] = True
     return mask
+
+
+def token_runs(row: list[int], word: list[int]) -> list[int]:
+    """Start indices of every occurrence of the token run ``word`` in ``row``."""
+    n = len(word)
+    return [k for k in range(len(row) - n + 1) if row[k : k + n] == word]
 
 
 def masked_lm_loss(
