@@ -32,6 +32,9 @@ Decisions and departures:
   (``eval/eval_vstar.py`` of Visual-Agent/DeepEyes) and its pixel budgets
   (max 16384·28·28); MAPO's description tag is still parsed but not asked for,
   so DeepEyes-style models get ``s_missing`` for every observation.
+- Semantic scores are training's (:mod:`mapo.semantic`: the same
+  ``semantic_target``, description-length guard and ``s_missing`` rules), so
+  the eval's ``semantic_score_mean`` is the quantity MAPO optimises.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from mapo.config import knob, to_dict
 from mapo.protocol import ProtocolConfig, protocol_for_policy
 from mapo.records import PredictionRecord, TurnRecord, append_jsonl, read_jsonl, record_statistics
 from mapo.rollout import RolloutConfig
+from mapo.semantic import per_observation, semantic_scores
 
 DEEPEYES_SYSTEM = """You are a helpful assistant.
 
@@ -113,6 +117,9 @@ class EvalConfig:
     image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
+    semantic_target: Literal["description", "label", "both"] = knob(
+        "description", "what the verifier scores against each crop, as in `mapo train` (mapo.semantic)"
+    )
 
     def __post_init__(self) -> None:
         if self.preset not in ("mapo", "deepeyes"):
@@ -133,7 +140,7 @@ class EvalConfig:
 # ----------------------------------------------------------------------------- samples
 
 
-SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::(easy|medium|hard))?(?::(\d+))?$")
+SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([a-z_]+))?(?::(\d+))?$")  # any level of mapo.data.synth.LEVELS
 
 
 def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -152,7 +159,9 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         samples = synth.generate(n, seed=int(m.group(3) or 1000003), config=m.group(2) or "easy")
         return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": []}
     if str(data).startswith("synth:"):
-        raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:easy|medium|hard[:SEED]]")
+        from mapo.data.synth import LEVELS
+
+        raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:LEVEL[:SEED]], LEVEL one of {', '.join(LEVELS)}")
     from mapo.data import load_samples
 
     result = load_samples(data, limit=limit)
@@ -225,8 +234,9 @@ def trajectory_record(
 ) -> PredictionRecord:
     """Turn one rollout :class:`~mapo.rollout.Trajectory` into a record, saving its image and crops under ``out``.
 
-    ``scores`` has one entry per observation (``K``): the semantic score of
-    (description k, crop k), None for an error observation (no crop).
+    ``scores`` has one entry per observation (``K``): training's semantic score
+    s_{i,k} (:mod:`mapo.semantic`; ``s_missing`` for an error observation), or
+    None each when no verifier was given.
     """
     sample = trajectory.sample
     stem = _stem(sample.id)
@@ -359,7 +369,7 @@ def evaluate(
         if forced_turns is not None:
             forced = lambda group, member, turn, chunk=chunk: forced_turns(chunk[group], turn)  # noqa: E731
         trajectories = rollout(chunk, policy, rc, forced_turns=forced)
-        scores = _semantic_scores(trajectories, verifier, config.verifier_batch_size)
+        scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
         for t, s in zip(trajectories, scores):
             append_jsonl(pred_path, trajectory_record(t, s, out, benchmark, config))
         finished += len(chunk)
@@ -412,23 +422,17 @@ def _chunks_by_tool(samples: Sequence[Any], base: RolloutConfig, config: EvalCon
         yield chunk
 
 
-def _semantic_scores(trajectories: Sequence[Any], verifier: Any | None, batch_size: int) -> list[list[float | None]]:
-    """Per trajectory, per observation: the verifier's score of (description, crop); None without a crop."""
-    out: list[list[float | None]] = [[None] * len(t.tool_calls) for t in trajectories]
+def _semantic_scores(
+    trajectories: Sequence[Any], verifier: Any | None, config: EvalConfig, max_description_chars: int
+) -> list[list[float | None]]:
+    """Per trajectory, per observation: training's s_{i,k} (:mod:`mapo.semantic`); None without a verifier."""
     if verifier is None:
-        return out
-    where, texts, images = [], [], []
-    for i, t in enumerate(trajectories):
-        for k, crop in enumerate(t.crops):
-            if crop is not None:
-                where.append((i, k))
-                texts.append(t.descriptions[k] or "")  # empty -> s_missing, as in training
-                images.append(crop)
-    if texts:
-        scores = verifier.score(texts, images, batch_size=batch_size)
-        for (i, k), s in zip(where, scores.tolist()):
-            out[i][k] = float(s)
-    return out
+        return [[None] * t.num_observations for t in trajectories]
+    sem = semantic_scores(
+        trajectories, verifier, target=config.semantic_target, max_description_chars=max_description_chars,
+        batch_size=config.verifier_batch_size,
+    )
+    return per_observation(sem, trajectories)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

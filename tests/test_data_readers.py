@@ -19,7 +19,8 @@ SMALL_HARD = level_config("hard", canvas_size=448, glyph_px=8, require_zoom=Fals
 
 @pytest.fixture(scope="module")
 def samples():
-    return generate(4, 0, "medium") + generate(4, 0, SMALL_HARD)
+    # "ink" lists options in one fixed order, not the V* reader's seeded shuffle: it must round-trip too.
+    return generate(4, 0, "medium") + generate(4, 0, SMALL_HARD) + generate(4, 0, "ink")
 
 
 def _png(w=16, h=12) -> bytes:
@@ -65,6 +66,20 @@ def test_vstar_real_layout_is_shuffled_and_boxes_converted(tmp_path):
     assert len(letters) >= 3  # not always A
     assert [x.options for x in read_vstar(tmp_path)] == [x.options for x in result]  # fixed seed
     assert [x.options for x in read_vstar(tmp_path, seed=1)] != [x.options for x in result]
+
+
+def test_vstar_recorded_option_order_must_match_the_files_options(tmp_path, samples):
+    root = write_samples(samples[:2], tmp_path, ["vstar"])["vstar"]
+    json_path = sorted(root.rglob("*.json"))[0]
+    record = json.loads(json_path.read_text())
+    record["mapo"]["options"] = record["mapo"]["options"][:-1] + ["an option the file does not list"]
+    json_path.write_text(json.dumps(record))
+    loaded = read_vstar(root)
+    assert loaded.report.loaded == 1 and loaded.report.skipped == 1
+    issue = loaded.report.issues[0]
+    assert issue.file.endswith(json_path.name) and "mapo.options" in issue.reason and "reordering" in issue.reason
+    with pytest.raises(ValueError, match=json_path.name):
+        read_vstar(root, strict=True)
 
 
 def test_vstar_bad_records_are_counted_with_file_and_reason(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mapo.data import Box, Sample, open_image, shuffle_options
-from mapo.data.sample import probe_image, unshuffle_options
+from mapo.data.sample import probe_image, correct_first
 
 
 def _png(w: int = 8, h: int = 6, color=(10, 20, 30)) -> bytes:
@@ -63,17 +63,17 @@ def test_sample_validates_answer_letter_and_gives_answer_text():
         Sample(id="c", image=_png(), question="q", options=["red", "blue"], answer="C")
 
 
-def test_shuffle_is_keyed_by_id_and_unshuffle_inverts_it():
-    correct_first = ["right", "w1", "w2", "w3"]
-    options, answer = shuffle_options(correct_first, key="sample-1")
+def test_shuffle_is_keyed_by_id_and_correct_first_inverts_it():
+    first = ["right", "w1", "w2", "w3"]
+    options, answer = shuffle_options(first, key="sample-1")
     assert options[ord(answer) - 65] == "right"
-    assert shuffle_options(correct_first, key="sample-1") == (options, answer)
-    assert unshuffle_options(options, answer, key="sample-1") == correct_first
+    assert shuffle_options(first, key="sample-1") == (options, answer)
+    assert correct_first(options, answer, key="sample-1") == first
     # Over many ids the correct option is not stuck at A (the V* pitfall).
-    letters = [shuffle_options(correct_first, key=f"id{i}")[1] for i in range(400)]
+    letters = [shuffle_options(first, key=f"id{i}")[1] for i in range(400)]
     counts = {c: letters.count(c) for c in "ABCD"}
     assert all(60 < n < 140 for n in counts.values()), counts
 
 
-def test_unshuffle_of_foreign_order_moves_answer_first():
-    assert unshuffle_options(["x", "y", "z"], "C", key="whatever-not-shuffled")[0] == "z"
+def test_correct_first_of_foreign_order_moves_answer_first():
+    assert correct_first(["x", "y", "z"], "C", key="whatever-not-shuffled")[0] == "z"

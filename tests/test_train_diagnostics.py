@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mapo import semantic
 from mapo.reward import RewardBreakdown
 from mapo.rollout import ToolCallRecord
 from mapo.train import diagnostics as D
@@ -49,27 +50,33 @@ def test_semantic_scores_layout_missing_rules_and_one_call():
         traj([], []),
     ]
     v = LengthVerifier()
-    sem = D.semantic_scores(trajectories, v, target="description", max_description_chars=300)
+    sem = semantic.semantic_scores(trajectories, v, target="description", max_description_chars=300)
     nan = float("nan")
     expected = torch.tensor([[0.04, -1.0, nan], [-1.0, -1.0, -1.0], [nan, nan, nan]])
     torch.testing.assert_close(sem.scores, expected, equal_nan=True)
     assert len(v.calls) == 1 and v.calls[0] == ["abcd"]
     assert sem.description_missing.tolist() == [[False, False, False], [True, False, True], [False, False, False]]
     assert sem.description_too_long[1, 1] and sem.n_pairs == 1
-    m = D.semantic_metrics(sem)
+    m = semantic.semantic_metrics(sem)
     # present scores: 0.04, -1, -1, -1, -1 -> mean -0.792; missing 2 of 5 observations, too long 1 of 5
     assert m["semantic_mean"] == pytest.approx(-0.792)
     assert m["description_missing_rate"] == pytest.approx(0.4) and m["description_too_long_rate"] == pytest.approx(0.2)
 
 
+def test_per_observation_is_the_training_score_without_padding():
+    trajectories = [traj([call(), call(valid=False)], ["abcd", "x"]), traj([], [])]
+    sem = semantic.semantic_scores(trajectories, LengthVerifier(), max_description_chars=300)
+    assert semantic.per_observation(sem, trajectories) == [[pytest.approx(0.04), -1.0], []]
+
+
 def test_semantic_target_label_and_both():
     trajectories = [traj([call(label="red square")], ["abcd"])]
-    label = D.semantic_scores(trajectories, LengthVerifier(), target="label")
-    both = D.semantic_scores(trajectories, LengthVerifier(), target="both")
+    label = semantic.semantic_scores(trajectories, LengthVerifier(), target="label")
+    both = semantic.semantic_scores(trajectories, LengthVerifier(), target="both")
     assert label.scores[0, 0].item() == pytest.approx(0.10)  # len("red square") = 10
     assert both.scores[0, 0].item() == pytest.approx((0.04 + 0.10) / 2)
     with pytest.raises(ValueError, match="target must be one of"):
-        D.semantic_scores(trajectories, LengthVerifier(), target="caption")
+        semantic.semantic_scores(trajectories, LengthVerifier(), target="caption")
 
 
 def test_trajectory_metrics_by_hand():

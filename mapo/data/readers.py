@@ -6,7 +6,8 @@ Formats (see docs/data.md for the layouts):
   with ``target_object``, ``bbox`` (``[x, y, w, h]``), ``question`` and
   ``options`` with the correct option first. Options are shuffled with a fixed
   seed keyed by the sample id (:func:`~mapo.data.sample.shuffle_options`); the
-  unshuffled layout makes "always A" score 100%.
+  unshuffled layout makes "always A" score 100%. A file mapo wrote records the
+  sample's own order in ``mapo.options``, which is restored instead.
 - ``hrbench``: HR-Bench TSV, ``index, question, A..D, answer, category,
   cycle_category, image`` (base64).
 - ``mme``: MME-RealWorld(-Lite) JSON list with ``Question_id, Image, Text,
@@ -48,6 +49,7 @@ from mapo.data.sample import (
     LoadResult,
     Sample,
     probe_image,
+    restore_option_order,
     shuffle_options,
 )
 
@@ -249,7 +251,13 @@ def _vstar_sample(root: Path, json_path: Path, category: str, seed: int) -> Samp
         raise BadRecord(f"options must be a non-empty list of strings (correct first), got {options!r}")
     extras = _extras(record.get(EXTRA_KEY))
     sample_id = _text(extras.get("id", f"{category}/{json_path.stem}"), "id")
-    shuffled, answer = shuffle_options(options, key=sample_id, seed=seed)
+    if "options" in extras:  # written by mapo: the sample's own order, the same letters as in memory
+        try:
+            shuffled, answer = restore_option_order(options, extras["options"])
+        except ValueError as e:
+            raise BadRecord(f"{EXTRA_KEY}.options: {e}") from None
+    else:
+        shuffled, answer = shuffle_options(options, key=sample_id, seed=seed)
     boxes = _boxes_from_extras(extras)
     if boxes is None:
         boxes = _vstar_boxes(record)

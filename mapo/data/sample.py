@@ -218,23 +218,44 @@ def shuffle_options(correct_first: list[str], key: str, seed: int = 0) -> tuple[
     return options, LETTERS[order.index(0)]
 
 
-def unshuffle_options(options: list[str], answer: str, key: str, seed: int = 0) -> list[str]:
-    """The correct-first list that :func:`shuffle_options` turns into ``options``.
+def correct_first(options: list[str], answer: str, key: str, seed: int = 0) -> list[str]:
+    """``options`` with the correct one first, as V* stores them.
 
-    When ``options`` were not produced by ``shuffle_options`` with this key, the
-    inverse permutation does not put the answer first; then the correct option
-    is moved to the front and the others keep their order.
+    When ``options`` came from :func:`shuffle_options` with this ``(seed, key)``
+    the shuffle is inverted, so a file reader without mapo's extra field
+    reshuffles them into the same letters; otherwise the correct option moves
+    to the front and the others keep their order.
     """
     if answer not in LETTERS[: len(options)]:
         raise ValueError(f"answer must be one of the option letters {list(LETTERS[: len(options)])}, got {answer!r}")
     probe, _ = shuffle_options(list(range(len(options))), key, seed)  # probe[j] = index in correct-first order
-    correct_first = [""] * len(options)
-    for j, i in enumerate(probe):
-        correct_first[i] = options[j]
     if probe.index(0) == LETTERS.index(answer):
-        return correct_first
+        first = [""] * len(options)
+        for j, i in enumerate(probe):
+            first[i] = options[j]
+        return first
     a = LETTERS.index(answer)
     return [options[a]] + options[:a] + options[a + 1 :]
+
+
+def restore_option_order(correct_first_options: list[str], order: Any) -> tuple[list[str], str]:
+    """The sample's own option order ``order`` (a permutation of ``correct_first_options``) and its answer letter.
+
+    Raises:
+        ValueError: when ``order`` is not a list of the same option strings, so
+            the answer letter cannot be matched to the file's correct option.
+    """
+    if (
+        not isinstance(order, list)
+        or not all(isinstance(o, str) for o in order)
+        or sorted(order) != sorted(correct_first_options)
+    ):
+        raise ValueError(
+            f"the recorded option order {order!r} is not a reordering of the file's options {correct_first_options!r}"
+        )
+    if order.count(correct_first_options[0]) != 1:
+        raise ValueError(f"the correct option {correct_first_options[0]!r} appears more than once in {order!r}")
+    return list(order), LETTERS[order.index(correct_first_options[0])]
 
 
 @dataclass

@@ -175,8 +175,10 @@ _ASK_INK = dict(asks="ink", fixed_options=True, glyph_stroke=1)
 # colour): a property of the whole object, so the crop shows it everywhere, while the 4x smaller view
 # averages it away (docs/data.md: at most 2 grey levels left). obs_side 112: a cell's crop is shown pixel
 # for pixel, so the pattern has the same phase in every 14 px patch (7 whole periods) and a linear patch
-# embedding sees it (at 224 px it alternates sign).
-_ASK_PATTERN = dict(asks="pattern", fixed_options=True, glyph_stroke=1, obs_side=112)
+# embedding sees it (at 224 px it alternates sign). Options are shuffled per sample (seeded by its id, the
+# same shuffle as the V* reader's), so the answer letter must be looked up in the options text; the first
+# warm-start stages pin `fixed_options: true` (configs/warmstart_closeup.yaml, warmstart_pattern.yaml).
+_ASK_PATTERN = dict(asks="pattern", glyph_stroke=1, obs_side=112)
 
 LEVELS: dict[str, dict[str, Any]] = {
     # One salient target: learn to find and zoom on it, read the glyph.

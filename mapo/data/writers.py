@@ -6,10 +6,12 @@ that the official tools ignore; the readers use it, so ``write -> read``
 returns the same samples. Images are written as they are held (encoded bytes
 keep their encoding; in-memory images become PNG).
 
-V* stores the correct option first. The writer recovers that order by
-inverting the reader's seeded shuffle (:func:`~mapo.data.sample.unshuffle_options`),
-so a sample whose options came from that shuffle reads back with the same
-letters.
+V* stores the correct option first. The writer keeps that layout (real V*
+tools read it) and records the sample's own option order in the ``mapo`` extra
+field (``options``); :func:`mapo.data.readers.read_vstar` restores it, so a
+sample has one option order and answer letter in memory and in every file
+format. A V* folder without the field (the real benchmark) gets the reader's
+seeded shuffle (:func:`~mapo.data.sample.shuffle_options`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from mapo.data.sample import LETTERS, Sample, unshuffle_options
+from mapo.data.sample import LETTERS, Sample, correct_first
 
 FORMATS = ("vstar", "hrbench", "mme", "deepeyes")
 EXTRA_KEY = "mapo"
@@ -117,8 +119,8 @@ def write_vstar(samples: Sequence[Sample], root: str | Path, seed: int = 0) -> P
             "target_object": [b.label for b in targets],
             "bbox": [[b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1] for b in targets],
             "question": sample.question,
-            "options": unshuffle_options(sample.options, sample.answer, key=sample.id, seed=seed),
-            EXTRA_KEY: _extras(sample),
+            "options": correct_first(sample.options, sample.answer, key=sample.id, seed=seed),
+            EXTRA_KEY: {**_extras(sample), "options": list(sample.options)},
         }
         (folder / f"{stem}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return root

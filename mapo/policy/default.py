@@ -29,11 +29,12 @@ from typing import Any
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
 MANIFEST = "manifest.json"
 CONFIG_PATH = "configs/warmstart.yaml"
-# The recipe is three SFT runs, each starting from the previous one's final/ (docs/warmstart.md):
-# localise (letters), read (closeup), both on the pattern level (the shipped run).
+# The recipe is four SFT runs, each starting from the previous one's final/ (docs/warmstart.md):
+# localise (letters), read (closeup), both on the pattern level, then with shuffled options (the shipped run).
 STAGES = (
     ("configs/warmstart_letters.yaml", "runs/warmstart/letters"),
     ("configs/warmstart_closeup.yaml", "runs/warmstart/closeup"),
+    ("configs/warmstart_pattern.yaml", "runs/warmstart/pattern"),
     (CONFIG_PATH, "runs/warmstart/default"),
 )
 TRAIN_COMMAND = " && ".join(f"mapo sft --config {config} --out {out}" for config, out in STAGES)

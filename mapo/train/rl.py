@@ -65,6 +65,7 @@ import numpy as np
 import torch
 import torch.distributed
 
+from mapo import semantic
 from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.config import knob
 from mapo.loss import LossConfig, policy_loss
@@ -358,12 +359,12 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     metrics = diagnostics.trajectory_metrics(trajectories, rewards)
     semantic = None
     if run.verifier is not None:
-        sem = diagnostics.semantic_scores(
+        sem = semantic.semantic_scores(
             trajectories, run.verifier, target=cfg.semantic_target,
             max_description_chars=run.rollout_cfg.protocol.max_description_chars, batch_size=cfg.verifier_batch_size,
         )
         semantic = sem.scores
-        metrics.update(diagnostics.semantic_metrics(sem))
+        metrics.update(semantic.semantic_metrics(sem))
     t_verifier = time.perf_counter()
     batch = collate(trajectories, run.policy)
     outcome = torch.tensor([r.total for r in rewards], dtype=torch.float32)
@@ -575,11 +576,11 @@ def evaluate(run: Run) -> dict[str, float]:
     trajectories = rollout(samples, run.policy, rc)
     metrics = diagnostics.trajectory_metrics(trajectories, [outcome_reward(t, run.cfg.reward) for t in trajectories])
     if run.verifier is not None:
-        sem = diagnostics.semantic_scores(
+        sem = semantic.semantic_scores(
             trajectories, run.verifier, target=run.cfg.semantic_target,
             max_description_chars=rc.protocol.max_description_chars, batch_size=run.cfg.verifier_batch_size,
         )
-        metrics.update(diagnostics.semantic_metrics(sem))
+        metrics.update(semantic.semantic_metrics(sem))
     keep = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_box_rate",
             "turns_mean", "description_missing_rate", "answer_rate")
     return {f"eval/{k}": metrics[k] for k in keep if k in metrics} | {"eval/n": float(len(trajectories))}

@@ -246,7 +246,7 @@ def _batcher(path, device, target, protocol, max_episodes, wait_s) -> SemanticBa
         return None
     key = (str(path), str(device), target, protocol.max_description_chars, max_episodes, wait_s)
     if key not in _BATCHERS:
-        from mapo.train.diagnostics import semantic_scores
+        from mapo.semantic import semantic_scores
         from mapo.verifier.clip import load_verifier
 
         verifier = load_verifier(path, device=device)

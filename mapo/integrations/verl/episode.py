@@ -6,7 +6,7 @@ after each generated assistant turn: it parses the turn with
 view->original mapping as training, evaluation and the report), and builds the
 observation message of :func:`mapo.protocol.observation_message`. It keeps what the
 estimator and the reward need and exposes it as the attributes
-:func:`mapo.train.diagnostics.semantic_scores` and :func:`mapo.reward.outcome_reward`
+:func:`mapo.semantic.semantic_scores` and :func:`mapo.reward.outcome_reward`
 read from a :class:`mapo.rollout.Trajectory`, so scores and rewards go through the
 very same functions as ``mapo train``.
 
@@ -190,7 +190,7 @@ class SemanticBatcher:
     """Score the observations of concurrently finishing episodes together.
 
     ``score_fn(episodes)`` returns an object with ``scores`` (B, K) NaN-padded, as
-    :func:`mapo.train.diagnostics.semantic_scores` does. A batch is flushed when it
+    :func:`mapo.semantic.semantic_scores` does. A batch is flushed when it
     holds ``max_episodes`` episodes or ``max_wait_s`` after its first one arrived;
     ``score_fn`` runs in a thread so the event loop keeps generating meanwhile.
     """
