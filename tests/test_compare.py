@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,19 @@ def write_fake_run(run_dir: Path, algo: str, seed: int) -> Path:
     tools = {"n": 10, "accuracy": spec["acc"][seed], "crop_iou_mean": spec["iou"], "crop_hit_rate": 0.5,
              "semantic_score_mean": 0.25, "tool_calls_per_sample": 1.0}
     (run_dir / "eval" / "metrics.json").write_text(json.dumps({"tools": tools}))
+    # 10 held-out samples: the first round(10 * acc) answered right; first zooms hit on the first 5 (grpo) / 6 (mapo).
+    hits = 5 if algo == "grpo" else 6
+    write_predictions(run_dir / "eval", [(i < round(10 * spec["acc"][seed]), i < hits) for i in range(10)])
     return run_dir
+
+
+def write_predictions(eval_dir: Path, outcomes, prefix: str = "s") -> None:
+    from mapo.records import PredictionRecord, append_jsonl
+
+    for i, (correct, hit) in enumerate(outcomes):
+        append_jsonl(eval_dir / "predictions.jsonl", PredictionRecord(
+            id=f"{prefix}{i}", source="synth", question="q", answer="A", prediction="A" if correct else "B",
+            correct=correct, finish_reason="answer", iou=[0.6 if hit else 0.1]))
 
 
 @pytest.fixture
@@ -70,8 +83,36 @@ def test_results_table_is_mean_and_sample_std_over_seeds(fake_runs, tmp_path):
     png = tmp_path / "docs" / "img" / "compare_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](img/compare_curves.png)" in text  # relative to the document
-    per_run = [line for line in text.splitlines() if line.startswith(("| grpo | ", "| mapo | "))]
+    per_run = [line for line in text.splitlines() if re.match(r"\| (grpo|mapo) \| \d \|", line)]
     assert len(per_run) == 6
+
+
+def test_paired_differences_by_hand(fake_runs, tmp_path):
+    """mapo − grpo accuracy per seed: 0.2, 0.2, 0.2 (sd 0: seed CI 0, p 0); first-zoom hits 0.6 − 0.5 = 0.1 each.
+
+    Per (seed, sample) accuracy differences: 2 of 10 are +1 per seed, so mean 0.2, sample sd
+    sqrt((6·0.8² + 24·0.2²) / 29) = sqrt(4.8 / 29) = 0.4068 -> half-width 1.96 · 0.4068 / sqrt(30) = 0.1456.
+    """
+    from mapo.experiments.compare import paired_differences, read_run, write_results
+
+    diffs = paired_differences([read_run(d) for d in fake_runs], "grpo")
+    acc, hit = diffs
+    assert (acc["arm"], acc["metric"], acc["seeds"], acc["pairs"]) == ("mapo", "held-out accuracy", 3, 30)
+    assert acc["diff"] == pytest.approx(0.2) and acc["seed_ci"] == pytest.approx(0.0, abs=1e-12)
+    assert acc["sample_ci"] == pytest.approx(1.96 * math.sqrt(4.8 / 29) / math.sqrt(30))
+    assert acc["p"] == 0.0 and hit["diff"] == pytest.approx(0.1)
+    text = write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd").read_text()
+    assert "| mapo | held-out accuracy | +0.200 | ± 0.000 | ± 0.146 | 0.000 | 3 |" in text
+
+
+def test_arms_on_different_heldout_sets_are_refused(fake_runs, tmp_path):
+    from mapo.experiments.compare import write_results
+
+    (fake_runs[1] / "eval" / "predictions.jsonl").unlink()
+    write_predictions(fake_runs[1] / "eval", [(True, True)] * 10, prefix="other")
+    with pytest.raises(ValueError, match="different held-out sets"):
+        write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd")
+    assert not (tmp_path / "R.md").exists()
 
 
 def test_goals_report_a_miss_as_a_miss():
@@ -109,8 +150,12 @@ def test_cli_report_only_regenerates_from_existing_runs(fake_runs, tmp_path):
 def test_bad_compare_config_is_rejected():
     from mapo.experiments.compare import CompareConfig
 
-    with pytest.raises(ValueError, match="algos must be >= 2 distinct estimators"):
-        from_dict(CompareConfig, {"algos": ["grpo", "nope"]})
+    with pytest.raises(ValueError, match="unknown estimator 'nope'"):
+        from_dict(CompareConfig, {"arms": {"grpo": ["advantage.estimator=grpo"], "x": ["advantage.estimator=nope"]}})
+    with pytest.raises(ValueError, match="arms must map >= 2"):
+        from_dict(CompareConfig, {"arms": {"grpo": ["advantage.estimator=grpo"]}})
+    with pytest.raises(ValueError, match="must be a list of 'key=value' strings"):
+        from_dict(CompareConfig, {"arms": {"grpo": ["advantage.estimator=grpo"], "b": "beta"}})
     with pytest.raises(ValueError, match="seeds and steps must be >= 1"):
         from_dict(CompareConfig, {"seeds": 0})
 

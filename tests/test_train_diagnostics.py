@@ -107,6 +107,16 @@ def test_tool_segment_mask_and_advantage_variance():
     m = D.advantage_metrics(adv, segment_ids >= 0, tool)
     assert m["adv_var_tool_tokens"] == pytest.approx(2 / 3)  # values 1, 3, 2: mean 2, var (1 + 1 + 0) / 3
     assert m["tool_token_frac"] == pytest.approx(3 / 7)
+    # loss tokens: row 0 has 1, 3, 2, 5 (4 nonzero), row 1 has 1, 1, 1 (3 nonzero): 7 of 7
+    assert m["adv_nonzero_frac"] == pytest.approx(1.0)
+    adv[1] = 0.0
+    assert D.advantage_metrics(adv, segment_ids >= 0, tool)["adv_nonzero_frac"] == pytest.approx(4 / 7)
+
+
+def test_zero_variance_groups_are_counted():
+    # group 0: rewards 1, 1 (flat); group 3: 0, 2 (signal); group 5: 0.5 alone (flat)
+    outcome, group = torch.tensor([1.0, 1.0, 0.0, 2.0, 0.5]), torch.tensor([0, 0, 3, 3, 5])
+    assert D.group_signal_metrics(outcome, group)["zero_var_group_frac"] == pytest.approx(2 / 3)
 
 
 def test_bootstrap_variance_matches_the_resampling_distribution():

@@ -76,10 +76,15 @@ def oracle_trajectory(
     wrong_first_zoom: float = 0.0,
     tool_config: tools.ToolConfig | None = None,
     protocol_config: protocol.ProtocolConfig | None = None,
+    option_scan: bool = False,
 ) -> OracleTrajectory:
     """The oracle's transcript for ``sample`` (which needs at least one target box).
 
-    Deterministic given ``rng_or_seed`` (an int seed or a numpy Generator).
+    Deterministic given ``rng_or_seed`` (an int seed or a numpy Generator). With
+    ``option_scan`` the final thought goes through the options in order, copying
+    each and saying whether it is the answer, up to the correct one
+    (``(A) bands: no. (B) checks: yes.``): finding the answer's letter becomes
+    copying and comparing nearby text instead of one long-range lookup.
     """
     if not isinstance(sample, Sample):
         raise ValueError(f"sample must be a mapo.data.Sample, got {type(sample).__name__}")
@@ -108,7 +113,10 @@ def oracle_trajectory(
             builder.zoom(think=think, box_view=builder.to_view(target), label=target.label)
         if i + 1 < len(targets):
             think = f"I found the {target.label}. Now I need to find the {targets[i + 1].label}."
-    builder.finish(think=_final_thought(sample), answer=sample.answer or sample.answer_text)
+    think = _final_thought(sample)
+    if option_scan and sample.options and sample.answer:
+        think += " " + option_scan_text(sample.options, sample.answer)
+    builder.finish(think=think, answer=sample.answer or sample.answer_text)
     return builder.result()
 
 
@@ -181,6 +189,17 @@ def _final_thought(sample: Sample) -> str:
     if family == "relative" and len(targets) >= 2 and sample.answer_text in RELATION_WORDS:
         return f"The {targets[0].label} is {RELATION_WORDS[sample.answer_text]} the {targets[1].label}."
     return f"The answer is {sample.answer_text}."
+
+
+def option_scan_text(options: list[str], answer: str) -> str:
+    """``(A) bands: no. (B) checks: yes.``: the options in order, up to the correct letter ``answer``."""
+    letters = protocol.option_letters(len(options))
+    lines = []
+    for letter, option in zip(letters, options):
+        lines.append(f"({letter}) {option}: {'yes' if letter == answer else 'no'}.")
+        if letter == answer:
+            break
+    return " ".join(lines)
 
 
 def _jittered(box, jitter: float, view_wh, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -71,15 +71,20 @@ LOG_SCALE = ("grad_var_bootstrap",)
 STEP_TIME_GOAL = 1.15
 
 
+def _default_arms() -> dict[str, list[str]]:
+    return {"grpo": ["advantage.estimator=grpo"], "mapo": ["advantage.estimator=mapo"]}
+
+
 @dataclass(frozen=True)
 class CompareConfig:
-    """``mapo experiment compare``: GRPO vs MAPO over seeds."""
+    """``mapo experiment compare``: arms (RL recipes differing by a few overrides) over seeds."""
 
     pipeline: PipelineConfig = knob(factory=PipelineConfig, help="stages shared with `mapo demo` (data, verifier, "
                                     "warm start) and the RL recipe (pipeline.rl) every run uses")
-    algos: tuple[str, ...] = knob(("grpo", "mapo"), "advantage estimators to compare (first is the baseline)")
-    seeds: int = knob(3, "runs per algorithm, with seeds 0..seeds-1")
-    steps: int = knob(40, "RL steps of every run (the same budget for every algorithm)")
+    arms: dict = knob(factory=_default_arms, help="arm name -> overrides of pipeline.rl (`key=value` strings); the "
+                      "first arm is the baseline every other one is compared with")
+    seeds: int = knob(3, "runs per arm, with seeds 0..seeds-1")
+    steps: int = knob(40, "RL steps of every run (the same budget for every arm)")
     grpo_verifier: bool = knob(False, "load the verifier in runs whose estimator needs none (only for logging semantic scores)")
 
     def __post_init__(self) -> None:
@@ -87,16 +92,31 @@ class CompareConfig:
 
         if self.seeds < 1 or self.steps < 1:
             raise ValueError(f"seeds and steps must be >= 1, got {self.seeds} and {self.steps}")
-        unknown = [a for a in self.algos if a not in list_estimators()]
-        if unknown or len(self.algos) < 2 or len(set(self.algos)) != len(self.algos):
-            raise ValueError(f"algos must be >= 2 distinct estimators from {list_estimators()}, got {list(self.algos)}")
+        if not isinstance(self.arms, dict) or len(self.arms) < 2:
+            raise ValueError(f"arms must map >= 2 arm names to override lists, got {self.arms!r}")
+        for name, overrides in self.arms.items():
+            if not (isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum()):
+                raise ValueError(f"arm name {name!r} must be letters, digits, '_' or '-' (it names a directory)")
+            if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise ValueError(f"arm {name!r}: overrides must be a list of 'key=value' strings, got {overrides!r}")
+            for o in overrides:
+                key, value = o.split("=", 1)
+                if key == "advantage.estimator" and value not in list_estimators():
+                    raise ValueError(f"arm {name!r}: unknown estimator {value!r}; choose from {list_estimators()}")
+
+    @property
+    def baseline(self) -> str:
+        return next(iter(self.arms))
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def run_dir_of(out: Path, algo: str, seed: int) -> Path:
-    return out / algo / f"seed{seed}"
+ARM_FILE = "arm.json"  # {"arm", "overrides"}, written into a run directory once it is trained and evaluated
+
+
+def run_dir_of(out: Path, arm: str, seed: int) -> Path:
+    return out / arm / f"seed{seed}"
 
 
 def run_compare(
@@ -125,19 +145,27 @@ def run_compare(
     policy, _, _ = warmstart_stage(pipe, log)
     dirs = []
     for seed in range(cfg.seeds):
-        for algo in cfg.algos:
-            run_dir = run_dir_of(out, algo, seed)
-            same = dict(policy=str(policy), heldout=str(heldout), steps=cfg.steps, seed=seed,
-                        **{"advantage.estimator": algo})
-            rl_cfg = rl_config(pipe, verifier=str(verifier), **same)
+        for arm, arm_overrides in cfg.arms.items():
+            run_dir = run_dir_of(out, arm, seed)
+            same = dict(policy=str(policy), heldout=str(heldout), steps=cfg.steps, seed=seed)
+            rl_cfg = _arm_config(rl_config(pipe, verifier=str(verifier), **same), arm_overrides)
             if not (cfg.grpo_verifier or needs_semantic(rl_cfg.advantage)):
-                rl_cfg = rl_config(pipe, verifier=None, **same)
+                rl_cfg = _arm_config(rl_cfg, ["verifier=null"])
             resume = (run_dir / "run.json").is_file()
-            log(f"{'resuming' if resume else 'training'} {algo} seed {seed}: {run_dir}")
+            log(f"{'resuming' if resume else 'training'} {arm} seed {seed}: {run_dir}")
             train(rl_cfg, run_dir, resume=resume, progress=progress, forced_turns=forced_turns)
             evaluate_stage(run_dir / "final", heldout, verifier, run_dir / "eval", eval_config(pipe, rl_cfg))
+            (run_dir / ARM_FILE).write_text(json.dumps({"arm": arm, "overrides": arm_overrides}) + "\n", encoding="utf-8")
             dirs.append(run_dir)
     return dirs
+
+
+def _arm_config(rl_cfg: Any, overrides: list[str]) -> Any:
+    """``rl_cfg`` with an arm's ``key=value`` overrides applied."""
+    from mapo.config import apply_overrides, from_dict, to_dict
+    from mapo.train.rl import RLConfig
+
+    return from_dict(RLConfig, apply_overrides(to_dict(rl_cfg), overrides))
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -171,11 +199,82 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     for r in train_rows:  # a derived per-step series, for the step-time curve
         r["step_time_s"] = r["time_step"] - r.get("time_bootstrap", 0.0)
     curves = {key: [(r["step"], r[key]) for r in rows if key in r] for key, _ in CURVES}
+    arm_file = run_dir / ARM_FILE
+    arm = json.loads(arm_file.read_text(encoding="utf-8"))["arm"] if arm_file.is_file() else config["advantage"]["estimator"]
     return {
-        "run_dir": str(run_dir), "algo": config["advantage"]["estimator"], "seed": int(config["seed"]),
+        "run_dir": str(run_dir), "algo": arm, "seed": int(config["seed"]),
         "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
-        "config": config,
+        "config": config, "per_sample": _per_sample(run_dir / "eval" / "predictions.jsonl"),
     }
+
+
+def _per_sample(path: Path) -> dict[str, tuple[bool, bool]]:
+    """Held-out sample id -> (answered right, first valid crop hits a target at IoU >= 0.5); {} without the file."""
+    from mapo.records import read_jsonl
+
+    if not path.is_file():
+        return {}
+    out = {}
+    for r in read_jsonl(path):
+        first = r.iou[0] if r.iou else None
+        out[r.id] = (bool(r.correct), first is not None and first >= 0.5)
+    return out
+
+
+def check_same_heldout(runs: Sequence[dict[str, Any]]) -> None:
+    """Refuse runs whose held-out sample ids differ: their numbers would not compare."""
+    reference = runs[0]
+    for r in runs[1:]:
+        if set(r["per_sample"]) != set(reference["per_sample"]):
+            only = sorted(set(r["per_sample"]) ^ set(reference["per_sample"]))[:3]
+            raise ValueError(
+                f"{r['run_dir']} and {reference['run_dir']} were evaluated on different held-out sets "
+                f"(e.g. {only}); re-run the compare so every arm uses the same one"
+            )
+
+
+# (index in a per-sample tuple, label): the differences tested against the baseline.
+PAIRED_METRICS = ((0, "held-out accuracy"), (1, "first-zoom hit rate"))
+
+
+def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Each arm minus the baseline, paired by seed, for :data:`PAIRED_METRICS`.
+
+    Two intervals: ``seed_ci`` is the 95% t-interval of the per-seed differences
+    (df = seeds - 1: the between-run noise, wide with 3 seeds) and ``sample_ci``
+    the 95% normal interval over every (seed, held-out sample) pair (the
+    evaluation noise given these runs). ``p`` is the paired t-test over seeds.
+    """
+    from scipy import stats
+
+    by = {(r["algo"], r["seed"]): r for r in runs}
+    out = []
+    for arm in dict.fromkeys(r["algo"] for r in runs):
+        if arm == baseline:
+            continue
+        seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
+        for index, label in PAIRED_METRICS:
+            per_seed, per_sample = [], []
+            for s in seeds:
+                a, b = by[(arm, s)]["per_sample"], by[(baseline, s)]["per_sample"]
+                d = [float(a[i][index]) - float(b[i][index]) for i in sorted(a) if i in b]
+                if d:
+                    per_seed.append(float(np.mean(d)))
+                    per_sample += d
+            if not per_seed:
+                continue
+            mean = float(np.mean(per_seed))
+            row = {"arm": arm, "metric": label, "diff": mean, "seeds": len(per_seed), "pairs": len(per_sample),
+                   "seed_ci": None, "sample_ci": None, "p": None}
+            if len(per_seed) > 1:
+                sd = float(np.std(per_seed, ddof=1))
+                row["seed_ci"] = float(stats.t.ppf(0.975, len(per_seed) - 1) * sd / math.sqrt(len(per_seed)))
+                flat = sd < 1e-12  # identical per-seed differences: the t statistic is undefined
+                row["p"] = (1.0 if abs(mean) < 1e-12 else 0.0) if flat else float(stats.ttest_1samp(per_seed, 0.0).pvalue)
+            if len(per_sample) > 1:
+                row["sample_ci"] = float(1.96 * np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
+            out.append(row)
+    return out
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -266,9 +365,23 @@ def results_markdown(runs: Sequence[dict[str, Any]], command: str, meta: dict[st
         arrow = {True: " ↑", False: " ↓", None: ""}[higher]
         counts = {a: sum(r["algo"] == a for r in runs) for a in algos}
         lines.append(f"| {label}{arrow} | " + " | ".join(_pm(agg[a][key], counts[a]) for a in algos) + " |")
+    diffs = paired_differences(runs, algos[0])
+    if diffs:
+        lines += ["", f"## Differences from `{algos[0]}`, paired by seed", "",
+                  "Δ is the mean over seeds of (arm − baseline) on the same held-out samples. *seed 95% CI*: "
+                  "t-interval of the per-seed differences (run-to-run noise); *sample 95% CI*: normal interval over "
+                  "every (seed, sample) pair (evaluation noise only); *p*: paired t-test over seeds.", "",
+                  "| arm | metric | Δ | seed 95% CI | sample 95% CI | p | seeds |", "|---|---|---|---|---|---|---|"]
+
+        def num(v, fmt):
+            return "n/a" if v is None else fmt.format(v)
+
+        for d in diffs:
+            lines.append(f"| {d['arm']} | {d['metric']} | {d['diff']:+.3f} | {num(d['seed_ci'], '± {:.3f}')} | "
+                         f"{num(d['sample_ci'], '± {:.3f}')} | {num(d['p'], '{:.3f}')} | {d['seeds']} |")
     checked = goals(agg, algos[0], "mapo" if "mapo" in agg else algos[1])
     if checked:
-        lines += ["", "## Goals (issue \"The RL trainer\", part 5), checked on the means", "",
+        lines += ["", "## Goals, checked on the means", "",
                   "| goal | measured | met |", "|---|---|---|"]
         lines += [f"| {g} | {v} | {'n/a' if ok is None else ('yes' if ok else 'no')} |" for g, v, ok in checked]
     lines += ["", "## Per run", "", "| algorithm | seed | " + " | ".join(label for _, label, _, _ in RESULT_METRICS) + " | run |",
@@ -336,6 +449,7 @@ def write_results(
     if not run_dirs:
         raise ValueError("no run directories to summarise")
     runs = [read_run(d) for d in run_dirs]
+    check_same_heldout(runs)
     doc, img_dir = Path(doc), Path(img_dir)
     png = plot_curves(runs, img_dir / "compare_curves.png")
     try:
@@ -363,9 +477,9 @@ def _cpu_count() -> int:
 
 def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
     """Run directories of ``cfg`` under ``out`` that are finished and evaluated (for ``--report-only``)."""
-    dirs = [run_dir_of(Path(out), a, s) for s in range(cfg.seeds) for a in cfg.algos]
+    dirs = [run_dir_of(Path(out), a, s) for s in range(cfg.seeds) for a in cfg.arms]
     return [d for d in dirs if (d / "summary.json").is_file() and (d / "eval" / "metrics.json").is_file()]
 
 
 __all__ = ["CompareConfig", "aggregate", "existing_runs", "goals", "plot_curves", "read_run", "results_markdown",
-           "run_compare", "write_results"]
+           "paired_differences", "run_compare", "write_results"]

@@ -91,7 +91,7 @@ def tool_segment_mask(trajectories: Sequence[Any], segment_ids: torch.Tensor) ->
 
 
 def advantage_metrics(advantages: torch.Tensor, mask: torch.Tensor, tool_mask: torch.Tensor) -> dict[str, float]:
-    """``adv_mean``, ``adv_var`` over loss tokens and ``adv_var_tool_tokens`` over tool-call segments.
+    """``adv_mean``, ``adv_var``, ``adv_nonzero_frac`` over loss tokens and ``adv_var_tool_tokens`` over tool-call segments.
 
     Args:
         advantages: (B, T) float. mask: (B, T) bool loss tokens. tool_mask: (B, T) bool (a subset).
@@ -100,11 +100,23 @@ def advantage_metrics(advantages: torch.Tensor, mask: torch.Tensor, tool_mask: t
     a = advantages.detach().double()
     on, tool = a[mask.bool()], a[tool_mask.bool()]
     return {
+        "adv_nonzero_frac": float((on.abs() > 1e-8).double().mean()) if on.numel() else 0.0,
         "adv_mean": float(on.mean()) if on.numel() else 0.0,
         "adv_var": float(on.var(unbiased=False)) if on.numel() else 0.0,
         "adv_var_tool_tokens": float(tool.var(unbiased=False)) if tool.numel() else 0.0,
         "tool_token_frac": tool.numel() / max(on.numel(), 1),
     }
+
+
+def group_signal_metrics(outcome: torch.Tensor, group: torch.Tensor) -> dict[str, float]:
+    """``zero_var_group_frac``: the share of groups whose outcome rewards are all equal (no GRPO signal).
+
+    Args:
+        outcome: (B,) float outcome rewards R_i. group: (B,) long prompt ids.
+    """
+    groups = group.unique()
+    flat = [bool((outcome[group == g] - outcome[group == g][0]).abs().max() < 1e-8) for g in groups]
+    return {"zero_var_group_frac": float(np.mean(flat)) if flat else 0.0}
 
 
 # ----------------------------------------------------------------------------- gradient variance

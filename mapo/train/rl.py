@@ -357,22 +357,23 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     t_rollout = time.perf_counter()
     rewards = [outcome_reward(t, cfg.reward) for t in trajectories]
     metrics = diagnostics.trajectory_metrics(trajectories, rewards)
-    semantic = None
+    scores = None  # (B, K) s_{i,k}, or None without a verifier
     if run.verifier is not None:
         sem = semantic.semantic_scores(
             trajectories, run.verifier, target=cfg.semantic_target,
             max_description_chars=run.rollout_cfg.protocol.max_description_chars, batch_size=cfg.verifier_batch_size,
         )
-        semantic = sem.scores
+        scores = sem.scores
         metrics.update(semantic.semantic_metrics(sem))
     t_verifier = time.perf_counter()
     batch = collate(trajectories, run.policy)
     outcome = torch.tensor([r.total for r in rewards], dtype=torch.float32)
     advantages = get_estimator(cfg.advantage.estimator)(
-        outcome, batch["group"], batch["segment_ids"], semantic, config=cfg.advantage
+        outcome, batch["group"], batch["segment_ids"], scores, config=cfg.advantage
     )  # (B, T)
     tool_mask = diagnostics.tool_segment_mask(trajectories, batch["segment_ids"])
     metrics.update(diagnostics.advantage_metrics(advantages, batch["loss_mask"], tool_mask))
+    metrics.update(diagnostics.group_signal_metrics(outcome, batch["group"]))
     metrics.update({"time_rollout": t_rollout - started, "time_verifier": t_verifier - t_rollout})
     metrics = dp.mean_metrics(metrics, weight=len(trajectories), info=run.dist, summed=("verifier_pairs",))
     return Collected(trajectories, batch["group"], advantages, metrics)

@@ -87,6 +87,9 @@ class SFTDataConfig:
     glyph_hint: float = knob(
         0.0, "fraction of glyph questions whose prompt also states the glyph (a copying stage: docs/warmstart.md)"
     )
+    option_scan: bool = knob(
+        False, "the final thought goes through the options up to the correct one ('(A) bands: no. (B) checks: yes.')"
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.glyph_hint <= 1:
@@ -178,7 +181,7 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
     tool_config = tool_config_for_sample(sample)
     demo = oracle_trajectory(
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
-        tool_config=tool_config, protocol_config=protocol,
+        tool_config=tool_config, protocol_config=protocol, option_scan=data.option_scan,
     )
     messages, crops = demo.messages, demo.images[1:]
     if data.glyph_hint and np.random.default_rng([seed, 7]).random() < data.glyph_hint:

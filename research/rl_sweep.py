@@ -1,0 +1,195 @@
+"""Which RL setting makes the embedded default learn? Runs named variants and writes their table.
+
+    python research/rl_sweep.py run  g8_lr3e4 [NAME ...] --root runs/rl_sweep   # train + evaluate
+    python research/rl_sweep.py table --root runs/rl_sweep > docs/rl_sweep.md      # the table in docs/training.md
+
+Every variant is ``mapo train --config configs/train_tiny.yaml`` plus its overrides
+(:data:`VARIANTS`), from the same warm start. Its final policy and the warm start
+itself are evaluated greedily by ``mapo eval``'s code (:func:`mapo.eval.evaluate`)
+on the same held-out V* folder, written like ``mapo data synth --format vstar``
+(``--n`` samples of the variant's level, seed 1000003), so the before/after
+figures are measured on the public path. The table gives, per variant:
+held-out accuracy and first-zoom hit before -> after with the paired difference
+and its 95% interval (normal approximation over the per-sample differences),
+and the training diagnostics averaged over the first and the last 10 steps
+(share of groups with zero reward variance, share of loss tokens with a nonzero
+advantage, entropy, clip fraction, KL to the start when measured).
+
+Research code: not part of the installed package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+BASE = "configs/train_tiny.yaml"
+HELDOUT_SEED = 1_000_003
+# name -> overrides of configs/train_tiny.yaml (GRPO unless the name says otherwise).
+_GRPO = ["advantage.estimator=grpo", "verifier=null"]
+VARIANTS: dict[str, list[str]] = {
+    # the demo's budget before: 4 prompts x G=4, lr 1e-4, temperature 0.7
+    "demo_before": [*_GRPO, "steps=30", "rollout.temperature=0.7"],
+    "g8_lr1e4": [*_GRPO, "steps=60", "rollout.group_size=8"],
+    "g8_lr3e4": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=3e-4"],
+    "g8_lr3e4_kl": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=3e-4", "loss.kl_coef=0.05"],
+    "g8_lr1e3_kl": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=1e-3", "loss.kl_coef=0.05"],
+    "g16_lr3e4": [*_GRPO, "steps=40", "rollout.group_size=16", "prompts_per_step=2", "optim.lr=3e-4"],
+}
+DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entropy", "clip_frac", "kl")
+
+
+def _config(name: str, level: str, policy: str, extra: list[str]):
+    from mapo.config import load_config
+    from mapo.train.rl import RLConfig
+
+    overrides = [f"policy={policy}", f"data.synth_level={level}", "data.n_eval=0", "tensorboard=false", *VARIANTS[name],
+                 *extra]
+    return load_config(RLConfig, BASE, overrides), overrides
+
+
+def heldout_dir(root: Path, level: str, n: int) -> Path:
+    """The held-out V* folder (written once): what `mapo data synth --format vstar` writes."""
+    from mapo.data import synth
+    from mapo.data.writers import write_samples
+
+    out = root / f"heldout_{level}_{n}"
+    if not (out / "vstar").is_dir():
+        write_samples(synth.generate(n, HELDOUT_SEED, level), out, ["vstar"])
+    return out / "vstar"
+
+
+def evaluate_policy(policy_dir: str, data: Path, out: Path) -> dict:
+    from mapo.eval import EvalConfig, evaluate
+    from mapo.policy import load_policy
+
+    if not (out / "metrics.json").is_file():
+        evaluate(str(data), out, policy=load_policy(policy_dir, dtype="float32"), config=EvalConfig(), progress=None)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def run(names: list[str], root: Path, level: str, n: int, policy: str, extra: list[str]) -> None:
+    import torch
+
+    from mapo.train.rl import train
+
+    torch.set_num_threads(1)
+    data = heldout_dir(root, level, n)
+    evaluate_policy(policy, data, root / f"start_{level}_{n}")
+    for name in names:
+        cfg, overrides = _config(name, level, policy, extra)
+        run_dir = root / name
+        (root / "overrides").mkdir(parents=True, exist_ok=True)
+        (root / "overrides" / f"{name}.json").write_text(json.dumps({"overrides": overrides, "level": level, "n": n,
+                                                                      "policy": policy}))
+        train(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=False)
+        evaluate_policy(str(run_dir / "final"), data, run_dir / f"eval_{level}_{n}")
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _per_sample(eval_dir: Path) -> dict[str, tuple[bool, bool]]:
+    """id -> (correct, first valid crop hits a target at IoU >= 0.5)."""
+    from mapo.records import read_jsonl
+
+    out = {}
+    for r in read_jsonl(eval_dir / "predictions.jsonl"):
+        first = next((iou for iou in r.iou), None)
+        out[r.id] = (bool(r.correct), first is not None and first >= 0.5)
+    return out
+
+
+def paired(before: dict, after: dict, index: int) -> tuple[float, float, float, float]:
+    """``(before rate, after rate, difference, 95% half-width)`` over the ids both sets hold."""
+    ids = sorted(set(before) & set(after))
+    if not ids:
+        raise ValueError("the two evaluations share no sample: they were not run on the same held-out set")
+    d = [float(after[i][index]) - float(before[i][index]) for i in ids]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    b = sum(before[i][index] for i in ids) / n
+    return b, b + mean, mean, 1.96 * sd / math.sqrt(n)
+
+
+def _window_means(run_dir: Path, steps: int) -> dict[str, tuple[float | None, float | None]]:
+    from mapo.train.common import read_metrics
+
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time_step" in r]
+    out = {}
+    for key in DIAGNOSTICS:
+        def mean(part):
+            vals = [r[key] for r in part if key in r]
+            return sum(vals) / len(vals) if vals else None
+        out[key] = (mean(rows[:steps]), mean(rows[-steps:]))
+    wall = sum(r["time_step"] for r in rows)
+    out["wall_min"] = (wall / 60, None)
+    return out
+
+
+def table(root: Path) -> str:
+    lines = [
+        "<!-- GENERATED by `python research/rl_sweep.py table --root " + str(root) + "`; do not edit by hand. -->",
+        "",
+        "| variant | overrides | held-out accuracy | Δ (95% CI) | first-zoom hit | Δ (95% CI) | train min | "
+        "zero-var groups | nonzero-adv tokens | entropy | clip frac | KL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec_file in sorted((root / "overrides").glob("*.json")):
+        name = spec_file.stem
+        spec = json.loads(spec_file.read_text())
+        level, n = spec["level"], spec["n"]
+        eval_dir = root / name / f"eval_{level}_{n}"
+        if not (eval_dir / "predictions.jsonl").is_file():
+            continue
+        before = _per_sample(root / f"start_{level}_{n}")
+        after = _per_sample(eval_dir)
+        acc, hit = paired(before, after, 0), paired(before, after, 1)
+        diag = _window_means(root / name, 10)
+
+        def fmt(pair):
+            a, b = pair
+            f = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
+            return f"{f(a)} → {f(b)}"
+
+        shown = [o for o in VARIANTS.get(name, spec["overrides"]) if not o.startswith(("verifier=", "advantage.estimator=grpo"))]
+        lines.append(
+            f"| `{name}` | {' '.join(shown)} | {acc[0]:.3f} → {acc[1]:.3f} | {acc[2]:+.3f} ± {acc[3]:.3f} | "
+            f"{hit[0]:.3f} → {hit[1]:.3f} | {hit[2]:+.3f} ± {hit[3]:.3f} | {diag['wall_min'][0]:.1f} | "
+            + " | ".join(fmt(diag[k]) for k in ("zero_var_group_frac", "adv_nonzero_frac", "entropy", "clip_frac", "kl"))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python research/rl_sweep.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="train and evaluate variants")
+    p.add_argument("names", nargs="+", choices=sorted(VARIANTS))
+    p.add_argument("--root", type=Path, default=Path("runs/rl_sweep"))
+    p.add_argument("--level", default="pattern_distractors")
+    p.add_argument("--n", type=int, default=200, help="held-out samples")
+    p.add_argument("--policy", default="default", help="warm start: 'default' (shipped) or a policy directory")
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides for every variant")
+    t = sub.add_parser("table", help="the markdown table of finished variants")
+    t.add_argument("--root", type=Path, default=Path("runs/rl_sweep"))
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        policy = args.policy
+        if policy == "default":
+            from mapo.policy.default import DEFAULT_DIR
+
+            policy = str(DEFAULT_DIR)
+        run(args.names, args.root, args.level, args.n, policy, args.set)
+    else:
+        sys.stdout.write(table(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
