@@ -21,8 +21,9 @@ Decisions and departures:
   never answers is scored wrong (``prediction`` null, ``finish_reason`` kept);
   DeepEyes' own eval falls back to the whole last response, which lets a model
   that never closes its answer tag still score.
-- Multiple choice uses ``extract_choice`` (MME-RealWorld: its own
-  ``mme_extract``); open questions (DeepEyes parquet) use
+- Multiple choice uses ``extract_choice`` (every benchmark; ``scoring`` adds
+  the same aggregation read as lmms-eval or VLMEvalKit read it, see
+  ``mapo.data.harness``); open questions (DeepEyes parquet) use
   ``mapo.reward.answer_matches`` (normalised exact match). There is no official
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
@@ -113,6 +114,10 @@ class EvalConfig:
     image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
+    scoring: tuple[str, ...] = knob(
+        (), "also score multiple choice the way these harnesses read answers (lmms-eval, vlmevalkit, mapo): "
+        "metrics.json 'scoring'; 'official' always uses mapo's rule"
+    )
 
     def __post_init__(self) -> None:
         if self.preset not in ("mapo", "deepeyes"):
@@ -125,6 +130,11 @@ class EvalConfig:
             raise ValueError(f"image_max_side must be >= 32, got {self.image_max_side}")
         if not 0.0 < self.hit_iou <= 1.0:
             raise ValueError(f"hit_iou must be in (0, 1], got {self.hit_iou}")
+        from mapo.data.harness import HARNESSES
+
+        unknown = [name for name in self.scoring if name not in HARNESSES]
+        if unknown:
+            raise ValueError(f"scoring: unknown {unknown}; choose from {', '.join(HARNESSES)}")
 
     def rollout_config(self) -> RolloutConfig:
         return deepeyes_rollout(self.rollout) if self.preset == "deepeyes" else self.rollout
@@ -133,7 +143,7 @@ class EvalConfig:
 # ----------------------------------------------------------------------------- samples
 
 
-SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::(easy|medium|hard))?(?::(\d+))?$")
+SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([A-Za-z_]\w*))?(?::(\d+))?$")  # level checked against synth.LEVELS
 
 
 def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -148,11 +158,15 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
     if m:
         from mapo.data import synth
 
+        if m.group(2) is not None and m.group(2) not in synth.LEVELS:
+            raise ValueError(f"--data {data!r}: unknown level {m.group(2)!r}; choose from {', '.join(synth.LEVELS)}")
         n = int(m.group(1)) if limit is None else min(int(m.group(1)), limit)
         samples = synth.generate(n, seed=int(m.group(3) or 1000003), config=m.group(2) or "easy")
         return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": []}
     if str(data).startswith("synth:"):
-        raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:easy|medium|hard[:SEED]]")
+        from mapo.data.synth import LEVELS
+
+        raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:LEVEL[:SEED]], LEVEL one of {', '.join(LEVELS)}")
     from mapo.data import load_samples
 
     result = load_samples(data, limit=limit)
@@ -182,14 +196,19 @@ def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | N
     return answer_text.strip(), answer_matches(answer_text, sample.answer)
 
 
-def official_scores(samples: Sequence[Any], records: Sequence[PredictionRecord], benchmark: str) -> dict[str, Any]:
-    """The benchmark's aggregation over ``samples`` (a sample without a record counts as wrong)."""
+def official_scores(
+    samples: Sequence[Any], records: Sequence[PredictionRecord], benchmark: str, scoring: str = "mapo"
+) -> dict[str, Any]:
+    """The benchmark's aggregation over ``samples`` (a sample without a record counts as wrong).
+
+    ``scoring``: whose reading of a multiple-choice answer (``mapo.data.harness.HARNESSES``).
+    """
     from mapo.data.scoring import SCORERS
 
     answers = {r.id: _answer_text(r) for r in records}
     predictions = {k: v for k, v in answers.items() if v is not None}
     if benchmark in SCORERS:
-        return SCORERS[benchmark](list(samples), predictions)
+        return SCORERS[benchmark](list(samples), predictions, scoring)
     # No official rule (DeepEyes training data, open questions): plain accuracy, per category.
     by_id = {r.id: r for r in records}
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -371,6 +390,7 @@ def evaluate(
     metrics = {
         "benchmark": benchmark,
         "official": official_scores(samples, records, benchmark),
+        "scoring": {name: official_scores(samples, records, benchmark, name) for name in config.scoring},
         "tools": record_statistics(records, hit_iou=config.hit_iou),
         "data": {k: v for k, v in load_report.items()},
         "broken_rows": load_report["skipped"],
