@@ -91,9 +91,11 @@ class WarmStartConfig:
 
     def recipe(self) -> SFTConfig:
         """The SFT recipe: ``sft_config`` loaded, else ``sft``."""
-        from mapo.config import load_config
+        from mapo.config import find_config_file, load_config
 
-        return load_config(SFTConfig, self.sft_config) if self.sft_config else self.sft
+        if not self.sft_config:
+            return self.sft
+        return load_config(SFTConfig, find_config_file(self.sft_config) or self.sft_config)  # works from any folder
 
 
 @dataclass(frozen=True)
