@@ -169,7 +169,7 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:LEVEL[:SEED]], LEVEL one of {', '.join(LEVELS)}")
     from mapo.data import load_samples
 
-    result = load_samples(data, limit=limit)
+    result = load_samples(_synth_output_source(data), limit=limit)
     report = result.report
     return list(result), {
         "source": report.source or str(data),
@@ -178,6 +178,17 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         "skipped": report.skipped,
         "issues": [str(i) for i in report.issues[:100]],
     }
+
+
+def _synth_output_source(data: str) -> str:
+    """The folder ``mapo data synth --out DIR`` wrote: its V* copy (else the first format written); others as given."""
+    root = Path(data)
+    if not (root / "synth_config.yaml").is_file():
+        return data
+    for fmt in ("vstar", "hrbench", "mme", "deepeyes"):
+        if (root / fmt).is_dir():
+            return str(root / fmt)
+    return data
 
 
 # ----------------------------------------------------------------------------- judging
@@ -358,11 +369,11 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     samples, load_report = load_eval_samples(data, limit)
     if not samples:
         raise ValueError(f"no samples could be loaded from {data}: {load_report['issues'][:3]}")
     benchmark = config.benchmark or _benchmark_of(samples)
+    out.mkdir(parents=True, exist_ok=True)  # after loading: a bad --data leaves no directory behind
     pred_path = out / "predictions.jsonl"
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
     todo = [s for s in samples if s.id not in done]

@@ -144,7 +144,7 @@ def test_config_rejects_groups():
 
 
 def test_bad_synth_spec_is_explained():
-    with pytest.raises(ValueError, match=r"synth:N\[:easy\|medium\|hard"):
+    with pytest.raises(ValueError, match=r"synth:N\[:LEVEL\[:SEED\]\], LEVEL one of easy, "):
         load_eval_samples("synth:many")
 
 

@@ -79,13 +79,20 @@ def resolve(
     ``config_path`` replaces ``args.config`` (a command that resolves a default file passes it).
     Keys that are not knobs of ``cls`` raise ``ValueError`` naming the nearest one.
     """
+    path = config_path if config_path is not None else args.config
+    return resolve_data(cls, path, overrides(args, extra), base=base)
+
+
+def resolve_data(
+    cls: type, path: str | None, items: typing.Iterable[str], *, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`resolve` without the parsed arguments: ``base``, the file at ``path`` (if any), the overrides."""
     from mapo.config import apply_overrides
 
-    path = config_path if config_path is not None else args.config
     data = dict(base or {})
     if path is not None:
         data = merge(data, read_yaml(path))
-    data = apply_overrides(data, overrides(args, extra))
+    data = apply_overrides(data, items)
     check_keys(cls, data)
     return data
 

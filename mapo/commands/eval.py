@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
             from mapo.eval import EvalConfig
 
             return show(EvalConfig, args, base=to_dict(EvalConfig()), extra=extra)
-        config = _load_config(args, extra)
+        from mapo.commands._config import overrides
+
+        config = _load_config(args.config, overrides(args, extra))
         missing = [f"--{n}" for n in ("data", "model", "out") if getattr(args, n) is None]
         if missing:
             raise ValueError(f"{', '.join(missing)} required")
@@ -64,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
             from mapo.verifier.clip import load_verifier
 
             verifier = load_verifier(args.verifier, device=args.device)
-        result = evaluate(
-            args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
-            progress=None if args.no_progress else ProgressLine(),
-            run_info={"model": str(args.model), "verifier": args.verifier},
-        )
+        with _removed_if_nothing_written(args.out):
+            result = evaluate(
+                args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
+                progress=None if args.no_progress else ProgressLine(),
+                run_info={"model": str(args.model), "verifier": args.verifier},
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo eval: {e}", file=sys.stderr)
         return 2
@@ -83,14 +89,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_config(args: argparse.Namespace, extra: list[str]):
+@contextlib.contextmanager
+def _removed_if_nothing_written(out: str):
+    """If the block fails before a record is written, remove ``out`` when this run created it.
+
+    A failed first run must not leave an empty (or images-only) directory that looks like a
+    started evaluation; a directory that existed before (a resumed eval) is left as it was.
+    """
+    out_dir = Path(out)
+    created = not out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if created and out_dir.is_dir() and not (out_dir / "predictions.jsonl").exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _load_config(path: str | None, items: list[str]):
     """EvalConfig from its defaults, then the YAML file, then overrides.
 
     Starting from the defaults matters: a partial ``rollout:`` section must keep
     eval's rollout defaults (greedy, one episode per sample), not RolloutConfig's.
     """
-    from mapo.commands._config import load
-    from mapo.config import to_dict
+    from mapo.commands._config import resolve_data
+    from mapo.config import from_dict, to_dict
     from mapo.eval import EvalConfig
 
-    return load(EvalConfig, args, base=to_dict(EvalConfig()), extra=extra)
+    return from_dict(EvalConfig, resolve_data(EvalConfig, path, items, base=to_dict(EvalConfig())))
