@@ -480,15 +480,29 @@ def _finite(value: Any) -> Any:
 
 
 class ProgressLine:
-    """A one-line progress bar on stderr, rewritten in place: ``eval [####....] 12/40  33s``."""
+    """Eval progress on stderr: a bar rewritten in place on a terminal (``eval [####....] 12/40  33s``),
+    else (a log file, or ``plain``) one line per chunk with seconds per sample and the ETA."""
 
-    def __init__(self, width: int = 30) -> None:
+    def __init__(self, width: int = 30, plain: bool | None = None) -> None:
+        from mapo.progress import is_terminal
+
         self.width = width
+        self.plain = not is_terminal() if plain is None else plain
         self.started = time.perf_counter()
+        self.first: int | None = None  # samples already done when this run started (resume)
 
     def __call__(self, done: int, total: int) -> None:
-        fill = int(self.width * done / max(total, 1))
+        from mapo.progress import format_duration
+
         elapsed = time.perf_counter() - self.started
+        if self.plain:
+            self.first = done if self.first is None else self.first
+            per = elapsed / (done - self.first) if done > self.first else None
+            rate = f"  {per:.2f} s/sample  eta {format_duration(per * (total - done))}" if per else ""
+            sys.stderr.write(f"eval {done}/{total}  {format_duration(elapsed)}{rate}\n")
+            sys.stderr.flush()
+            return
+        fill = int(self.width * done / max(total, 1))
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\reval [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total}  {elapsed:.0f}s{end}")
         sys.stderr.flush()

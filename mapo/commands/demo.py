@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(PipelineConfig, args, config_path=config_path)
         command = " ".join(["mapo demo", "--config", config_path, "--out", args.out]
                            + (["--fresh"] if args.fresh else []) + _config.overrides(args))
-        summary = run_pipeline(cfg, args.out, fresh=args.fresh, progress=not args.no_progress,
+        summary = run_pipeline(cfg, args.out, fresh=args.fresh, progress="lines" if args.no_progress else "auto",
                                report=not args.no_report, command=command)
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo demo: {e}", file=sys.stderr)

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain log lines instead of a progress bar (the default when output is not a terminal)")
     add_config_arguments(parser, example="rollout.max_turns=6 rollout.tool.view_max_pixels=1003520")
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         with _removed_if_nothing_written(args.out):
             result = evaluate(
                 args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
-                progress=None if args.no_progress else ProgressLine(),
+                progress=ProgressLine(plain=True if args.no_progress else None),
                 run_info={"model": str(args.model), "verifier": args.verifier},
             )
     except (ValueError, FileNotFoundError) as e:

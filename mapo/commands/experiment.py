@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             if not dirs:
                 raise ValueError(f"no finished, evaluated runs of this config under {args.out}")
         else:
-            dirs = run_compare(cfg, args.out, progress=not args.no_progress)
+            dirs = run_compare(cfg, args.out, progress="lines" if args.no_progress else "auto")
         written = write_results(dirs, doc, img_dir, command)
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo experiment compare: {e}", file=sys.stderr)

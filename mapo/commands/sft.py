@@ -25,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mapo.commands import _config
     from mapo.train.sft import SFTConfig, config_from_run_dir, run_sft
 
@@ -40,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
             return _config.show(SFTConfig, args, base=base)
         cfg = _config.load(SFTConfig, args, base=base)
         run_dir = args.resume or args.out
-        if args.no_progress:
-            cfg = dataclasses.replace(cfg, progress=False)
-        final = run_sft(cfg, run_dir, resume=bool(args.resume))
+        final = run_sft(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo sft: {e}", file=sys.stderr)
         return 2

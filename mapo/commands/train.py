@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             return _config.show(RLConfig, args, base=base, extra=extra)
         cfg = _config.load(RLConfig, args, base=base, extra=extra)
         run_dir = args.resume or args.out
-        summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        summary = train(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else "auto")
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo train: {e}", file=sys.stderr)
         return 2

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"synthetic level to generate: {levels}; shorthand for synth_level=LEVEL")
     train.add_argument("--n", type=int, default=None, help="number of samples to generate or read; shorthand for n_samples=N")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps; shorthand for steps=N")
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--no-progress", action="store_true",
+                       help="plain log lines instead of a progress bar (the default when output is not a terminal)")
     add_config_arguments(train, example="steps=600 lr=1e-3 (configs/verifier_tiny.yaml is a config)")
 
     inspect = _leaf(sub, "inspect", "score distributions, quality and throughput of a verifier")
@@ -81,7 +83,8 @@ def _train(args: argparse.Namespace) -> int:
     config = _config.load(VerifierTrainConfig, args, extra=extra)
     if args.out is None:
         raise ValueError("--out is required")
-    metrics = train_tiny_clip(config, args.out, progress=not args.quiet)
+    mode = "off" if args.quiet else "lines" if args.no_progress else "auto"
+    metrics = train_tiny_clip(config, args.out, progress=mode)
     print(json.dumps(metrics, indent=2))
     print(f"saved to {args.out}; metrics in {args.out}/metrics.json")
     return 0
