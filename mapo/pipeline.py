@@ -40,7 +40,7 @@ from mapo.verifier.train import VerifierTrainConfig
 # Bump when a stage's code changes what it writes, so old cache entries stop matching.
 STAGE_VERSION = 1
 # Config keys that change how fast a stage runs, never what it produces: left out of cache keys.
-SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "eval_every",
+SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "wandb", "eval_every",
                              "save_every", "keep_last"})
 DEMO_MARKER = ".mapo-demo"  # marks a run directory the pipeline wrote, so --fresh never wipes a stranger's files
 # Metrics of the before/after table: (key in eval metrics.json["tools"], label, what it means).

@@ -66,7 +66,7 @@ import torch
 import torch.distributed
 
 from mapo.advantage import AdvantageConfig, get_estimator
-from mapo.config import knob
+from mapo.config import knob, to_dict
 from mapo.loss import LossConfig, policy_loss
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
@@ -90,7 +90,7 @@ from mapo.train.common import (
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "threads")
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads")
 
 
 # ----------------------------------------------------------------------------- config
@@ -130,6 +130,8 @@ class RLConfig:
     save_every: int = knob(10, "checkpoint every this many steps (0 = only at the end)")
     keep_last: int = knob(2, "checkpoints kept on disk")
     tensorboard: bool = knob(True, "also write TensorBoard event files")
+    wandb: str | None = knob(None, "also log metrics to this Weights & Biases project (needs the wandb package; "
+                             "WANDB_MODE=offline works without a network)")
     threads: int = knob(0, "torch CPU threads (0 = torch's default)")
     data: RLDataConfig = knob(factory=RLDataConfig, help="training prompts and held-out set")
 
@@ -304,7 +306,8 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for_sample(first))
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard) if info.is_main else dp.NullLogger()
+    logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
+              else dp.NullLogger())
     run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from mapo import tools
-from mapo.config import knob
+from mapo.config import knob, to_dict
 from mapo.progress import StepProgress, say
 from mapo.protocol import ProtocolConfig
 from mapo.train.common import (
@@ -58,7 +58,7 @@ from mapo.train.common import (
 
 IGNORE = -100
 # Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "threads", "progress")
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads", "progress")
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ class SFTConfig:
     save_every: int = knob(100, "checkpoint every this many steps (0 = only at the end)")
     keep_last: int = knob(2, "checkpoints kept on disk")
     tensorboard: bool = knob(True, "also write TensorBoard event files")
+    wandb: str | None = knob(None, "also log metrics to this Weights & Biases project (needs the wandb package; "
+                             "WANDB_MODE=offline works without a network)")
     threads: int = knob(1, "torch CPU threads (0 = torch's default; on a shared 2-core machine 1 is fastest)")
     progress: bool = knob(True, "report progress: a bar on a terminal, else one plain line every log_every steps")
 
@@ -573,7 +575,7 @@ def run_sft(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     st = _setup(cfg, run_dir, resume)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg))
     logger.truncate_after(st.step)
     eval_transcripts = _heldout_transcripts(st.policy, cfg)
     save = lambda: save_checkpoint(  # noqa: E731 - three call sites below
