@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         top.print_usage(sys.stderr)
         print(f"mapo: unknown command {name!r}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    # transformers' "Loading checkpoint shards" / "Writing model shards" bars would break up mapo's own
+    # progress (and smear log files); read by huggingface_hub when transformers is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(f"mapo.commands.{COMMANDS[name][0]}")
     parser = argparse.ArgumentParser(prog=f"mapo {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)

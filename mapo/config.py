@@ -109,13 +109,22 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        hints = "".join(_did_you_mean(prefix, k, fields) for k in unknown)
         raise ValueError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}{hints}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _did_you_mean(prefix: str, key: str, valid: typing.Iterable[str]) -> str:
+    """`` (did you mean 'prefix.steps'?)`` for the nearest valid key, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -159,6 +168,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             raise ValueError(f"config file {path} must hold a mapping at the top level")
         data = loaded
     return from_dict(cls, apply_overrides(data, overrides))
+
+
+def find_config_file(path: str | Path) -> Path | None:
+    """``path`` if it is a file; else, when relative, the same path in the source checkout mapo runs from.
+
+    Configs in ``configs/`` name each other by paths relative to the checkout
+    (``warmstart.sft_config: configs/warmstart.yaml``); this keeps them working from
+    another folder. None when neither exists.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    beside = Path(__file__).resolve().parents[1] / path
+    return beside if not path.is_absolute() and beside.is_file() else None
 
 
 def save_config(obj: Any, path: str | Path) -> None:

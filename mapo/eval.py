@@ -21,8 +21,9 @@ Decisions and departures:
   never answers is scored wrong (``prediction`` null, ``finish_reason`` kept);
   DeepEyes' own eval falls back to the whole last response, which lets a model
   that never closes its answer tag still score.
-- Multiple choice uses ``extract_choice`` (MME-RealWorld: its own
-  ``mme_extract``); open questions (DeepEyes parquet) use
+- Multiple choice uses ``extract_choice`` (every benchmark; ``scoring`` adds
+  the same aggregation read as lmms-eval or VLMEvalKit read it, see
+  ``mapo.data.harness``); open questions (DeepEyes parquet) use
   ``mapo.reward.answer_matches`` (normalised exact match). There is no official
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
@@ -120,6 +121,10 @@ class EvalConfig:
     semantic_target: Literal["description", "label", "both"] = knob(
         "description", "what the verifier scores against each crop, as in `mapo train` (mapo.semantic)"
     )
+    scoring: tuple[str, ...] = knob(
+        (), "also score multiple choice the way these harnesses read answers (lmms-eval, vlmevalkit, mapo): "
+        "metrics.json 'scoring'; 'official' always uses mapo's rule"
+    )
 
     def __post_init__(self) -> None:
         if self.preset not in ("mapo", "deepeyes"):
@@ -132,6 +137,11 @@ class EvalConfig:
             raise ValueError(f"image_max_side must be >= 32, got {self.image_max_side}")
         if not 0.0 < self.hit_iou <= 1.0:
             raise ValueError(f"hit_iou must be in (0, 1], got {self.hit_iou}")
+        from mapo.data.harness import HARNESSES
+
+        unknown = [name for name in self.scoring if name not in HARNESSES]
+        if unknown:
+            raise ValueError(f"scoring: unknown {unknown}; choose from {', '.join(HARNESSES)}")
 
     def rollout_config(self) -> RolloutConfig:
         return deepeyes_rollout(self.rollout) if self.preset == "deepeyes" else self.rollout
@@ -140,7 +150,7 @@ class EvalConfig:
 # ----------------------------------------------------------------------------- samples
 
 
-SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([a-z_]+))?(?::(\d+))?$")  # any level of mapo.data.synth.LEVELS
+SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([A-Za-z_]\w*))?(?::(\d+))?$")  # level checked against synth.LEVELS
 
 
 def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -155,6 +165,8 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
     if m:
         from mapo.data import synth
 
+        if m.group(2) is not None and m.group(2) not in synth.LEVELS:
+            raise ValueError(f"--data {data!r}: unknown level {m.group(2)!r}; choose from {', '.join(synth.LEVELS)}")
         n = int(m.group(1)) if limit is None else min(int(m.group(1)), limit)
         samples = synth.generate(n, seed=int(m.group(3) or 1000003), config=m.group(2) or "easy")
         return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": []}
@@ -164,7 +176,7 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         raise ValueError(f"--data {data!r}: write synthetic sources as synth:N[:LEVEL[:SEED]], LEVEL one of {', '.join(LEVELS)}")
     from mapo.data import load_samples
 
-    result = load_samples(data, limit=limit)
+    result = load_samples(_synth_output_source(data), limit=limit)
     report = result.report
     return list(result), {
         "source": report.source or str(data),
@@ -173,6 +185,17 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         "skipped": report.skipped,
         "issues": [str(i) for i in report.issues[:100]],
     }
+
+
+def _synth_output_source(data: str) -> str:
+    """The folder ``mapo data synth --out DIR`` wrote: its V* copy (else the first format written); others as given."""
+    root = Path(data)
+    if not (root / "synth_config.yaml").is_file():
+        return data
+    for fmt in ("vstar", "hrbench", "mme", "deepeyes"):
+        if (root / fmt).is_dir():
+            return str(root / fmt)
+    return data
 
 
 # ----------------------------------------------------------------------------- judging
@@ -191,14 +214,19 @@ def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | N
     return answer_text.strip(), answer_matches(answer_text, sample.answer)
 
 
-def official_scores(samples: Sequence[Any], records: Sequence[PredictionRecord], benchmark: str) -> dict[str, Any]:
-    """The benchmark's aggregation over ``samples`` (a sample without a record counts as wrong)."""
+def official_scores(
+    samples: Sequence[Any], records: Sequence[PredictionRecord], benchmark: str, scoring: str = "mapo"
+) -> dict[str, Any]:
+    """The benchmark's aggregation over ``samples`` (a sample without a record counts as wrong).
+
+    ``scoring``: whose reading of a multiple-choice answer (``mapo.data.harness.HARNESSES``).
+    """
     from mapo.data.scoring import SCORERS
 
     answers = {r.id: _answer_text(r) for r in records}
     predictions = {k: v for k, v in answers.items() if v is not None}
     if benchmark in SCORERS:
-        return SCORERS[benchmark](list(samples), predictions)
+        return SCORERS[benchmark](list(samples), predictions, scoring)
     # No official rule (DeepEyes training data, open questions): plain accuracy, per category.
     by_id = {r.id: r for r in records}
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -349,11 +377,11 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     samples, load_report = load_eval_samples(data, limit)
     if not samples:
         raise ValueError(f"no samples could be loaded from {data}: {load_report['issues'][:3]}")
     benchmark = config.benchmark or _benchmark_of(samples)
+    out.mkdir(parents=True, exist_ok=True)  # after loading: a bad --data leaves no directory behind
     pred_path = out / "predictions.jsonl"
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
     todo = [s for s in samples if s.id not in done]
@@ -381,6 +409,7 @@ def evaluate(
     metrics = {
         "benchmark": benchmark,
         "official": official_scores(samples, records, benchmark),
+        "scoring": {name: official_scores(samples, records, benchmark, name) for name in config.scoring},
         "tools": record_statistics(records, hit_iou=config.hit_iou),
         "data": {k: v for k, v in load_report.items()},
         "broken_rows": load_report["skipped"],
@@ -453,15 +482,29 @@ def _finite(value: Any) -> Any:
 
 
 class ProgressLine:
-    """A one-line progress bar on stderr, rewritten in place: ``eval [####....] 12/40  33s``."""
+    """Eval progress on stderr: a bar rewritten in place on a terminal (``eval [####....] 12/40  33s``),
+    else (a log file, or ``plain``) one line per chunk with seconds per sample and the ETA."""
 
-    def __init__(self, width: int = 30) -> None:
+    def __init__(self, width: int = 30, plain: bool | None = None) -> None:
+        from mapo.progress import is_terminal
+
         self.width = width
+        self.plain = not is_terminal() if plain is None else plain
         self.started = time.perf_counter()
+        self.first: int | None = None  # samples already done when this run started (resume)
 
     def __call__(self, done: int, total: int) -> None:
-        fill = int(self.width * done / max(total, 1))
+        from mapo.progress import format_duration
+
         elapsed = time.perf_counter() - self.started
+        if self.plain:
+            self.first = done if self.first is None else self.first
+            per = elapsed / (done - self.first) if done > self.first else None
+            rate = f"  {per:.2f} s/sample  eta {format_duration(per * (total - done))}" if per else ""
+            sys.stderr.write(f"eval {done}/{total}  {format_duration(elapsed)}{rate}\n")
+            sys.stderr.flush()
+            return
+        fill = int(self.width * done / max(total, 1))
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\reval [{'#' * fill}{'.' * (self.width - fill)}] {done}/{total}  {elapsed:.0f}s{end}")
         sys.stderr.flush()

@@ -40,7 +40,7 @@ from mapo.verifier.train import VerifierTrainConfig
 # Bump when a stage's code changes what it writes, so old cache entries stop matching.
 STAGE_VERSION = 1
 # Config keys that change how fast a stage runs, never what it produces: left out of cache keys.
-SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "eval_every",
+SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "wandb", "eval_every",
                              "save_every", "keep_last"})
 DEMO_MARKER = ".mapo-demo"  # marks a run directory the pipeline wrote, so --fresh never wipes a stranger's files
 # Metrics of the before/after table: (key in eval metrics.json["tools"], label, what it means).
@@ -91,9 +91,11 @@ class WarmStartConfig:
 
     def recipe(self) -> SFTConfig:
         """The SFT recipe: ``sft_config`` loaded, else ``sft``."""
-        from mapo.config import load_config
+        from mapo.config import find_config_file, load_config
 
-        return load_config(SFTConfig, self.sft_config) if self.sft_config else self.sft
+        if not self.sft_config:
+            return self.sft
+        return load_config(SFTConfig, find_config_file(self.sft_config) or self.sft_config)  # works from any folder
 
 
 @dataclass(frozen=True)
@@ -216,13 +218,15 @@ def heldout_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tu
     return path / "vstar", reused
 
 
-def verifier_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, bool]:
+def verifier_stage(
+    cfg: PipelineConfig, log: Callable[[str], None] = print, progress: bool | str = False
+) -> tuple[Path, bool]:
     """The tiny CLIP verifier trained by :func:`mapo.verifier.train.train_tiny_clip`; returns (directory, reused)."""
 
     def build(tmp: Path) -> None:
         from mapo.verifier.train import train_tiny_clip
 
-        train_tiny_clip(cfg.verifier, tmp, progress=False)
+        train_tiny_clip(cfg.verifier, tmp, progress=progress)
 
     key = {"verifier": to_dict(cfg.verifier), "task": task_fingerprint(cfg.verifier.synth_level)}
     if cfg.verifier.data is not None:  # trained on files: the task's defaults do not matter
@@ -230,7 +234,9 @@ def verifier_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> t
     return cached_stage("verifier", key, build, cfg.cache_dir, log)
 
 
-def warmstart_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, str, bool]:
+def warmstart_stage(
+    cfg: PipelineConfig, log: Callable[[str], None] = print, progress: bool | str = False
+) -> tuple[Path, str, bool]:
     """The starting policy's directory, where it came from (``default``, ``sft`` or ``path``), and whether reused.
 
     A shipped or given checkpoint counts as reused (nothing was trained).
@@ -255,7 +261,7 @@ def warmstart_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> 
     def build(tmp: Path) -> None:
         from mapo.train.sft import run_sft
 
-        run_sft(dataclasses.replace(sft, threads=cfg.threads, progress=False), tmp / "run")
+        run_sft(dataclasses.replace(sft, threads=cfg.threads), tmp / "run", progress=progress)
 
     key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth)}
     path, reused = cached_stage("sft", key, build, cfg.cache_dir, log)
@@ -372,15 +378,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The before/after table with rich, then the verdict and the run directory."""
-    from rich.console import Console
     from rich.table import Table
+
+    from mapo.progress import console as mapo_console
 
     table = Table(title=f"held-out ({summary['n_heldout']} samples): warm start vs after {summary['rl_steps']} RL steps")
     for col in ("metric", "before RL", "after RL", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in summary["table"]:
         table.add_row(r["label"], _fmt(r["before"]), _fmt(r["after"]), "n/a" if r["delta"] is None else f"{r['delta']:+.3f}")
-    console = Console()
+    console = mapo_console()  # full width in a log file: no wrapping at 80 columns
     console.print(table)
     console.print(f"[bold]verdict:[/bold] {summary['verdict']}")
     console.print(f"RL: {_trend_text(summary['rl_trend'])}")
@@ -394,17 +401,24 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 class _Clock:
-    """Wall time of each stage, whether it was reused (cache, shipped or given checkpoint), and how it was obtained."""
+    """Wall time of each stage, whether it was reused (cache, shipped or given checkpoint), and how it was obtained.
 
-    def __init__(self) -> None:
+    Each stage logs one line when it starts and one when it ends (``log``), so a run's
+    log file shows where the time went.
+    """
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
         self.stages: dict[str, dict[str, Any]] = {}
+        self.log = log
 
     def run(self, name: str, fn: Callable[[], Any], how: Callable[[Any], str] = lambda _: "ran") -> Any:
         """``fn()``, timed; ``how(result)`` is one of :data:`HOW`."""
+        self.log(f"stage {name}: started")
         started = time.perf_counter()
         out = fn()
         note = how(out)
         self.stages[name] = {"seconds": round(time.perf_counter() - started, 2), "reused": note != "ran", "how": note}
+        self.log(f"stage {name}: {note} in {self.stages[name]['seconds']:.1f} s")
         return out
 
 
@@ -434,7 +448,7 @@ def run_pipeline(
     out: str | Path,
     *,
     fresh: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     report: bool = True,
     command: str = "mapo demo",
     forced_turns: Callable | None = None,
@@ -458,10 +472,10 @@ def run_pipeline(
     prepare_demo_dir(out, fresh)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    clock = _Clock()
+    clock = _Clock(log)
     heldout, _ = clock.run("data", lambda: heldout_stage(cfg, log), _cache_how)
-    verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log), _cache_how)
-    policy, policy_source, _ = clock.run("warm start", lambda: warmstart_stage(cfg, log), _warmstart_how)
+    verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log, progress), _cache_how)
+    policy, policy_source, _ = clock.run("warm start", lambda: warmstart_stage(cfg, log, progress), _warmstart_how)
     rl_cfg = rl_config(cfg, policy=str(policy), verifier=str(verifier), heldout=str(heldout))
     rl_dir = out / "rl"
     resume = (rl_dir / "run.json").is_file()

@@ -20,7 +20,7 @@ def test_synth_show_check_from_the_cli(tmp_path, capsys):
 
 def test_synth_set_overrides_are_typed_and_checked(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "--show-config", "--set", "grid_lines=0.5"]) == 0
-    assert "grid_lines = 0.5" in capsys.readouterr().out
+    assert "grid_lines: 0.5  #" in capsys.readouterr().out
     assert main(["data", "synth", "--out", str(tmp_path), "--set", "glyph_px=30", "--n", "1"]) == 2
     assert "needs zooming" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(tmp_path), "--set", "nope=1", "--n", "1"]) == 2

@@ -166,8 +166,10 @@ def test_cli_grpo_without_verifier_on_a_vstar_folder_then_resume(assets, tmp_pat
     run = tmp_path / "run"
     rc = main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(run), "--algo", "grpo", "--no-progress",
                "rollout.max_new_tokens_per_turn=8"])
-    assert rc == 0, capsys.readouterr().err
-    assert '"eval/n": 2.0' in capsys.readouterr().out  # the last 2 of the 5 samples are held out
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert '"eval/n": 2.0' in out.out  # the last 2 of the 5 samples are held out
+    assert "rl grpo step 1/1  reward " in out.err and " s/step  eta 0s" in out.err  # --no-progress: plain lines
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["advantage"]["estimator"] == "grpo" and saved["rollout"]["max_new_tokens_per_turn"] == 8
     row = read_metrics(run / "metrics.jsonl")[0]
@@ -175,6 +177,7 @@ def test_cli_grpo_without_verifier_on_a_vstar_folder_then_resume(assets, tmp_pat
     lines = (run / "metrics.jsonl").read_text()
     assert main(["train", "--resume", str(run), "--no-progress", "log_every=2"]) == 0  # finished: nothing to redo
     assert (run / "metrics.jsonl").read_text() == lines
+    assert f"resuming {run} from step 1 of 1" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--no-progress", "optim.lr=0.5"]) == 2
     assert "config differs at: optim.lr" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "x"), "--algo", "mapo"]) == 2

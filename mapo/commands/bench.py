@@ -16,10 +16,12 @@ from mapo.data.synth import LEVELS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    r = sub.add_parser("rollout", help="batched vs one-at-a-time rollout: tokens/s and peak memory")
+    help_ = "batched vs one-at-a-time rollout: tokens/s and peak memory"
+    r = sub.add_parser("rollout", help=help_, description=help_)
     r.add_argument("--policy", default=None, help="local checkpoint directory (default: build the tiny random policy)")
     r.add_argument("--preset", default="tiny", help="tiny-policy preset when --policy is not given (default tiny)")
-    r.add_argument("--level", default="easy", choices=tuple(LEVELS), help="synthetic task level")
+    r.add_argument("--level", default="easy", choices=tuple(LEVELS), metavar="LEVEL",
+                   help=f"synthetic task level: {', '.join(LEVELS)} (default easy)")
     r.add_argument("--samples", type=int, default=8, help="number of synthetic samples (default 8)")
     r.add_argument("--group-size", type=int, default=4, help="episodes per sample (default 4)")
     r.add_argument("--batch-size", type=int, default=32, help="episodes per forward in the batched run (default 32)")

@@ -1,6 +1,7 @@
 """``mapo data``: generate the synthetic task, look at samples, check a dataset.
 
-- ``mapo data synth --out DIR --n N --seed S --level easy|medium|hard --format vstar|hrbench|mme|deepeyes|all``
+- ``mapo data synth --out DIR --n N --seed S --level LEVEL --format vstar|hrbench|mme|deepeyes|all
+  [--config FILE] [key=value ...] [--show-config]`` (levels: ``mapo.data.synth.LEVELS``)
 - ``mapo data show SOURCE --n 8 --out grid.png``
 - ``mapo data check SOURCE [--strict]``
 """
@@ -18,27 +19,33 @@ from mapo.data.synth import LEVELS
 FORMAT_CHOICES = ("vstar", "hrbench", "mme", "deepeyes", "all")
 
 
+def _leaf(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mapo.commands._config import add_config_arguments
+
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    synth = sub.add_parser("synth", help="generate the synthetic visual-search task in benchmark formats")
-    synth.add_argument("--out", required=True, help="output folder (one sub-folder per format)")
+    synth = _leaf(sub, "synth", "generate the synthetic visual-search task in benchmark formats")
+    synth.add_argument("--out", default=None, help="output folder (one sub-folder per format); required unless --show-config")
     synth.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; sample i depends only on (seed, i)")
-    synth.add_argument("--level", default="easy", choices=tuple(LEVELS), help="curriculum preset")
+    synth.add_argument("--level", default="easy", choices=tuple(LEVELS), metavar="LEVEL",
+                       help=f"curriculum preset, the base the config and overrides apply to: {', '.join(LEVELS)} (default easy)")
     synth.add_argument("--format", default="all", choices=FORMAT_CHOICES, help="format(s) to write (default all)")
-    synth.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override SynthConfig knobs")
     synth.add_argument("--workers", type=int, default=2, help="processes for rendering (default 2)")
-    synth.add_argument("--show-config", action="store_true", help="print the knobs of the chosen level and exit")
+    add_config_arguments(synth, example="grid_lines=0.5 n_distractors=3")
 
-    show = sub.add_parser("show", help="render samples with their target boxes into one picture")
+    show = _leaf(sub, "show", "render samples with their target boxes into one picture")
     show.add_argument("source", help="a dataset: V* folder, HR-Bench .tsv, MME .json, DeepEyes .parquet")
     show.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
     show.add_argument("--out", default="grid.png", help="output picture (default grid.png)")
     show.add_argument("--cols", type=int, default=4, help="thumbnails per row (default 4)")
     show.add_argument("--thumb", type=int, default=256, help="thumbnail side in pixels (default 256)")
 
-    check = sub.add_parser("check", help="load a dataset and print what was loaded and skipped, and why")
+    check = _leaf(sub, "check", "load a dataset and print what was loaded and skipped, and why")
     check.add_argument("source", help="a dataset: V* folder, HR-Bench .tsv, MME .json, DeepEyes .parquet")
     check.add_argument("--strict", action="store_true", help="fail on the first bad record")
     check.add_argument("--limit", type=int, default=None, help="stop after this many samples")
@@ -48,24 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return {"synth": _synth, "show": _show, "check": _check}[args.action](args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"mapo data {args.action}: {e}", file=sys.stderr)
         return 2
 
 
 def _synth(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from mapo.config import apply_overrides, from_dict, save_config, to_dict
+    from mapo.commands import _config
+    from mapo.config import save_config, to_dict
     from mapo.data.synth import SynthConfig, level_config, resolution_check
     from mapo.data.writers import FORMATS, write_samples
 
-    # Level preset first, then --set overrides, typed and checked like any config.
-    config = from_dict(SynthConfig, apply_overrides(to_dict(level_config(args.level)), args.set))
+    # Level preset first, then --config, then overrides, typed and checked like any config.
+    base = to_dict(level_config(args.level))
     if args.show_config:
-        for f in dataclasses.fields(SynthConfig):
-            print(f"{f.name} = {getattr(config, f.name)!r}  # {f.metadata.get('help', '')}")
-        return 0
+        return _config.show(SynthConfig, args, base=base)
+    config = _config.load(SynthConfig, args, base=base)
+    if args.out is None:
+        raise ValueError("--out is required")
     if args.n < 1 or args.workers < 1:
         raise ValueError(f"--n and --workers must be >= 1, got {args.n}, {args.workers}")
     start = time.perf_counter()

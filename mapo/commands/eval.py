@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mapo.commands._config import add_config_arguments
+    from mapo.data.harness import HARNESSES
+    from mapo.data.synth import LEVELS
+
     parser.add_argument("--data", help="V* folder, HR-Bench .tsv, MME-RealWorld .json, DeepEyes .parquet, "
-                        "`mapo data synth` output, or synth:N[:LEVEL[:SEED]]")
+                        f"`mapo data synth` output, or synth:N[:LEVEL[:SEED]] with LEVEL one of {', '.join(LEVELS)}")
     parser.add_argument("--model", help="local policy directory (Qwen2.5-VL checkpoint, or RUN_DIR/final of mapo sft)")
     parser.add_argument("--verifier", default=None, help="local CLIP/SigLIP directory for semantic scores (optional)")
     parser.add_argument("--out", help="eval directory; an existing one is resumed (finished samples are skipped)")
@@ -17,34 +24,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="episodes generated together (rollout.batch_size)")
     parser.add_argument("--preset", choices=("mapo", "deepeyes"), default=None,
                         help="protocol preset: mapo (default) or DeepEyes' prompts and pixel budgets")
-    parser.add_argument("--config", default=None, help="YAML file of EvalConfig keys")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. rollout.max_turns=6 rollout.tool.view_max_pixels=1003520")
+    parser.add_argument("--scoring", action="append", default=None, choices=HARNESSES,
+                        help="also read multiple-choice answers as this harness does (repeatable); shorthand for "
+                        "scoring=[...]; metrics.json 'scoring' (docs/eval.md)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--show-config", action="store_true", help="print every config key with its help and exit")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain log lines instead of a progress bar (the default when output is not a terminal)")
+    add_config_arguments(parser, example="rollout.max_turns=6 rollout.tool.view_max_pixels=1003520")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mapo.config import describe
-    from mapo.eval import EvalConfig, ProgressLine, evaluate
+    from mapo.eval import ProgressLine, evaluate
 
-    if args.show_config:
-        print("\n".join(describe(EvalConfig)))
-        return 0
-    missing = [f"--{n}" for n in ("data", "model", "out") if getattr(args, n) is None]
-    if missing:
-        print(f"mapo eval: {', '.join(missing)} required", file=sys.stderr)
-        return 2
-    overrides = list(args.set)
+    extra = []
     if args.batch_size is not None:
-        overrides.append(f"rollout.batch_size={args.batch_size}")
+        extra.append(f"rollout.batch_size={args.batch_size}")
     if args.preset is not None:
-        overrides.append(f"preset={args.preset}")
+        extra.append(f"preset={args.preset}")
+    if args.scoring:
+        extra.append(f"scoring={json.dumps(args.scoring)}")
     try:
-        config = _load_config(args.config, overrides)
+        if args.show_config:
+            from mapo.commands._config import show
+            from mapo.config import to_dict
+            from mapo.eval import EvalConfig
+
+            return show(EvalConfig, args, base=to_dict(EvalConfig()), extra=extra)
+        from mapo.commands._config import overrides
+
+        config = _load_config(args.config, overrides(args, extra))
+        missing = [f"--{n}" for n in ("data", "model", "out") if getattr(args, n) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required")
         import torch
 
         from mapo.policy import load_policy
@@ -57,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
             from mapo.verifier.clip import load_verifier
 
             verifier = load_verifier(args.verifier, device=args.device)
-        result = evaluate(
-            args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
-            progress=None if args.no_progress else ProgressLine(),
-            run_info={"model": str(args.model), "verifier": args.verifier},
-        )
+        with _removed_if_nothing_written(args.out):
+            result = evaluate(
+                args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
+                progress=ProgressLine(plain=True if args.no_progress else None),
+                run_info={"model": str(args.model), "verifier": args.verifier},
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo eval: {e}", file=sys.stderr)
         return 2
@@ -70,36 +84,37 @@ def run(args: argparse.Namespace) -> int:
                       "broken_rows": result.metrics["broken_rows"], **{k: stats[k] for k in (
                           "tool_calls_per_sample", "invalid_call_rate", "crop_hit_rate", "semantic_score_mean")}},
                      indent=1))
+    for name, scores in result.metrics.get("scoring", {}).items():
+        print(f"overall read as {name}: {scores.get('overall')}")
     print(f"wrote {result.out / 'predictions.jsonl'} and metrics.json ({result.evaluated} new samples)")
     return 0
 
 
-def _load_config(path: str | None, overrides: list[str]):
+@contextlib.contextmanager
+def _removed_if_nothing_written(out: str):
+    """If the block fails before a record is written, remove ``out`` when this run created it.
+
+    A failed first run must not leave an empty (or images-only) directory that looks like a
+    started evaluation; a directory that existed before (a resumed eval) is left as it was.
+    """
+    out_dir = Path(out)
+    created = not out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if created and out_dir.is_dir() and not (out_dir / "predictions.jsonl").exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _load_config(path: str | None, items: list[str]):
     """EvalConfig from its defaults, then the YAML file, then overrides.
 
     Starting from the defaults matters: a partial ``rollout:`` section must keep
     eval's rollout defaults (greedy, one episode per sample), not RolloutConfig's.
     """
-    from pathlib import Path
-
-    import yaml
-
-    from mapo.config import apply_overrides, from_dict, to_dict
+    from mapo.commands._config import resolve_data
+    from mapo.config import from_dict, to_dict
     from mapo.eval import EvalConfig
 
-    data = to_dict(EvalConfig())
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-        data = _merge(data, loaded)
-    return from_dict(EvalConfig, apply_overrides(data, overrides))
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return from_dict(EvalConfig, resolve_data(EvalConfig, path, items, base=to_dict(EvalConfig())))

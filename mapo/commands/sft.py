@@ -2,7 +2,7 @@
 
 - ``mapo sft --config configs/sft_tiny.yaml --out runs/sft [key=value ...]``
 - ``mapo sft --resume runs/sft [log_every=10 ...]`` continues from the newest checkpoint
-- ``mapo sft --show-config`` prints every knob with its default and help
+- ``mapo sft --config FILE [key=value ...] --show-config`` prints the effective config with each knob's help
 - ``mapo sft --summary RUN_DIR`` prints the loss curve and the held-out metrics of a run
 """
 
@@ -14,36 +14,31 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    from mapo.commands._config import add_config_arguments
+
     parser.add_argument("--out", default="runs/sft", help="run directory, must be new or empty (default runs/sft)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="resume the run in RUN_DIR (reads its config.yaml)")
-    parser.add_argument("--show-config", action="store_true", help="print the config knobs and exit")
     parser.add_argument("--summary", default=None, metavar="RUN_DIR", help="print a run's loss curve and eval, and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=50 optim.lr=3e-4")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain log lines instead of a progress bar (the default when output is not a terminal)")
+    add_config_arguments(parser, example="steps=50 optim.lr=3e-4")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mapo.config import apply_overrides, describe, from_dict, load_config
+    from mapo.commands import _config
     from mapo.train.sft import SFTConfig, config_from_run_dir, run_sft
 
-    if args.show_config:
-        print("\n".join(describe(SFTConfig)))
-        return 0
     if args.summary:
         return _summary(args.summary)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars would break up the training bar
     try:
-        if args.resume:
-            if args.config:
-                raise ValueError("give either --resume RUN_DIR (its config.yaml is used) or --config, not both")
-            cfg = from_dict(SFTConfig, apply_overrides(config_from_run_dir(args.resume), args.overrides))
-            run_dir = args.resume
-        else:
-            cfg = load_config(SFTConfig, args.config, args.overrides)
-            run_dir = args.out
-        final = run_sft(cfg, run_dir, resume=bool(args.resume))
+        if args.resume and args.config:
+            raise ValueError("give either --resume RUN_DIR (its config.yaml is used) or --config, not both")
+        base = config_from_run_dir(args.resume) if args.resume else None
+        if args.show_config:
+            return _config.show(SFTConfig, args, base=base)
+        cfg = _config.load(SFTConfig, args, base=base)
+        run_dir = args.resume or args.out
+        final = run_sft(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo sft: {e}", file=sys.stderr)
         return 2

@@ -15,34 +15,44 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mapo.commands._config import add_config_arguments
+    from mapo.data.synth import LEVELS
+
+    levels = ", ".join(LEVELS)
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    train = sub.add_parser("train", help="train a tiny CLIP on synthetic crops and save an HF CLIP directory")
-    train.add_argument("--out", required=True, help="output model directory")
-    train.add_argument("--config", default=None, help="YAML of VerifierTrainConfig (e.g. configs/verifier_tiny.yaml)")
+    train = _leaf(sub, "train", "train a tiny CLIP on synthetic crops and save an HF CLIP directory")
+    train.add_argument("--out", default=None, help="output model directory; required unless --show-config")
     train.add_argument("--data", default=None, help="samples with boxes (any format `mapo data` reads); default: generate")
-    train.add_argument("--synth-level", default=None, help="synthetic level to generate (easy, medium, hard)")
-    train.add_argument("--n", type=int, default=None, help="number of samples to generate or read")
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config knobs")
-    train.add_argument("--show-config", action="store_true", help="print the knobs and exit")
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--synth-level", default=None, choices=tuple(LEVELS), metavar="LEVEL",
+                       help=f"synthetic level to generate: {levels}; shorthand for synth_level=LEVEL")
+    train.add_argument("--n", type=int, default=None, help="number of samples to generate or read; shorthand for n_samples=N")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps; shorthand for steps=N")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--no-progress", action="store_true",
+                       help="plain log lines instead of a progress bar (the default when output is not a terminal)")
+    add_config_arguments(train, example="steps=600 lr=1e-3 (configs/verifier_tiny.yaml is a config)")
 
-    inspect = sub.add_parser("inspect", help="score distributions, quality and throughput of a verifier")
+    inspect = _leaf(sub, "inspect", "score distributions, quality and throughput of a verifier")
     _model_args(inspect)
-    inspect.add_argument("--synth-level", default="medium", help="synthetic level of the probe crops (default medium)")
+    inspect.add_argument("--synth-level", default="medium", choices=tuple(LEVELS), metavar="LEVEL",
+                         help=f"synthetic level of the probe crops: {levels} (default medium)")
     inspect.add_argument("--n", type=int, default=60, help="synthetic samples to cut probe crops from (default 60)")
     inspect.add_argument("--seed", type=int, default=12345, help="seed of the probe samples (default 12345)")
     inspect.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
-    score = sub.add_parser("score", help="score description/image pairs")
+    score = _leaf(sub, "score", "score description/image pairs")
     _model_args(score)
     score.add_argument("--image", action="append", required=True, help="image file (repeat, paired with --text)")
     score.add_argument("--text", action="append", required=True, help="description (repeat, paired with --image)")
 
-    bench = sub.add_parser("bench", help="scoring throughput in pairs/s")
+    bench = _leaf(sub, "bench", "scoring throughput in pairs/s")
     _model_args(bench)
     bench.add_argument("--pairs", type=int, default=512, help="pairs to score (default 512)")
+
+
+def _leaf(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -62,18 +72,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mapo.config import describe, load_config
+    from mapo.commands import _config
     from mapo.verifier.train import VerifierTrainConfig, train_tiny_clip
 
-    overrides = list(args.set)
-    for key, value in (("data", args.data), ("synth_level", args.synth_level), ("n_samples", args.n), ("steps", args.steps)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = load_config(VerifierTrainConfig, args.config, overrides)
+    extra = [f"{key}={value}" for key, value in (
+        ("data", args.data), ("synth_level", args.synth_level), ("n_samples", args.n), ("steps", args.steps),
+    ) if value is not None]
     if args.show_config:
-        print("\n".join(describe(VerifierTrainConfig)))
-        return 0
-    metrics = train_tiny_clip(config, args.out, progress=not args.quiet)
+        return _config.show(VerifierTrainConfig, args, extra=extra)
+    config = _config.load(VerifierTrainConfig, args, extra=extra)
+    if args.out is None:
+        raise ValueError("--out is required")
+    mode = "off" if args.quiet else "lines" if args.no_progress else "auto"
+    metrics = train_tiny_clip(config, args.out, progress=mode)
     print(json.dumps(metrics, indent=2))
     print(f"saved to {args.out}; metrics in {args.out}/metrics.json")
     return 0

@@ -84,7 +84,7 @@ MIN_GLYPH_OBS_PX = 10.0  # ... and more than this many pixels in the oracle's cr
 class SynthConfig:
     """Knobs of the synthetic visual-search task (level presets: :func:`level_config`)."""
 
-    level: str = knob("custom", "name recorded in each sample's meta (easy, medium, hard or custom)")
+    level: str = knob("custom", "name recorded in each sample's meta: a key of LEVELS (`mapo data synth --help` lists them) or custom")
     canvas_size: int = knob(448, "canvas side in original pixels (square canvas)")
     grid: int = knob(4, "objects sit in a grid x grid layout of cells, at most one per cell")
     min_objects: int = knob(1, "fewest objects per image (targets included)")

@@ -123,7 +123,7 @@ def run_compare(
     cfg: CompareConfig,
     out: str | Path,
     *,
-    progress: bool = True,
+    progress: bool | str = True,
     log: Callable[[str], None] = print,
     forced_turns: Callable | None = None,
 ) -> list[Path]:
@@ -141,8 +141,8 @@ def run_compare(
     if pipe.threads:
         torch.set_num_threads(pipe.threads)
     heldout, _ = heldout_stage(pipe, log)
-    verifier, _ = verifier_stage(pipe, log)
-    policy, _, _ = warmstart_stage(pipe, log)
+    verifier, _ = verifier_stage(pipe, log, progress)
+    policy, _, _ = warmstart_stage(pipe, log, progress)
     dirs = []
     for seed in range(cfg.seeds):
         for arm, arm_overrides in cfg.arms.items():

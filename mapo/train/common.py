@@ -109,13 +109,15 @@ def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
 
 
 class MetricsLogger:
-    """Appends ``{"step": s, **scalars}`` to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends ``{"step": s, **scalars}`` to ``metrics.jsonl`` and mirrors scalars to TensorBoard
+    and, with ``wandb=PROJECT`` (the package installed), to Weights & Biases.
 
     On resume from step ``s``, :meth:`truncate_after` drops lines logged after ``s``
     by the interrupted run, so a resumed run's file reads as one uninterrupted run.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb: str | None = None,
+                 config: dict[str, Any] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
@@ -123,6 +125,11 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        self._wandb = None  # optional mirror to a Weights & Biases project (mapo.train.wandb_log)
+        if wandb:
+            from mapo.train.wandb_log import start_wandb
+
+            self._wandb = start_wandb(wandb, run_dir, config)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         clean = {k: _as_float(k, v) for k, v in scalars.items()}
@@ -131,6 +138,8 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, int(step))
+        if self._wandb is not None:
+            self._wandb.log(clean, step=int(step))
 
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
@@ -142,6 +151,8 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def _as_float(key: str, value: Any) -> float:

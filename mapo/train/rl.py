@@ -67,8 +67,9 @@ import torch.distributed
 
 from mapo import semantic
 from mapo.advantage import AdvantageConfig, get_estimator
-from mapo.config import knob
+from mapo.config import knob, to_dict
 from mapo.loss import LossConfig, policy_loss
+from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
 from mapo.reward import RewardConfig, outcome_reward
 from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
@@ -90,7 +91,7 @@ from mapo.train.common import (
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "threads")
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads")
 
 
 # ----------------------------------------------------------------------------- config
@@ -130,6 +131,8 @@ class RLConfig:
     save_every: int = knob(10, "checkpoint every this many steps (0 = only at the end)")
     keep_last: int = knob(2, "checkpoints kept on disk")
     tensorboard: bool = knob(True, "also write TensorBoard event files")
+    wandb: str | None = knob(None, "also log metrics to this Weights & Biases project (needs the wandb package; "
+                             "WANDB_MODE=offline works without a network)")
     threads: int = knob(0, "torch CPU threads (0 = torch's default)")
     data: RLDataConfig = knob(factory=RLDataConfig, help="training prompts and held-out set")
 
@@ -304,7 +307,8 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for_sample(first))
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard) if info.is_main else dp.NullLogger()
+    logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
+              else dp.NullLogger())
     run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)
@@ -590,13 +594,8 @@ def evaluate(run: Run) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the recipe
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
-    )
+def _eval_text(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/n")
 
 
 def _save(run: Run) -> None:
@@ -612,7 +611,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     forced_turns: Callable[[int, int, int], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run ``mapo train``: returns a summary (also written to ``RUN_DIR/summary.json``).
@@ -621,7 +620,8 @@ def train(
         config: the run's :class:`RLConfig`.
         run_dir: a new or empty directory; with ``resume`` the directory of the run to continue
             (same config up to :data:`RESUMABLE_KEYS`).
-        progress: show a rich progress bar with ETA.
+        progress: ``auto`` / True (a bar on a terminal, else one plain line per step), ``lines``,
+            or ``off`` / False (:mod:`mapo.progress`).
         forced_turns: test/demo hook passed to every *training* rollout
             (``mapo.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
 
@@ -645,17 +645,19 @@ def train(
             dp.cleanup(info)
 
 
-def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool, forced_turns: Callable | None,
+def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool | str, forced_turns: Callable | None,
            info: dp.DistInfo, started: float) -> dict[str, Any]:
     run = setup(config, run_dir, resume, info)
     cfg, last, main = run.cfg, {}, info.is_main
     summary_path = run.run_dir / "summary.json"
+    if resume and main:
+        say(f"resuming {run.run_dir} from step {run.step} of {cfg.steps}", progress)
     if run.step >= cfg.steps and summary_path.is_file():  # resuming a run that already finished
         run.logger.close()
         return json.loads(summary_path.read_text(encoding="utf-8"))
     try:
-        with _progress(progress and main) as bar:
-            task = bar.add_task(cfg.advantage.estimator, total=cfg.steps, completed=run.step, info="")
+        with StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
+                          mode=progress if main else "off") as bar:
             while run.step < cfg.steps:
                 last = rl_step(run, forced_turns)
                 run.step += 1
@@ -664,10 +666,11 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool, 
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and main:
                     run.last_eval = evaluate(run)  # rank 0 alone; the others wait at the next step's first collective
                     run.logger.log(run.step, run.last_eval)
+                    bar.note(f"rl eval step {run.step}: " + _eval_text(run.last_eval))
                 if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps and main:
                     _save(run)
-                line = f"reward {last['reward_mean']:.2f} acc {last['accuracy']:.2f} tool {last['tool_call_rate']:.2f}"
-                bar.update(task, completed=run.step, info=line)
+                bar.update(run.step, {"reward": last["reward_mean"], "acc": last["accuracy"],
+                                      "tool": last["tool_call_rate"]})
         if main:
             _save(run)
             run.policy.save(run.run_dir / "final")

@@ -40,7 +40,8 @@ import torch
 from PIL import Image
 
 from mapo import tools
-from mapo.config import knob
+from mapo.config import knob, to_dict
+from mapo.progress import StepProgress, say
 from mapo.protocol import ProtocolConfig
 from mapo.train.common import (
     MetricsLogger,
@@ -57,7 +58,7 @@ from mapo.train.common import (
 
 IGNORE = -100
 # Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "threads", "progress")
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads", "progress")
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ class SFTConfig:
     save_every: int = knob(100, "checkpoint every this many steps (0 = only at the end)")
     keep_last: int = knob(2, "checkpoints kept on disk")
     tensorboard: bool = knob(True, "also write TensorBoard event files")
+    wandb: str | None = knob(None, "also log metrics to this Weights & Biases project (needs the wandb package; "
+                             "WANDB_MODE=offline works without a network)")
     threads: int = knob(1, "torch CPU threads (0 = torch's default; on a shared 2-core machine 1 is fastest)")
-    progress: bool = knob(True, "show a progress bar")
+    progress: bool = knob(True, "report progress: a bar on a terminal, else one plain line every log_every steps")
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
@@ -528,15 +531,6 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
     return _State(policy, optimizer, scheduler, step, cursor)
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
-    )
-
-
 # ----------------------------------------------------------------------------- the recipe
 
 
@@ -568,17 +562,23 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     }
 
 
-def run_sft(cfg: SFTConfig, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
+def run_sft(
+    cfg: SFTConfig, run_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
+    progress: bool | str | None = None,
+) -> dict[str, float]:
     """Train, checkpoint, evaluate; returns the final held-out metrics (also in ``RUN_DIR/eval.json``).
 
     ``stop_after`` ends this invocation after that many steps *of this invocation*
-    with a checkpoint (used to test resume); the run stays resumable.
+    with a checkpoint (used to test resume); the run stays resumable. ``progress``
+    (:mod:`mapo.progress` mode) replaces ``cfg.progress``: ``lines`` prints one plain
+    line every ``log_every`` steps.
     """
+    progress = cfg.progress if progress is None else progress
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     st = _setup(cfg, run_dir, resume)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg))
     logger.truncate_after(st.step)
     eval_transcripts = _heldout_transcripts(st.policy, cfg)
     save = lambda: save_checkpoint(  # noqa: E731 - three call sites below
@@ -586,15 +586,18 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, *, resume: bool = False, stop_a
         state={"cursor": st.cursor}, keep_last=cfg.keep_last,
     )
     first_step = st.step
-    with _progress(cfg.progress) as bar:
-        task = bar.add_task("sft", total=cfg.steps, completed=st.step, info="")
+    if resume:
+        say(f"resuming {run_dir} from step {st.step} of {cfg.steps}", progress)
+    with StepProgress("sft", cfg.steps, start=st.step, mode=progress, every=cfg.log_every) as bar:
         while st.step < cfg.steps:
             metrics = train_step(st, cfg)
-            bar.update(task, completed=st.step, info=f"loss {metrics['train/loss']:.3f}")
+            bar.update(st.step, {"loss": metrics["train/loss"], "token_acc": metrics["train/token_acc"]})
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                 logger.log(st.step, metrics)
             if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps:
-                logger.log(st.step, teacher_forced_eval(st.policy, cfg, eval_transcripts))
+                held_out = teacher_forced_eval(st.policy, cfg, eval_transcripts)
+                logger.log(st.step, held_out)
+                bar.note(f"sft eval step {st.step}: " + "  ".join(f"{k} {v:.3f}" for k, v in held_out.items()))
             if cfg.save_every and st.step % cfg.save_every == 0 and st.step < cfg.steps:
                 save()
             if stop_after is not None and st.step - first_step >= stop_after and st.step < cfg.steps:

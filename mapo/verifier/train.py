@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mapo.config import knob, save_config
+from mapo.progress import StepProgress, say
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>")
 PAD, UNK, BOS, EOS = range(4)  # ids of SPECIAL_TOKENS; EOS must not be 2 (CLIP's legacy argmax pooling)
@@ -397,9 +398,11 @@ def _encode_texts(tokenizer, texts: list[str], max_tokens: int) -> dict[str, tor
 
 
 def train_on_pairs(
-    pairs: Sequence[CropPair], config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool = True
+    pairs: Sequence[CropPair], config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool | str = True
 ) -> dict:
     """Train a tiny CLIP on ``pairs`` and save it to ``out_dir``; return training facts.
+
+    ``progress``: a :mod:`mapo.progress` mode (plain lines: ten over the run).
 
     Returns a dict with ``train_seconds``, ``steps``, ``final_loss``, ``n_pairs`` and
     ``vocab_size``. The quality report is :func:`evaluate` on held-out pairs.
@@ -427,26 +430,24 @@ def train_on_pairs(
     )
     order: list[int] = []
     losses: list[float] = []
-    for step in range(config.steps):
-        if len(order) < config.batch_size:
-            fresh = list(range(len(pairs)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        batch, order = order[: config.batch_size], order[config.batch_size :]
-        loss = _train_step(model, tokenizer, pixels, pairs, batch, config, rng)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        if progress and (step % 100 == 0 or step == config.steps - 1):
-            recent = sum(losses[-50:]) / len(losses[-50:])
-            print(f"step {step + 1}/{config.steps}  loss {recent:.3f}  "
-                  f"scale {model.logit_scale.exp().item():.1f}  {time.perf_counter() - started:.0f}s", flush=True)
+    with StepProgress("verifier", config.steps, mode=progress, every=max(1, config.steps // 10)) as bar:
+        for step in range(config.steps):
+            if len(order) < config.batch_size:
+                fresh = list(range(len(pairs)))
+                rng.shuffle(fresh)
+                order.extend(fresh)
+            batch, order = order[: config.batch_size], order[config.batch_size :]
+            loss = _train_step(model, tokenizer, pixels, pairs, batch, config, rng)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            bar.update(step + 1, {"loss": sum(losses[-50:]) / len(losses[-50:]), "scale": model.logit_scale.exp().item()})
     train_seconds = time.perf_counter() - started
 
     model.eval()
@@ -550,7 +551,7 @@ def load_training_samples(config: VerifierTrainConfig) -> tuple[list, object]:
     return samples, DEFAULT_TOOL_CONFIG
 
 
-def train_tiny_clip(config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool = True) -> dict:
+def train_tiny_clip(config: VerifierTrainConfig, out_dir: str | Path, *, progress: bool | str = True) -> dict:
     """Build crops, train a tiny CLIP, save it to ``out_dir`` and report held-out quality.
 
     Returns (and writes to ``out_dir/metrics.json``) the training facts of
@@ -566,9 +567,8 @@ def train_tiny_clip(config: VerifierTrainConfig, out_dir: str | Path, *, progres
     pairs = synth_pairs(samples, config.crops_per_sample, tool_config, config.seed)
     train, val = split_by_group(pairs, config.val_fraction, config.seed)
     data_seconds = time.perf_counter() - started
-    if progress:
-        print(f"{len(train)} training and {len(val)} held-out crops from {len(samples)} samples "
-              f"({data_seconds:.0f}s)", flush=True)
+    say(f"verifier: {len(train)} training and {len(val)} held-out crops from {len(samples)} samples "
+        f"({data_seconds:.0f}s)", progress)
     metrics = {"data_seconds": round(data_seconds, 1), **train_on_pairs(train, config, out_dir, progress=progress)}
     verifier = load_verifier(out_dir)
     metrics["val"] = evaluate(verifier, val, candidates=config.eval_candidates, seed=config.seed)
