@@ -82,6 +82,7 @@ from mapo.train.common import (
     clip_gradients,
     latest_checkpoint,
     load_trainer_state,
+    lock_run_dir,
     prepare_run_dir,
     save_checkpoint,
     seed_everything,
@@ -636,9 +637,13 @@ def train(
     started = time.perf_counter()
     info = dp.dist_info_from_env()
     owns_group = info.distributed and not torch.distributed.is_initialized()  # leave a caller's group alone
+    # Rank 0 alone writes, so it alone holds the run-directory lock (a second run on it is refused).
+    lock = lock_run_dir(run_dir, create=not resume) if info.is_main else None
     try:
         return _train(config, run_dir, resume, progress, forced_turns, info, started)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             dp.cleanup(info)
 
