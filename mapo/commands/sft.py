@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(SFTConfig, args.config, args.overrides)
             run_dir = args.out
         final = run_sft(cfg, run_dir, resume=bool(args.resume))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo sft: {e}", file=sys.stderr)
         return 2
     print(json.dumps(final, indent=2))

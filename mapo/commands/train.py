@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(RLConfig, args.config, overrides)
             run_dir = args.out
         summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo train: {e}", file=sys.stderr)
         return 2
     from mapo.train.distributed import dist_info_from_env

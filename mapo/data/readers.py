@@ -160,6 +160,7 @@ def _collect(
             report.add_issue(file, row, reason)
             continue
         samples.append(sample)
+        report.origins[sample.id] = (file, row)  # so a sample skipped later (eval, training) is named by file and row
     report.loaded = len(samples)
     return LoadResult(samples, report)
 
