@@ -348,7 +348,7 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
 
     Checks ``state.json`` parses, and every file in ``checkpoint.json`` has its
     recorded size and sha256 (checkpoints written before the record existed are
-    checked for ``state.json`` and ``trainer.pt`` only).
+    checked for ``state.json`` only).
     """
     ckpt = Path(ckpt)
     try:
@@ -357,7 +357,7 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
         return str(e)
     record_path = ckpt / RECORD
     if not record_path.is_file():
-        return None if (ckpt / "trainer.pt").is_file() else f"{ckpt / 'trainer.pt'} is missing"
+        return None  # written before checkpoints carried a record: a damaged file is named when it is loaded
     try:
         files = read_json_file(record_path)["files"]
         expected = {str(name): (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
@@ -463,8 +463,9 @@ class RunDirLock:
     Use as a context manager; the file is removed on release.
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, *, created: bool = False):
         self.path = Path(run_dir) / LOCK
+        self.created = created  # the directory was made for this lock: removed on release if still empty
         self._fd: int | None = None
 
     def acquire(self) -> RunDirLock:
@@ -495,6 +496,8 @@ class RunDirLock:
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+        if self.created and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a run that stopped at its start checks leaves no empty directory behind
 
     def __enter__(self) -> RunDirLock:
         return self.acquire()
@@ -536,8 +539,10 @@ def lock_run_dir(run_dir: str | Path, *, create: bool) -> RunDirLock | None:
     resume checks rather than created here.
     """
     run_dir = Path(run_dir)
+    created = False
     if create:
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         return None
-    return RunDirLock(run_dir).acquire()
+    return RunDirLock(run_dir, created=created).acquire()
