@@ -152,3 +152,12 @@ def test_sft_on_a_locked_run_directory_is_refused_before_any_work(tmp_path):
             run_sft(SFTConfig(steps=1), tmp_path)
         assert time.perf_counter() - started < 2
     assert not (tmp_path / "run.json").exists()
+
+
+def test_a_second_train_resume_on_a_locked_run_directory_is_refused(tmp_path, capsys):
+    from mapo.cli import main
+
+    (tmp_path / "config.yaml").write_text("policy: default\nadvantage: {estimator: grpo}\n")
+    with common.RunDirLock(tmp_path):
+        assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
+    assert f"in use by process {os.getpid()}" in capsys.readouterr().err
