@@ -13,7 +13,17 @@ the rows of the source that could not be loaded.
 Resumable: records already in ``predictions.jsonl`` are skipped, so an
 interrupted eval continues where it stopped (a half-written last line is cut
 off). Samples are processed in chunks of ``batch_size``; an interruption loses
-at most the chunk in flight.
+at most the chunk in flight. ``OUT/eval.json`` holds the fingerprint of the
+model, the data and the config; an ``OUT`` holding another evaluation is refused
+(``overwrite=True`` clears it first), so predictions of two models never merge.
+
+One bad sample never aborts the evaluation: a row that cannot be loaded, an
+image that does not decode in full, more than 26 options, or a rollout that
+fails on that sample alone, is skipped and listed in ``metrics.json``
+(``skipped_rows``: file, row, reason) and left out of the official score. Images
+the policy cannot take as they are but that can be padded or upscaled into its
+pixel range are played (``mapo.data.prepare``); their record's
+``meta.image_adjusted`` says how.
 
 Decisions and departures:
 
@@ -45,6 +55,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -151,10 +162,12 @@ class EvalConfig:
 
 
 SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([A-Za-z_]\w*))?(?::(\d+))?$")  # level checked against synth.LEVELS
+MAX_SYNTH_SAMPLES = 100_000  # synthetic samples are built in memory: a bound, not a typo's worth of RAM
 
 
 def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], dict[str, Any]]:
-    """Samples of ``data`` and what loading reported (``loaded``, ``skipped``, ``issues``).
+    """Samples of ``data`` and what loading reported (``loaded``, ``skipped``, ``issues``, ``skipped_rows``,
+    and ``origins``: sample id -> (file, row)).
 
     ``data`` is anything :func:`mapo.data.load_samples` reads (V* folder, HR-Bench
     TSV, MME-RealWorld JSON, DeepEyes parquet, ``mapo data synth`` output), or
@@ -168,8 +181,16 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         if m.group(2) is not None and m.group(2) not in synth.LEVELS:
             raise ValueError(f"--data {data!r}: unknown level {m.group(2)!r}; choose from {', '.join(synth.LEVELS)}")
         n = int(m.group(1)) if limit is None else min(int(m.group(1)), limit)
+        if n > MAX_SYNTH_SAMPLES:
+            raise ValueError(
+                f"--data {data}: {n} synthetic samples would be built in memory, over the bound of "
+                f"{MAX_SYNTH_SAMPLES}; pass --limit (at most {MAX_SYNTH_SAMPLES}) or write them with `mapo data synth`"
+            )
         samples = synth.generate(n, seed=int(m.group(3) or 1000003), config=m.group(2) or "easy")
-        return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": []}
+        origins = {s.id: (str(data), i) for i, s in enumerate(samples)}
+        return samples, {"source": str(data), "format": "synth", "loaded": len(samples), "skipped": 0, "issues": [],
+                         "skipped_rows": [],
+                         "origins": origins}
     if str(data).startswith("synth:"):
         from mapo.data.synth import LEVELS
 
@@ -184,6 +205,8 @@ def load_eval_samples(data: str, limit: int | None = None) -> tuple[list[Any], d
         "loaded": report.loaded,
         "skipped": report.skipped,
         "issues": [str(i) for i in report.issues[:100]],
+        "skipped_rows": [{"file": i.file, "row": i.row, "reason": i.reason, "stage": "load"} for i in report.issues],
+        "origins": dict(report.origins),
     }
 
 
@@ -317,7 +340,8 @@ def trajectory_record(
         target_boxes=targets,
         turns=turns,
         iou=ious,
-        meta={"answer_text": trajectory.answer_text},
+        meta={"answer_text": trajectory.answer_text,
+              **({"image_adjusted": sample.meta["image_adjusted"]} if "image_adjusted" in sample.meta else {})},
     )
 
 
@@ -357,20 +381,23 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     run_info: dict[str, Any] | None = None,
     forced_turns: Callable[[Any, int], str | None] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate ``policy`` on ``data`` into ``out`` (resuming whatever is already there).
 
     Args:
         data: a source for :func:`load_eval_samples`.
-        out: eval directory: ``predictions.jsonl``, ``metrics.json``, ``images/``, ``crops/``.
+        out: eval directory: ``predictions.jsonl``, ``metrics.json``, ``eval.json``, ``images/``, ``crops/``.
         policy: a :class:`mapo.policy.Policy`.
         verifier: a :class:`mapo.verifier.base.Verifier` or None (semantic scores stay null).
         progress: called as ``progress(done, total)`` after each chunk.
         run_info: extra keys (model path, …) stored in ``metrics.json["run"]``.
         forced_turns: test/demo hook ``(sample, turn) -> text | None`` teacher-forcing
             assistant turns through the rollout (e.g. the oracle's transcript).
+        overwrite: clear an ``out`` that holds an evaluation of another model, data or
+            config instead of refusing it.
     """
-    from mapo.rollout import rollout
+    from mapo.data.prepare import pixel_range
 
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
@@ -378,46 +405,215 @@ def evaluate(
         raise ValueError(f"limit must be a positive integer, got {limit}")
     out = Path(out)
     samples, load_report = load_eval_samples(data, limit)
+    origins = load_report.pop("origins")
     if not samples:
         raise ValueError(f"no samples could be loaded from {data}: {load_report['issues'][:3]}")
     benchmark = config.benchmark or _benchmark_of(samples)
-    out.mkdir(parents=True, exist_ok=True)  # after loading: a bad --data leaves no directory behind
-    pred_path = out / "predictions.jsonl"
-    done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
-    todo = [s for s in samples if s.id not in done]
     base = config.rollout_config()
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol.
     base = dataclasses.replace(base, protocol=protocol_for_policy(base.protocol, getattr(policy, "protocol", None)))
+    fingerprint = eval_fingerprint(data, policy, verifier, config, base)
+    claim_out_dir(out, fingerprint, overwrite=overwrite)
+    pred_path = out / "predictions.jsonl"
+    done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
+    todo = [s for s in samples if s.id not in done]
+    skipped: list[dict[str, Any]] = []
+
+    def skip(sample: Any, reason: str) -> None:
+        file, row = origins.get(sample.id, (str(data), sample.id))
+        skipped.append({"file": file, "row": row, "id": sample.id, "reason": reason, "stage": "play"})
+
+    pixels = pixel_range(getattr(policy, "processor", None))
     total, finished = len(samples), len(samples) - len(todo)
     if progress:
         progress(finished, total)
     for chunk in _chunks_by_tool(todo, base, config):
         rc = dataclasses.replace(base, tool=_tool_for(chunk[0], base, config))
-        forced = None
-        if forced_turns is not None:
-            forced = lambda group, member, turn, chunk=chunk: forced_turns(chunk[group], turn)  # noqa: E731
-        trajectories = rollout(chunk, policy, rc, forced_turns=forced)
+        ready = _prepare(chunk, rc.tool, pixels, skip)
+        trajectories = _play(ready, policy, rc, forced_turns, skip)
         scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
-        for t, s in zip(trajectories, scores):
-            append_jsonl(pred_path, trajectory_record(t, s, out, benchmark, config))
+        for t, sc in zip(trajectories, scores):
+            append_jsonl(pred_path, trajectory_record(t, sc, out, benchmark, config))
         finished += len(chunk)
         if progress:
             progress(finished, total)
     read = read_jsonl(pred_path)
-    ids = {s.id for s in samples}
+    dropped = {row["id"] for row in skipped}
+    scored = [s for s in samples if s.id not in dropped]
+    ids = {s.id for s in scored}
     records = [r for r in read.records if r.id in ids]
+    skipped_rows = load_report.pop("skipped_rows") + skipped
     metrics = {
         "benchmark": benchmark,
-        "official": official_scores(samples, records, benchmark),
-        "scoring": {name: official_scores(samples, records, benchmark, name) for name in config.scoring},
+        "official": official_scores(scored, records, benchmark),
+        "scoring": {name: official_scores(scored, records, benchmark, name) for name in config.scoring},
         "tools": record_statistics(records, hit_iou=config.hit_iou),
-        "data": {k: v for k, v in load_report.items()},
-        "broken_rows": load_report["skipped"],
+        "data": {**load_report, "skipped_at_play": len(skipped),
+                 "adjusted_images": sum("image_adjusted" in r.meta for r in records)},
+        "broken_rows": len(skipped_rows),
+        "skipped_rows": skipped_rows[:MAX_LISTED_ROWS],
         "run": {**(run_info or {}), "data": str(data), "limit": limit, "config": to_dict(config),
-                "protocol": to_dict(base.protocol)},
+                "protocol": to_dict(base.protocol), "fingerprint": fingerprint},
     }
     _write_json_atomic(out / "metrics.json", metrics)
-    return EvalResult(metrics, out, len(todo))
+    return EvalResult(metrics, out, len(todo) - len(skipped))
+
+
+MAX_LISTED_ROWS = 1000  # skipped rows listed in metrics.json (all are counted in broken_rows)
+
+
+def _prepare(chunk: Sequence[Any], tool: tools.ToolConfig, pixels: tuple[int, int] | None,
+             skip: Callable[[Any, str], None]) -> list[Any]:
+    """The chunk's samples made playable (:func:`mapo.data.prepare.prepare_sample`); the others are skipped."""
+    from mapo.data.prepare import prepare_sample
+
+    ready = []
+    for sample in chunk:
+        try:
+            ready.append(prepare_sample(sample, tool, pixels))
+        except ValueError as e:
+            skip(sample, str(e))
+    return ready
+
+
+def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Callable | None,
+          skip: Callable[[Any, str], None]) -> list[Any]:
+    """Greedy trajectories of ``samples``; when the batch fails, each sample alone, skipping the ones that fail."""
+    from mapo.rollout import rollout
+
+    def run(batch: list[Any]) -> list[Any]:
+        forced = None
+        if forced_turns is not None:
+            forced = lambda group, member, turn: forced_turns(batch[group], turn)  # noqa: E731
+        return rollout(batch, policy, rc, forced_turns=forced)
+
+    if not samples:
+        return []
+    try:
+        return run(samples)
+    except (ValueError, OSError) as e:
+        if len(samples) == 1:
+            skip(samples[0], f"the rollout failed on this sample: {e}")
+            return []
+    trajectories = []
+    for sample in samples:  # find the sample that broke the batch; the others are played alone
+        try:
+            trajectories += run([sample])
+        except (ValueError, OSError) as e:
+            skip(sample, f"the rollout failed on this sample: {e}")
+    return trajectories
+
+
+# ----------------------------------------------------------------------------- the eval directory
+
+
+EVAL_FILE = "eval.json"
+OUTPUTS = ("predictions.jsonl", "metrics.json", EVAL_FILE, "images", "crops")
+# Config keys that do not change what is evaluated (batching, the size of the report's image copies).
+FINGERPRINT_IGNORE = ("verifier_batch_size", "image_max_side")
+
+
+def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalConfig, rollout: RolloutConfig) -> dict[str, str]:
+    """``{"model", "verifier", "data", "config"}``: short hashes of what an evaluation's records depend on.
+
+    The model and verifier are hashed from their weights in memory (names, shapes,
+    dtypes and the first and last values of every tensor: cheap, and two
+    checkpoints differ there); the data from its files (:func:`data_fingerprint`);
+    the config from its YAML form with the resolved protocol, without
+    :data:`FINGERPRINT_IGNORE` and the rollout batch size.
+    """
+    cfg = {k: v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
+    cfg["rollout"] = {k: v for k, v in to_dict(rollout).items() if k != "batch_size"}
+    return {
+        "model": _module_fingerprint(getattr(policy, "model", None)),
+        "verifier": _module_fingerprint(getattr(verifier, "model", None)) if verifier is not None else "none",
+        "data": data_fingerprint(data),
+        "config": _digest(json.dumps(cfg, sort_keys=True, default=str).encode()),
+    }
+
+
+def _module_fingerprint(module: Any) -> str:
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        return "unknown"
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        ends = torch.cat([flat[:32], flat[-32:]]).float().cpu().numpy().tobytes()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode() + ends)
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(data: str) -> str:
+    """Hash of a data source: ``synth:N:LEVEL:SEED`` without N (sample i depends only on level,
+    seed and i); a file or folder from every file's name, size, first and last 64 KiB."""
+    m = SYNTH_SPEC.match(str(data))
+    if m:
+        return f"synth:{m.group(2) or 'easy'}:{m.group(3) or 1000003}"
+    path = Path(data)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{f.stat().st_size}:".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+            if f.stat().st_size > 1 << 17:
+                fh.seek(-(1 << 16), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def claim_out_dir(out: Path, fingerprint: dict[str, str], *, overwrite: bool) -> None:
+    """Make ``out`` the directory of this evaluation, refusing one that holds another.
+
+    A directory whose ``eval.json`` has the same fingerprint is resumed. One with a
+    different fingerprint, or predictions without a fingerprint, is refused unless
+    ``overwrite``, which deletes the previous outputs (:data:`OUTPUTS`) first.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")  # a read-only directory that exists fails here, not after the first chunk
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write the eval directory {out}: {e.strerror or e}") from None
+    meta_path = out / EVAL_FILE
+    previous = _read_fingerprint(meta_path)
+    has_records = (out / "predictions.jsonl").exists()
+    if previous == fingerprint:
+        return
+    if previous is not None or has_records:
+        if not overwrite:
+            what = (f"an evaluation of a different {', '.join(k for k in fingerprint if previous.get(k) != fingerprint[k])}"
+                    if previous else "predictions without a fingerprint (eval.json)")
+            raise ValueError(
+                f"{out} holds {what}; merging them would mix two evaluations. Choose another --out, or pass "
+                "--overwrite (overwrite=True) to replace it"
+            )
+        for name in OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    _write_json_atomic(meta_path, {"fingerprint": fingerprint})
+
+
+def _read_fingerprint(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); pass --overwrite to start this evaluation again") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} is damaged (fingerprint is not a mapping); pass --overwrite to start again")
+    return found
 
 
 def _benchmark_of(samples: Sequence[Any]) -> str:

@@ -145,9 +145,20 @@ def crop_view_size(crop_wh: tuple[int, int], config: ToolConfig = DEFAULT_TOOL_C
 def _check_box(box: Any, name: str = "box") -> Box:
     if not isinstance(box, (tuple, list)) or len(box) != 4:
         raise ValueError(f"{name} must be 4 numbers (x1, y1, x2, y2), got {box!r}")
-    if not all(_is_real(v) and math.isfinite(v) for v in box):
-        raise ValueError(f"{name} must hold finite numbers, got {box!r}")
+    try:
+        # An int like 10**400 is real but has no float: math.isfinite raises OverflowError on it.
+        ok = all(_is_real(v) and math.isfinite(v) for v in box)
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must hold finite numbers, got {_short(box)}")
     return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr`` cut to ``limit`` characters: a 400-digit number need not be echoed to the model in full."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _scale(box: Box, sx: float, sy: float) -> Box:

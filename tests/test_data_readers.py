@@ -197,3 +197,80 @@ def test_load_samples_detects_and_explains(tmp_path, samples):
     assert len(load_samples(tmp_path / "all" / "hrbench")) == 2  # a folder with one data file
     with pytest.raises(ValueError, match="limit must be"):
         load_samples(tmp_path / "all" / "hrbench", limit=-1)
+
+
+# ----------------------------------------------------------------------------- malformed records
+
+
+def test_vstar_malformed_records_are_skipped_and_counted(tmp_path):
+    _vstar_record(tmp_path, name="good")
+    _vstar_record(tmp_path, name="target_int", target_object=5)
+    _vstar_record(tmp_path, name="many_options", options=[f"o{i}" for i in range(30)])
+    folder = _vstar_record(tmp_path, name="deep")
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = read_vstar(tmp_path)
+    assert [s.id for s in result] == ["direct_attributes/good"]
+    reasons = {i.file.rsplit("/", 1)[-1]: i.reason for i in result.report.issues}
+    assert result.report.skipped == 3
+    assert "target_object must be a name or a list" in reasons["target_int.json"]
+    assert "30 options; at most 26" in reasons["many_options.json"]
+    assert "nested too deeply" in reasons["deep.json"]
+
+
+def test_vstar_refuses_links_out_of_its_root(tmp_path):
+    root = tmp_path / "vstar"
+    _vstar_record(root, name="good")
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "s.jpg").write_bytes(_png())
+    (outside / "s.json").write_text(json.dumps({"question": "q", "options": ["a", "b"]}))
+    folder = root / "direct_attributes"
+    _vstar_record(root, name="img_link")
+    (folder / "img_link.jpg").unlink()
+    (folder / "img_link.jpg").symlink_to(outside / "s.jpg")
+    (folder / "json_link.json").symlink_to(outside / "s.json")
+    (folder / "json_link.jpg").write_bytes(_png())
+    (root / "relative_position").symlink_to(outside, target_is_directory=True)
+    result = read_vstar(root)
+    assert [s.id for s in result] == ["direct_attributes/good"]
+    assert result.report.skipped == 3
+    assert all("outside the dataset root" in i.reason for i in result.report.issues)
+
+
+def test_hrbench_non_utf8_byte_skips_only_its_row(tmp_path):
+    good = base64.b64encode(_png()).decode()
+    path = _hrbench(tmp_path, [
+        [0, "q0", "a", "b", "c", "d", "C", "single", "c0", good],
+        [1, "q1 caf\u00e9", "a", "b", "c", "d", "B", "cross", "c0", good],
+    ])
+    raw = path.read_bytes().replace("caf\u00e9".encode(), b"caf\xe9")  # Latin-1 byte in UTF-8 text
+    path.write_bytes(raw)
+    result = read_hrbench(path)
+    assert [s.id for s in result] == ["0"]
+    assert [(i.row, i.reason) for i in result.report.issues] == [(3, "field(s) question hold bytes that are not UTF-8")]
+
+
+def test_a_reader_keeps_going_on_any_error_type_inside_a_record(tmp_path, monkeypatch):
+    """An unforeseen TypeError/IndexError in one record skips that row with its type named."""
+    from mapo.data import readers
+
+    for i in range(3):
+        _vstar_record(tmp_path, name=f"sa_{i}")
+    real = readers._vstar_boxes
+    monkeypatch.setattr(readers, "_vstar_boxes", lambda r: [][0] if r["question"] == "boom" else real(r))
+    (tmp_path / "direct_attributes" / "sa_1.json").write_text(json.dumps(
+        {"question": "boom", "options": ["a", "b"], "bbox": [1, 1, 2, 2]}))
+    result = read_vstar(tmp_path)
+    assert len(result) == 2 and "malformed record (IndexError" in result.report.issues[0].reason
+    with pytest.raises(ValueError, match=r"sa_1.json \[row 0\]: malformed record"):
+        read_vstar(tmp_path, strict=True)
+
+
+def test_decode_images_catches_a_truncated_file_the_header_check_passes(tmp_path):
+    folder = _vstar_record(tmp_path, name="trunc")
+    buf = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buf, format="PNG")
+    (folder / "trunc.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert len(read_vstar(tmp_path)) == 1  # the header is intact
+    result = read_vstar(tmp_path, decode_images=True)
+    assert len(result) == 0 and "truncated" in result.report.issues[0].reason

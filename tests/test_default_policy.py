@@ -100,3 +100,28 @@ def test_earlier_stages_follow_init_from_and_refuse_a_broken_config(tmp_path):
     (first / "config.yaml").write_text("policy: [unclosed")
     with pytest.raises(default.DefaultPolicyError, match="first/config.yaml .* not valid YAML"):
         default.earlier_stages({"policy": {"init_from": str(second / "final")}})
+
+
+def test_manifest_with_an_emptied_file_list_is_refused(shipped, tmp_path):
+    path, _, _ = shipped
+    copy = tmp_path / "asset"
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / default.MANIFEST).read_text())
+    manifest["files"] = {}
+    (copy / default.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(default.DefaultPolicyError, match="does not list .*model.safetensors"):
+        default.load_default(copy)
+
+
+def test_an_unlisted_file_in_the_directory_is_refused(shipped, tmp_path):
+    path, _, _ = shipped
+    copy = tmp_path / "asset"
+    shutil.copytree(path, copy)
+    (copy / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(default.DefaultPolicyError, match="does not list: adapter_model.safetensors"):
+        default.load_default(copy)
+    (copy / "adapter_model.safetensors").unlink()
+    (copy / "lora").mkdir()
+    (copy / "lora" / "adapter_config.json").write_text("{}")
+    with pytest.raises(default.DefaultPolicyError, match="lora/adapter_config.json"):
+        default.verify(copy)

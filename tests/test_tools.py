@@ -331,3 +331,11 @@ def test_box_iou_hand_values():
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+
+@pytest.mark.parametrize("box", [(0, 0, 10**400, 5), (-(10**400), 0, 5, 5), [0, 0, 10**400, 10**400]])
+def test_integers_too_large_for_a_float_are_an_error_result_not_an_overflow(box):
+    box_view, error = validate_box(box, (120, 80))
+    assert box_view is None and "finite numbers" in error and len(error) < 200
+    result = zoom_in(Image.new("RGB", (120, 80)), box)
+    assert result.crop is None and "finite numbers" in result.error

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--cols", type=int, default=4, help="thumbnails per row (default 4)")
     show.add_argument("--thumb", type=int, default=256, help="thumbnail side in pixels (default 256)")
 
-    check = _leaf(sub, "check", "load a dataset and print what was loaded and skipped, and why")
+    check = _leaf(sub, "check", "load a dataset, decoding every image, and print what was loaded and skipped, and why")
     check.add_argument("source", help="a dataset: V* folder, HR-Bench .tsv, MME .json, DeepEyes .parquet")
     check.add_argument("--strict", action="store_true", help="fail on the first bad record")
     check.add_argument("--limit", type=int, default=None, help="stop after this many samples")
@@ -132,7 +132,8 @@ def _check(args: argparse.Namespace) -> int:
     from mapo.data.readers import load_samples
 
     kwargs = {"image_root": args.image_root} if args.image_root else {}
-    samples = load_samples(args.source, strict=args.strict, limit=args.limit, **kwargs)
+    # Decode every image in full: a truncated file passes a header check but would be skipped by eval and training.
+    samples = load_samples(args.source, strict=args.strict, limit=args.limit, decode_images=True, **kwargs)
     print(samples.report.summary())
     categories: dict[str, int] = {}
     for s in samples:

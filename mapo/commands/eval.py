@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"`mapo data synth` output, or synth:N[:LEVEL[:SEED]] with LEVEL one of {', '.join(LEVELS)}")
     parser.add_argument("--model", help="local policy directory (Qwen2.5-VL checkpoint, or RUN_DIR/final of mapo sft)")
     parser.add_argument("--verifier", default=None, help="local CLIP/SigLIP directory for semantic scores (optional)")
-    parser.add_argument("--out", help="eval directory; an existing one is resumed (finished samples are skipped)")
+    parser.add_argument("--out", help="eval directory; an existing one of the same model, data and config is resumed "
+                        "(finished samples are skipped); one holding another evaluation is refused")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --out that holds an evaluation of another model, data or config")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--batch-size", type=int, default=None, help="episodes generated together (rollout.batch_size)")
     parser.add_argument("--preset", choices=("mapo", "deepeyes"), default=None,
@@ -74,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate(
                 args.data, args.out, policy=policy, verifier=verifier, config=config, limit=args.limit,
                 progress=ProgressLine(plain=True if args.no_progress else None),
-                run_info={"model": str(args.model), "verifier": args.verifier},
+                run_info={"model": str(args.model), "verifier": args.verifier}, overwrite=args.overwrite,
             )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo eval: {e}", file=sys.stderr)
         return 2
+    _print_skipped(result.metrics)
     official, stats = result.metrics["official"], result.metrics["tools"]
     print(json.dumps({"overall": official.get("overall"), "n": official.get("n"),
                       "broken_rows": result.metrics["broken_rows"], **{k: stats[k] for k in (
@@ -118,3 +122,15 @@ def _load_config(path: str | None, items: list[str]):
     from mapo.eval import EvalConfig
 
     return from_dict(EvalConfig, resolve_data(EvalConfig, path, items, base=to_dict(EvalConfig())))
+
+
+def _print_skipped(metrics: dict) -> None:
+    """The rows that were skipped (file, row, reason) on stderr; all of them are in metrics.json."""
+    rows = metrics.get("skipped_rows", [])
+    if not rows:
+        return
+    print(f"mapo eval: skipped {metrics['broken_rows']} row(s) (listed in metrics.json, skipped_rows):", file=sys.stderr)
+    for row in rows[:10]:
+        print(f"  {row['file']} [row {row['row']}]: {row['reason']}", file=sys.stderr)
+    if len(rows) > 10:
+        print(f"  ... and {metrics['broken_rows'] - 10} more", file=sys.stderr)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(SFTConfig, args, base=base)
         run_dir = args.resume or args.out
         final = run_sft(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else None)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo sft: {e}", file=sys.stderr)
         return 2
     print(json.dumps(final, indent=2))

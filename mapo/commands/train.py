@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(RLConfig, args, base=base, extra=extra)
         run_dir = args.resume or args.out
         summary = train(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else "auto")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo train: {e}", file=sys.stderr)
         return 2
     from mapo.train.distributed import dist_info_from_env

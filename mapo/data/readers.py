@@ -20,8 +20,12 @@ Every reader returns a :class:`~mapo.data.LoadResult` whose ``.report`` counts
 loaded and skipped records and names the file and row of each skipped one.
 With ``strict=True`` the first bad record raises ``ValueError`` instead.
 Images are checked from their headers at load time (missing, undecodable, over
-``max_pixels``) and decoded only when used. Paths inside data files must stay
-inside the dataset root.
+``max_pixels``) and decoded only when used; ``decode_images=True`` (``mapo data
+check``) decodes every pixel, so a truncated file is caught at load time. A
+record that is malformed in any way (a field of the wrong type, JSON nested too
+deep, more than 26 options, a non-UTF-8 byte in an HR-Bench row) is skipped and
+counted like every other bad row. Paths inside data files must stay
+inside the dataset root, links included.
 
 Ground truth that the real formats have no field for (all object boxes with
 captions, the sample id, ``meta``) travels in an extra ``mapo`` field that the
@@ -48,6 +52,7 @@ from mapo.data.sample import (
     LoadReport,
     LoadResult,
     Sample,
+    open_image,
     probe_image,
     restore_option_order,
     shuffle_options,
@@ -124,8 +129,13 @@ def _collect(
     limit: int | None,
     max_pixels: int,
     check_images: bool,
+    decode_images: bool = False,
 ) -> LoadResult:
-    """Build samples from ``(file, row, make)`` records, counting and explaining each failure."""
+    """Build samples from ``(file, row, make)`` records, counting and explaining each failure.
+
+    ``check_images`` reads each image's header; ``decode_images`` decodes every
+    pixel (what ``mapo data check`` does), so a truncated file is caught here.
+    """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
     samples: list[Sample] = []
@@ -134,16 +144,33 @@ def _collect(
             break
         try:
             sample = make()
-            if check_images:
+            _check_option_count(sample)
+            if decode_images:
+                open_image(sample.image, max_pixels)
+            elif check_images:
                 probe_image(sample.image, max_pixels)
         except (BadRecord, ValueError) as e:
             if strict:
                 raise ValueError(f"{file} [row {row}]: {e}") from None
             report.add_issue(file, row, str(e))
             continue
+        except (TypeError, IndexError, KeyError, AttributeError, RecursionError) as e:
+            # A field of an unexpected type or depth deep inside a record: that row is malformed, the load goes on.
+            reason = f"malformed record ({type(e).__name__}: {e})"
+            if strict:
+                raise ValueError(f"{file} [row {row}]: {reason}") from None
+            report.add_issue(file, row, reason)
+            continue
         samples.append(sample)
+        report.origins[sample.id] = (file, row)  # so a sample skipped later (eval, training) is named by file and row
     report.loaded = len(samples)
     return LoadResult(samples, report)
+
+
+def _check_option_count(sample: Sample) -> None:
+    # Options are lettered A-Z in prompts and answers; a 27th has no letter.
+    if len(sample.options) > len(LETTERS):
+        raise BadRecord(f"{len(sample.options)} options; at most {len(LETTERS)} can be lettered A-Z")
 
 
 def _require(record: dict, keys: tuple[str, ...]) -> None:
@@ -182,6 +209,8 @@ def _extras(raw: Any) -> dict[str, Any]:
             raw = json.loads(raw)
         except ValueError as e:
             raise BadRecord(f"field {EXTRA_KEY} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRecord(f"field {EXTRA_KEY} is nested too deeply") from None
     if not isinstance(raw, dict):
         raise BadRecord(f"field {EXTRA_KEY} must be a mapping, got {type(raw).__name__}")
     return raw
@@ -225,6 +254,7 @@ def read_vstar(
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
+    decode_images: bool = False,
 ) -> LoadResult:
     """A V* Bench folder: every ``<category>/<name>.json`` with its image; options shuffled by ``(seed, id)``."""
     root = Path(root)
@@ -237,18 +267,22 @@ def read_vstar(
             for json_path in sorted(category_dir.glob("*.json")):
                 yield str(json_path), 0, lambda p=json_path, c=category_dir.name: _vstar_sample(root, p, c, seed)
 
-    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images)
+    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images,
+                    decode_images=decode_images)
 
 
 def _vstar_sample(root: Path, json_path: Path, category: str, seed: int) -> Sample:
+    _inside(root, json_path, "the annotation")
     record = _read_json(json_path)
     if not isinstance(record, dict):
         raise BadRecord("the annotation must be a JSON object")
     _require(record, ("question", "options"))
-    image = _vstar_image(json_path)
+    image = _inside(root, _vstar_image(json_path), "the image")
     options = record["options"]
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
         raise BadRecord(f"options must be a non-empty list of strings (correct first), got {options!r}")
+    if len(options) > len(LETTERS):
+        raise BadRecord(f"{len(options)} options; at most {len(LETTERS)} can be lettered A-Z")
     extras = _extras(record.get(EXTRA_KEY))
     sample_id = _text(extras.get("id", f"{category}/{json_path.stem}"), "id")
     if "options" in extras:  # written by mapo: the sample's own order, the same letters as in memory
@@ -273,11 +307,21 @@ def _vstar_sample(root: Path, json_path: Path, category: str, seed: int) -> Samp
     )
 
 
+def _inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved, refusing a symlink (of the file or a folder) that leads outside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BadRecord(f"{what} {path.name} is a link to {resolved}, outside the dataset root {root}")
+    return resolved
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise BadRecord(f"cannot read JSON: {e}") from None
+    except RecursionError:
+        raise BadRecord("cannot read JSON: nested too deeply") from None
 
 
 def _vstar_image(json_path: Path) -> Path:
@@ -295,6 +339,10 @@ def _vstar_boxes(record: dict) -> list[Box]:
         return []
     if isinstance(names, str):
         names = [names]
+    if names is None:
+        names = []
+    if not isinstance(names, list):
+        raise BadRecord(f"target_object must be a name or a list of names, got {names!r}")
     if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox):
         bbox = [bbox]
     if not isinstance(bbox, list):
@@ -314,6 +362,9 @@ def _vstar_boxes(record: dict) -> list[Box]:
 # ----------------------------------------------------------------------------- HR-Bench
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape turns a non-UTF-8 byte into
+
+
 def read_hrbench(
     path: str | Path,
     *,
@@ -321,12 +372,15 @@ def read_hrbench(
     limit: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
+    decode_images: bool = False,
 ) -> LoadResult:
     """An HR-Bench TSV (``index, question, A..D, answer, category, cycle_category, image`` base64)."""
     path = Path(path)
     report = LoadReport(source=str(path), format="hrbench")
     csv.field_size_limit(sys.maxsize)  # base64 8K images are tens of MB in one field
-    handle = path.open(encoding="utf-8", newline="")
+    # surrogateescape: a byte that is not UTF-8 survives decoding as a lone surrogate, so the
+    # row holding it is skipped and named (_hrbench_sample) instead of the whole file failing.
+    handle = path.open(encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.DictReader(handle, delimiter="\t")
     header = reader.fieldnames or []
     missing = [c for c in ("index", "question", "A", "B", "answer", "image") if c not in header]
@@ -340,12 +394,16 @@ def read_hrbench(
             for row_no, row in enumerate(reader, start=2):  # row 1 is the header
                 yield str(path), row_no, lambda r=row: _hrbench_sample(r, letters)
 
-    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images)
+    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images,
+                    decode_images=decode_images)
 
 
 def _hrbench_sample(row: dict[str, str], letters: list[str]) -> Sample:
     if None in row:
         raise BadRecord("the row has more fields than the header")
+    bad = [k for k, v in row.items() if isinstance(v, str) and _NOT_UTF8.search(v)]
+    if bad:
+        raise BadRecord(f"field(s) {', '.join(bad)} hold bytes that are not UTF-8")
     empty = [k for k in ("index", "question", "answer", "image") if not row.get(k)]
     if empty:
         raise BadRecord(f"missing field(s) {', '.join(empty)}")
@@ -381,6 +439,7 @@ def read_mme_realworld(
     limit: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
+    decode_images: bool = False,
 ) -> LoadResult:
     """An MME-RealWorld or -Lite JSON list; ``Image`` paths are resolved under ``image_root``."""
     path = Path(path)
@@ -396,7 +455,8 @@ def read_mme_realworld(
         for i, record in enumerate(data):
             yield str(path), i, lambda r=record: _mme_sample(r, root)
 
-    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images)
+    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images,
+                    decode_images=decode_images)
 
 
 _CHOICE_PREFIX = re.compile(r"^\s*\(?([A-Z])\)?\s*[.:)]?\s*")
@@ -441,6 +501,7 @@ def read_deepeyes(
     limit: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
+    decode_images: bool = False,
     batch_size: int = 64,
 ) -> LoadResult:
     """A DeepEyes training parquet; read in batches so large files do not load at once."""
@@ -463,7 +524,8 @@ def read_deepeyes(
                 yield str(path), row_no, lambda r=record, n=row_no: _deepeyes_sample(r, n, path.parent)
                 row_no += 1
 
-    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images)
+    return _collect(records(), report, strict=strict, limit=limit, max_pixels=max_pixels, check_images=check_images,
+                    decode_images=decode_images)
 
 
 # "(A) red", "A. red", "A: red", "A) red"; a bare "A red" is prose, not an option.

@@ -279,6 +279,7 @@ class LoadReport:
     loaded: int = 0
     skipped: int = 0
     issues: list[LoadIssue] = field(default_factory=list)
+    origins: dict[str, tuple[str, int | str]] = field(default_factory=dict, repr=False)  # loaded id -> (file, row)
 
     def add_issue(self, file: str | Path, row: int | str, reason: str) -> None:
         self.skipped += 1

@@ -69,8 +69,11 @@ def sha256_of(path: Path) -> str:
 def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
     """Check every file named in ``path/manifest.json`` against its sha256; return the manifest.
 
+    The manifest must cover the directory exactly: every shipped file listed, and no
+    file present that it does not list.
+
     Raises:
-        DefaultPolicyError: no manifest, a file missing, or a hash mismatch; the message
+        DefaultPolicyError: no manifest, a file missing, unlisted or not listed, or a hash mismatch; the message
             names the file and the command that rebuilds the checkpoint.
     """
     root = Path(path)
@@ -82,6 +85,7 @@ def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
         files = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as e:
         raise DefaultPolicyError(f"{manifest_path} is not a valid manifest ({e}); rebuild with: {REBUILD_COMMAND}") from None
+    _check_coverage(root, files)
     missing = sorted(name for name in files if not (root / name).is_file())
     if missing:
         raise DefaultPolicyError(
@@ -94,6 +98,28 @@ def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
             f"(altered or corrupted); rebuild it with: {REBUILD_COMMAND}"
         )
     return manifest
+
+
+def _check_coverage(root: Path, files: dict[str, Any]) -> None:
+    """The manifest must list every shipped file and every file in ``root``.
+
+    A hash check over the listed files alone would pass a manifest whose list was
+    emptied, or a directory with an extra file (an adapter, a second weight file)
+    that the loader would pick up unchecked.
+    """
+    unshipped = sorted(set(SHIPPED_FILES) - set(files))
+    if unshipped:
+        raise DefaultPolicyError(
+            f"{root / MANIFEST} does not list {', '.join(unshipped)} (every shipped file needs its sha256); "
+            f"rebuild it with: {REBUILD_COMMAND}"
+        )
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    unlisted = sorted(present - set(files) - {MANIFEST})
+    if unlisted:
+        raise DefaultPolicyError(
+            f"default policy at {root} holds file(s) its {MANIFEST} does not list: {', '.join(unlisted)}; "
+            f"remove them or rebuild it with: {REBUILD_COMMAND}"
+        )
 
 
 def load_default(path: str | Path = DEFAULT_DIR, *, device: str = "cpu"):

@@ -10,18 +10,30 @@ Run directory layout::
     RUN_DIR/run.json             {"kind": "sft", "fingerprint": ...}: what the guard compares
     RUN_DIR/metrics.jsonl        one JSON object per logged step
     RUN_DIR/tb/                  TensorBoard event files (same scalars)
-    RUN_DIR/checkpoints/step_000100/   model/ (caller's format) + trainer.pt + state.json
+    RUN_DIR/checkpoints/step_000100/   model/ (caller's format) + trainer.pt + state.json + checkpoint.json
     RUN_DIR/checkpoints/latest   name of the newest complete checkpoint
+    RUN_DIR/.lock                held by the process training in RUN_DIR (pid inside)
+
+Nothing in a run directory can run code when it is resumed: ``trainer.pt`` holds
+only tensors and plain containers and is read with ``torch.load(weights_only=True)``
+(a file holding any other pickled object is refused), ``state.json`` and
+``checkpoint.json`` are JSON. ``checkpoint.json`` records the size and sha256 of
+every other file of its checkpoint; resume verifies them and falls back to the
+newest checkpoint that verifies, with a warning naming what is damaged.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +47,12 @@ from mapo.config import knob, to_dict
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+RECORD = "checkpoint.json"  # sizes and sha256 of the checkpoint's other files
+LOCK = ".lock"
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was passed over in favour of an older one."""
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -232,7 +250,9 @@ def prepare_run_dir(run_dir: str | Path, config: Any, *, kind: str, resume: bool
     if resume:
         if not meta_path.is_file():
             raise ValueError(f"cannot resume {root}: no run.json there (not a run directory)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json_file(meta_path)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} is damaged: it must hold a JSON object")
         if meta.get("kind") != kind:
             raise ValueError(f"cannot resume {root} as a {kind} run: it holds a {meta.get('kind')!r} run")
         if meta.get("fingerprint") != fingerprint:
@@ -240,7 +260,7 @@ def prepare_run_dir(run_dir: str | Path, config: Any, *, kind: str, resume: bool
             diff = _diff_keys(old, to_dict(config), ignore=set(ignore))
             raise ValueError(f"{root} holds a different run (config differs at: {', '.join(diff) or '?'})")
         return root
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and any(p.name != LOCK for p in root.iterdir()):
         hint = "resume it with --resume" if meta_path.is_file() else "it is not a run directory"
         raise ValueError(f"run directory {root} is not empty ({hint}, or choose another --out)")
     root.mkdir(parents=True, exist_ok=True)
@@ -276,8 +296,9 @@ def save_checkpoint(
     """Write ``checkpoints/step_{step:06d}`` atomically and point ``latest`` at it.
 
     ``save_model(dir)`` writes the model (e.g. ``Policy.save``: safetensors + processor);
-    optimizer, scheduler and RNG states go to ``trainer.pt``; ``state`` (JSON-able:
-    step, data cursor, …) to ``state.json``. Everything is written into a temporary
+    optimizer, scheduler and RNG states go to ``trainer.pt`` (tensors and plain
+    containers only); ``state`` (JSON-able: step, data cursor, …) to ``state.json``;
+    the size and sha256 of each of these files to ``checkpoint.json``. Everything is written into a temporary
     directory that is renamed into place, so a crash never leaves a half checkpoint
     that resume would pick up. Older checkpoints beyond ``keep_last`` are deleted.
     """
@@ -295,6 +316,7 @@ def save_checkpoint(
         tmp / "trainer.pt",
     )
     (tmp / "state.json").write_text(json.dumps({"step": int(step), **state}, indent=2) + "\n", encoding="utf-8")
+    (tmp / RECORD).write_text(json.dumps({"files": _file_record(tmp)}, indent=2) + "\n", encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -304,30 +326,121 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint directory of ``run_dir``, or None."""
+    """The newest checkpoint of ``run_dir`` that is complete and verifies, or None.
+
+    Candidates are tried newest first (the ``latest`` pointer, then ``step_*`` by
+    step); one that fails :func:`verify_checkpoint` (a truncated ``trainer.pt`` or
+    ``model.safetensors``, a corrupt ``state.json``) is passed over with a
+    :class:`CheckpointWarning` naming the file, so resume falls back to the newest
+    sound checkpoint instead of crashing on the damaged one.
+    """
     ckpt_root = Path(run_dir) / CHECKPOINTS
+    if not ckpt_root.is_dir():
+        return None
+    candidates = sorted((p for p in ckpt_root.glob("step_*") if p.is_dir()), reverse=True)
     pointer = ckpt_root / LATEST
     if pointer.is_file():
-        path = ckpt_root / pointer.read_text(encoding="utf-8").strip()
-        if (path / "state.json").is_file():
-            return path
-    done = sorted(p for p in ckpt_root.glob("step_*") if (p / "state.json").is_file()) if ckpt_root.is_dir() else []
-    return done[-1] if done else None
+        named = ckpt_root / pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    for ckpt in candidates:
+        if not (ckpt / "state.json").is_file():
+            continue  # never finished (the rename makes this rare); not worth a warning
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        warnings.warn(f"skipping damaged checkpoint {ckpt}: {problem}; trying an older one", CheckpointWarning, stacklevel=2)
+    return None
+
+
+def verify_checkpoint(ckpt: str | Path) -> str | None:
+    """Why checkpoint ``ckpt`` cannot be resumed from, or None when it verifies.
+
+    Checks ``state.json`` parses, and every file in ``checkpoint.json`` has its
+    recorded size and sha256 (checkpoints written before the record existed are
+    checked for ``state.json`` only).
+    """
+    ckpt = Path(ckpt)
+    try:
+        read_json_file(ckpt / "state.json")
+    except ValueError as e:
+        return str(e)
+    record_path = ckpt / RECORD
+    if not record_path.is_file():
+        return None  # written before checkpoints carried a record: a damaged file is named when it is loaded
+    try:
+        files = read_json_file(record_path)["files"]
+        expected = {str(name): (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{record_path} is damaged ({e})"
+    for name, (size, digest) in sorted(expected.items()):
+        path = ckpt / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {size} recorded (truncated or altered)"
+        if _sha256(path) != digest:
+            return f"{path} does not match its recorded sha256 (altered or corrupted)"
+    return None
+
+
+def _file_record(root: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {size, sha256}}`` of every file under ``root``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_file(path: str | Path) -> Any:
+    """The JSON in ``path``; ``ValueError`` naming the file when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is damaged: not readable JSON ({e})") from None
 
 
 def load_trainer_state(ckpt: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """Restore optimizer, scheduler and RNG from ``ckpt``; return its ``state.json``.
 
-    The model is the caller's business (it was written by ``save_model``), so that
-    the caller can rebuild it, e.g. with ``load_policy(ckpt / "model")``.
+    ``trainer.pt`` is read with ``weights_only=True``: a file holding any pickled
+    object other than tensors and plain containers (which could run code on load)
+    is refused with ``ValueError``, as is a truncated one. The model is the caller's
+    business (it was written by ``save_model``), so that the caller can rebuild it,
+    e.g. with ``load_policy(ckpt / "model")``.
     """
     ckpt = Path(ckpt)
-    # weights_only=False: the file holds Python RNG state tuples; it is our own file, never user input.
-    blob = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+    path = ckpt / "trainer.pt"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain containers, "
+            f"which could run code when loaded ({first}). A run directory from someone else is not safe "
+            "to resume unless it was written by mapo."
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is damaged (truncated or not a trainer state): {e}") from None
+    if not isinstance(blob, dict) or not {"optimizer", "scheduler", "rng"} <= set(blob):
+        raise ValueError(f"{path} is not a trainer state (expected optimizer, scheduler and rng entries)")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     restore_rng_state(blob["rng"])
-    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    state = read_json_file(ckpt / "state.json")
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{ckpt / 'state.json'} is damaged: it must be a JSON object with a step")
+    return state
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
@@ -342,3 +455,105 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- run-directory lock
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, held while one process trains in it.
+
+    ``RUN_DIR/.lock`` is locked with ``flock`` and holds the owner's pid. A second
+    ``mapo train``/``mapo sft`` on the same directory is refused (``ValueError``
+    naming the pid) instead of running alongside and duplicating metrics lines.
+    The kernel drops an ``flock`` when its process dies, so a lock file left by a
+    killed run (kill -9, power loss) is stale and is taken over. Where ``flock`` is
+    not supported (some network filesystems) the pid is checked instead: a lock
+    whose pid is not running on this host is stale.
+
+    Use as a context manager; the file is removed on release.
+    """
+
+    def __init__(self, run_dir: str | Path, *, created: bool = False):
+        self.path = Path(run_dir) / LOCK
+        self.created = created  # the directory was made for this lock: removed on release if still empty
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(self._busy_message(self._owner())) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            owner = self._owner()
+            if owner and owner.get("host") == os.uname().nodename and _pid_alive(owner.get("pid")):
+                os.close(fd)
+                raise ValueError(self._busy_message(owner)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+        if self.created and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a run that stopped at its start checks leaves no empty directory behind
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def _busy_message(self, owner: dict[str, Any] | None) -> str:
+        who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
+        return (
+            f"run directory {self.path.parent} is in use by {who} (lock {self.path}); wait for it to finish, "
+            "or stop it, before resuming"
+        )
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def lock_run_dir(run_dir: str | Path, *, create: bool) -> RunDirLock | None:
+    """Lock ``run_dir`` (creating it when ``create``); None when it does not exist and ``create`` is False.
+
+    Resume passes ``create=False`` so a mistyped ``--resume`` path is reported by the
+    resume checks rather than created here.
+    """
+    run_dir = Path(run_dir)
+    created = False
+    if create:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        return None
+    return RunDirLock(run_dir, created=created).acquire()

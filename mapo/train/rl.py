@@ -34,6 +34,11 @@ Choices and departures (the MAPO paper gives none of these):
   the rollout parameters, before the update, on the policy-gradient term only.
 - The KL reference is the starting policy (``policy``), loaded only when
   ``loss.kl_coef > 0``.
+- A training or held-out sample that cannot be played (an image that does not
+  decode, more than 26 options) is skipped and replaced by the next playable one
+  (:mod:`mapo.train.rl_data`), reported on stderr and in
+  ``RUN_DIR/skipped_rows.jsonl``; images that can be padded or upscaled into the
+  policy's pixel range are (:mod:`mapo.data.prepare`).
 
 Data parallel (``torchrun --nproc-per-node W -m mapo train``,
 :mod:`mapo.train.distributed`): each rank rolls out ``prompts_per_step / W``
@@ -51,8 +56,10 @@ computed over the whole batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -68,6 +75,7 @@ import torch.distributed
 from mapo import semantic
 from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.config import knob, to_dict
+from mapo.data.prepare import pixel_range, prepare_sample
 from mapo.loss import LossConfig, policy_loss
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
@@ -84,6 +92,7 @@ from mapo.train.common import (
     clip_gradients,
     latest_checkpoint,
     load_trainer_state,
+    lock_run_dir,
     prepare_run_dir,
     save_checkpoint,
     seed_everything,
@@ -203,6 +212,7 @@ class Run:
     skipped_updates: int = 0
     last_eval: dict = dataclasses.field(default_factory=dict)
     dist: dp.DistInfo = dataclasses.field(default_factory=dp.DistInfo)  # this rank (single process: rank 0 of 1)
+    reported: set = dataclasses.field(default_factory=set)  # ids of skipped samples already reported
 
 
 def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
@@ -305,6 +315,9 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         from mapo.data.oracle import tool_config_for_sample
 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for_sample(first))
+    # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
+    data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
+    data.prepare_heldout()
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
@@ -314,7 +327,36 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         state = load_trainer_state(ckpt, optimizer, scheduler)
         run.step, run.skipped_updates = int(state["step"]), int(state.get("skipped_updates", 0))
         logger.truncate_after(run.step)
+    run.reported = set(_skipped_ids(run_dir / SKIPPED_FILE))
     return run
+
+
+SKIPPED_FILE = "skipped_rows.jsonl"  # one {"file", "row", "id", "reason"} per training sample that cannot be played
+
+
+def _skipped_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    ids = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ids.append(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash: that row is reported again, which is harmless
+    return ids
+
+
+def report_skipped(run: Run) -> None:
+    """Say on stderr which samples were newly skipped; rank 0 appends them to ``RUN_DIR/skipped_rows.jsonl``."""
+    new = [row for sample_id, row in run.data.skipped.items() if sample_id not in run.reported]
+    if not new:
+        return
+    for row in new:
+        run.reported.add(row["id"])
+        print(f"mapo train: skipped {row['file']} [row {row['row']}]: {row['reason']}", file=sys.stderr)
+    if run.dist.is_main:
+        with (run.run_dir / SKIPPED_FILE).open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in new)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -638,9 +680,13 @@ def train(
     started = time.perf_counter()
     info = dp.dist_info_from_env()
     owns_group = info.distributed and not torch.distributed.is_initialized()  # leave a caller's group alone
+    # Rank 0 alone writes, so it alone holds the run-directory lock (a second run on it is refused).
+    lock = lock_run_dir(run_dir, create=not resume) if info.is_main else None
     try:
         return _train(config, run_dir, resume, progress, forced_turns, info, started)
     finally:
+        if lock is not None:
+            lock.release()
         if owns_group:
             dp.cleanup(info)
 
@@ -658,8 +704,10 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
     try:
         with StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
                           mode=progress if main else "off") as bar:
+            report_skipped(run)  # held-out samples that cannot be played
             while run.step < cfg.steps:
                 last = rl_step(run, forced_turns)
+                report_skipped(run)
                 run.step += 1
                 if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                     run.logger.log(run.step, last)
@@ -681,7 +729,8 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
         run.logger.close()
     summary = {
         "run_dir": str(run.run_dir), "steps": run.step, "skipped_updates": run.skipped_updates,
-        "train": last, "eval": run.last_eval, "wall_s": round(time.perf_counter() - started, 2),
+        "train": last, "eval": run.last_eval, "skipped_rows": len(run.reported),
+        "wall_s": round(time.perf_counter() - started, 2),
     }
     if main:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

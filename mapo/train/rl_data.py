@@ -3,11 +3,19 @@
 ``Data.prompts(cursor, count)`` is a pure function of the cursor (a fresh synthetic sample per
 index, or a seeded permutation per epoch of a fixed list), which is what makes a resumed run
 and a data-parallel run draw the same prompts as an uninterrupted single-process one.
+
+Samples of a fixed list are made playable just before their rollout
+(:func:`mapo.data.prepare.prepare_sample`: full decode, padding or upscaling into the
+policy's pixel range). A sample that cannot be played is skipped, recorded in
+``Data.skipped`` (file, row, reason) and replaced by the next playable one of the list;
+whether a sample plays depends only on the sample, so the stream stays a pure function
+of the cursor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +57,9 @@ class Data:
     heldout: list
     synth_config: Any  # mapo.data.synth.SynthConfig of the synthetic task (None with a source)
     seed: int
+    origins: dict = field(default_factory=dict)  # sample id -> (file, row) of a loaded source
+    prepare: Callable[[Any], Any] | None = None  # sample -> playable sample, ValueError when it cannot be played
+    skipped: dict = field(default_factory=dict)  # sample id -> {"file", "row", "id", "reason"}
 
     def prompts(self, cursor: int, count: int) -> list:
         """Samples ``cursor .. cursor + count - 1`` of the training stream (a pure function of the cursor)."""
@@ -56,7 +67,38 @@ class Data:
 
         if self.train is None:
             return [synth.generate_one(self.synth_config, self.seed, i) for i in range(cursor, cursor + count)]
-        return [self.train[shuffled_index(c, len(self.train), self.seed)] for c in range(cursor, cursor + count)]
+        return [self._playable(shuffled_index(c, len(self.train), self.seed)) for c in range(cursor, cursor + count)]
+
+    def _playable(self, index: int) -> Any:
+        """Sample ``index`` prepared, or the next one of the list that can be played."""
+        n = len(self.train)
+        for k in range(n):
+            sample = self.train[(index + k) % n]
+            if sample.id in self.skipped:
+                continue
+            if self.prepare is None:
+                return sample
+            try:
+                return self.prepare(sample)
+            except ValueError as e:
+                self.skip(sample, str(e))
+        raise ValueError(f"none of the {n} training samples can be played; skipped rows: {list(self.skipped.values())[:3]}")
+
+    def skip(self, sample: Any, reason: str) -> None:
+        file, row = self.origins.get(sample.id, ("", sample.id))
+        self.skipped[sample.id] = {"file": file, "row": row, "id": sample.id, "reason": reason}
+
+    def prepare_heldout(self) -> None:
+        """Prepare the held-out samples now (there are few), skipping those that cannot be played."""
+        if self.prepare is None:
+            return
+        kept = []
+        for sample in self.heldout:
+            try:
+                kept.append(self.prepare(sample))
+            except ValueError as e:
+                self.skip(sample, str(e))
+        self.heldout = kept
 
 
 def shuffled_index(cursor: int, n: int, seed: int) -> int:
@@ -75,7 +117,7 @@ def load_data(cfg: RLDataConfig) -> Data:
         heldout = [] if cfg.eval_source else synth.generate(cfg.n_eval, cfg.eval_seed, level)
         data = Data(train, heldout, level, cfg.seed)
     else:
-        samples = _usable(cfg.source)
+        samples, origins = _usable(cfg.source)
         heldout = []
         if cfg.eval_source is None and cfg.n_eval:
             if len(samples) <= cfg.n_eval:
@@ -84,14 +126,16 @@ def load_data(cfg: RLDataConfig) -> Data:
                     "set data.eval_source, lower data.n_eval, or set it to 0"
                 )
             samples, heldout = samples[: -cfg.n_eval], samples[-cfg.n_eval :]
-        data = Data(samples[: cfg.n] if cfg.n else samples, heldout, None, cfg.seed)
+        data = Data(samples[: cfg.n] if cfg.n else samples, heldout, None, cfg.seed, origins=origins)
     if cfg.eval_source is not None:
-        data.heldout = _usable(cfg.eval_source)[: cfg.n_eval]
+        heldout, origins = _usable(cfg.eval_source)
+        data.heldout = heldout[: cfg.n_eval]
+        data.origins = {**origins, **data.origins}
     return data
 
 
-def _usable(source: str) -> list:
-    """Samples of ``source`` that have an answer to reward; ValueError when there are none."""
+def _usable(source: str) -> tuple[list, dict]:
+    """Samples of ``source`` that have an answer to reward, and their (file, row); ValueError when there are none."""
     from mapo.data import load_samples
 
     loaded = load_samples(source)
@@ -99,4 +143,4 @@ def _usable(source: str) -> list:
     if not usable:
         report = loaded.report.summary() if hasattr(loaded, "report") else ""
         raise ValueError(f"data source {source} yields no usable samples (each needs a question and an answer)\n{report}")
-    return usable
+    return usable, dict(loaded.report.origins)

@@ -51,6 +51,7 @@ from mapo.train.common import (
     clip_gradients,
     latest_checkpoint,
     load_trainer_state,
+    lock_run_dir,
     prepare_run_dir,
     save_checkpoint,
     seed_everything,
@@ -518,6 +519,8 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
     prepare_run_dir(run_dir, cfg, kind="sft", resume=resume, ignore=RESUMABLE_KEYS)
     seed_everything(cfg.seed)
     ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
     policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype) if ckpt else build_policy(cfg.policy, synth.tool_config_for(synth_config(cfg.data)))
     policy.model.train()
     policy.protocol = cfg.protocol  # recorded with every save (mapo_protocol.json): RL and eval prompt alike
@@ -575,6 +578,15 @@ def run_sft(
     """
     progress = cfg.progress if progress is None else progress
     run_dir = Path(run_dir)
+    lock = lock_run_dir(run_dir, create=not resume)  # a second process on this directory is refused
+    try:
+        return _run_sft(cfg, run_dir, resume, stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sft(cfg: SFTConfig, run_dir: Path, resume: bool, stop_after: int | None) -> dict[str, float]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     st = _setup(cfg, run_dir, resume)
