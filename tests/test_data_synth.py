@@ -6,6 +6,7 @@ from PIL import Image, ImageDraw
 
 from mapo import tools
 from mapo.data import Box
+from mapo.data.sample import correct_first, shuffle_options
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.synth import (
     COLORS,
@@ -144,11 +145,16 @@ def test_ink_questions_ask_the_letters_colour():
 def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     from mapo.data import synth
 
+    orders = set()
     for s in generate(12, 4, "pattern_distractors"):
         target = s.target_boxes[0]
         assert s.question == f"What pattern is on the {target.label}?"
-        assert s.options == list(synth.PATTERNS) and s.meta["family"] == "pattern"
+        assert sorted(s.options) == sorted(synth.PATTERNS) and s.meta["family"] == "pattern"
+        # The options are shuffled per sample by the V* reader's seeded shuffle (one order in every format).
+        assert shuffle_options(correct_first(s.options, s.answer, key=s.id), key=s.id) == (s.options, s.answer)
         assert target.caption.endswith(f" and {s.answer_text}")
+        orders.add(tuple(s.options))
+    assert len(orders) > 1
     # The same object under each pattern: equal mean colour, and a 4x smaller view that differs by at
     # most two grey levels (rounding), while the full-resolution pixels differ a lot.
     font = synth.glyph_font(11)

@@ -580,13 +580,15 @@ def run_sft(
     run_dir = Path(run_dir)
     lock = lock_run_dir(run_dir, create=not resume)  # a second process on this directory is refused
     try:
-        return _run_sft(cfg, run_dir, resume, stop_after)
+        return _run_sft(cfg, run_dir, resume, stop_after, progress)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_sft(cfg: SFTConfig, run_dir: Path, resume: bool, stop_after: int | None) -> dict[str, float]:
+def _run_sft(
+    cfg: SFTConfig, run_dir: Path, resume: bool, stop_after: int | None, progress: bool | str
+) -> dict[str, float]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     st = _setup(cfg, run_dir, resume)
