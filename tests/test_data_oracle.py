@@ -76,3 +76,17 @@ def test_oracle_rejects_samples_without_targets():
     s = Sample(id="x", image=b"", question="q")
     with pytest.raises(ValueError, match="target boxes"):
         oracle_trajectory(s, rng_or_seed=0)
+
+
+def test_option_scan_goes_through_the_options_up_to_the_answer():
+    from mapo.data.oracle import option_scan_text
+
+    assert option_scan_text(["bands", "no pattern", "checks"], "B") == "(A) bands: no. (B) no pattern: yes."
+    assert option_scan_text(["bands", "checks"], "A") == "(A) bands: yes."
+    sample = generate(1, 5, "pattern")[0]
+    traj = oracle_trajectory(sample, rng_or_seed=0, option_scan=True)
+    _check_well_formed(sample, traj)
+    final = protocol.parse_turn(traj.assistant_texts[-1])
+    assert final.think.endswith(option_scan_text(sample.options, sample.answer))
+    plain = oracle_trajectory(sample, rng_or_seed=0)
+    assert "yes." not in plain.assistant_texts[-1]

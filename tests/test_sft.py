@@ -335,3 +335,28 @@ def test_glyph_hint_states_the_glyph_in_the_prompt_only_for_that_fraction(policy
     assert hinted.text.replace(f"\nHint: the letter is {glyph}.", "") == plain.text  # nothing else changes
     with pytest.raises(ValueError, match="glyph_hint"):
         dataclasses.replace(cfg.data, glyph_hint=1.5)
+
+
+def test_option_scan_marks_every_option_and_verdict(policy):
+    """With option_scan the word mask also covers each option's text and the yes/no verdicts."""
+    import dataclasses
+
+    from mapo.train.sft import answer_word_mask
+
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern", option_scan=True))
+    batch = training_transcripts(0, 2, policy.processor, cfg)
+    _, labels = collate(batch, policy, 4096)
+    plain = answer_word_mask(batch, labels, policy.tokenizer)
+    scan = answer_word_mask(batch, labels, policy.tokenizer, option_scan=True)
+    assert bool((scan | plain).eq(scan).all()) and int(scan.sum()) > int(plain.sum())
+    tok = policy.tokenizer
+    for b, transcript in enumerate(batch):
+        s = transcript.sample
+        lines = ord(s.answer) - ord("A") + 1  # the scan stops at the answer's line
+        spelled = [tok(" " + o, add_special_tokens=False)["input_ids"] for o in s.options[:lines]]
+        verdicts = [tok(" " + v, add_special_tokens=False)["input_ids"] for v in ("no",) * (lines - 1) + ("yes",)]
+        # answer word in the description and the thought's first sentence, then each scanned option and verdict
+        expected = 2 * len(tok(" " + s.answer_text, add_special_tokens=False)["input_ids"])
+        expected += sum(map(len, spelled)) + sum(map(len, verdicts))
+        assert int(scan[b].sum()) == expected

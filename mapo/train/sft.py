@@ -301,21 +301,30 @@ def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dic
 # ----------------------------------------------------------------------------- loss
 
 
-def answer_word_mask(transcripts: list[Transcript], labels: torch.Tensor, tokenizer) -> torch.Tensor:
+def answer_word_mask(
+    transcripts: list[Transcript], labels: torch.Tensor, tokenizer, *, option_scan: bool = False
+) -> torch.Tensor:
     """(B, T) bool: the labelled tokens that spell each transcript's answer word (" cyan", " checks").
 
     Every labelled occurrence counts: on ink and pattern levels that is the description (read off
     the crop) and the final thought (its copy). Matched as whole token runs, so a word's tokens
-    elsewhere ("a" in "a red square") are not marked.
+    elsewhere ("a" in "a red square") are not marked. With ``option_scan`` (transcripts whose
+    final thought goes through the options, ``(A) bands: no. (B) checks: yes.``) every option's
+    text and the " yes" / " no" verdicts are marked too: copying each option and deciding whether
+    it is the answer are the steps that find the letter.
     """
     mask = torch.zeros_like(labels, dtype=torch.bool)
     for b, transcript in enumerate(transcripts):
         answer = getattr(transcript.sample, "answer_text", None)
         if not answer:
             continue
-        word = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        for k in token_runs(labels[b].tolist(), word):
-            mask[b, k : k + len(word)] = True
+        words = [answer]
+        if option_scan:
+            words += [o for o in transcript.sample.options if o != answer] + ["yes", "no"]
+        for text in words:
+            word = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            for k in token_runs(labels[b].tolist(), word):
+                mask[b, k : k + len(word)] = True
     return mask
 
 
@@ -420,7 +429,7 @@ def teacher_forced_eval(policy, cfg: SFTConfig, transcripts: list[Transcript]) -
     for i in range(0, len(transcripts), cfg.batch_size):
         chunk = transcripts[i : i + cfg.batch_size]
         inputs, labels = collate(chunk, policy, cfg.data.max_length)
-        loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=answer_word_mask(chunk, labels, policy.tokenizer))
+        loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=answer_word_mask(chunk, labels, policy.tokenizer, option_scan=cfg.data.option_scan))
         n = stats["tokens"]
         totals["loss"] += float(loss) * n
         totals["token_acc"] += stats["token_acc"] * n
@@ -543,7 +552,7 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
-    words = answer_word_mask(batch, labels, st.policy.tokenizer)
+    words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.option_scan)
     loss, stats = masked_lm_loss(
         st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight,
         word_mask=words, word_weight=cfg.word_loss_weight,
