@@ -38,6 +38,12 @@ VARIANTS: dict[str, list[str]] = {
     "g8_lr3e4_kl": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=3e-4", "loss.kl_coef=0.05"],
     "g8_lr1e3_kl": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=1e-3", "loss.kl_coef=0.05"],
     "g16_lr3e4": [*_GRPO, "steps=40", "rollout.group_size=16", "prompts_per_step=2", "optim.lr=3e-4"],
+    "t07_g8_lr1e4": [*_GRPO, "steps=60", "rollout.group_size=8", "rollout.temperature=0.7"],
+    "t07_g8_lr2e4_kl": [*_GRPO, "steps=60", "rollout.group_size=8", "rollout.temperature=0.7", "optim.lr=2e-4",
+                        "loss.kl_coef=0.05"],
+    "g8p8_lr1e4_kl": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "loss.kl_coef=0.05"],
+    "g8p8_lr5e5": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "optim.lr=5e-5"],
+    "g8p8_t07": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "rollout.temperature=0.7"],
 }
 DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entropy", "clip_frac", "kl")
 
