@@ -32,7 +32,9 @@ formula is not public. ``mapo`` below is *our* definition (DESIGN notes section 
   (segment 0 caused observation 1; segment ``j >= 1`` describes observation ``j``
   and causes ``j + 1``), as a lambda-discounted *weighted mean* over the present
   ones, 0 if none;
-- ``beta = 0.4`` and ``lam = 0.95`` come from secondary sources and are unverified.
+- ``beta = 0.4`` and ``lam = 0.95`` come from secondary sources and are unverified;
+- ``baseline: batch`` (ours, off by default) normalises over the whole step instead of
+  each prompt's group, for every estimator (:func:`baseline_groups`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from mapo.config import knob
 Estimator = Callable[..., torch.Tensor]
 
 _ESTIMATORS: dict[str, Estimator] = {}
+BASELINES = ("group", "batch")
 
 
 def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
@@ -80,6 +83,10 @@ class AdvantageConfig:
     lam: float = knob(0.95, "discount over later observations in a segment's semantic credit, in [0, 1]")
     eps: float = knob(1e-6, "added to the group std before dividing (as verl's GRPO)")
     norm_by_std: bool = knob(True, "divide by the group std (GRPO); false: only subtract the mean (Dr. GRPO)")
+    baseline: str = knob(
+        "group", "whose rewards R_i is compared with: 'group' (its prompt's G samples, GRPO) or 'batch' (every "
+        "trajectory of the step on this rank, a REINFORCE baseline: credits what differs between prompts)"
+    )
     no_obs_semantic: float | None = knob(
         None,
         "reward_mix: semantic value of a trajectory with no scored observation; "
@@ -100,6 +107,8 @@ class AdvantageConfig:
             raise ValueError(f"lam must be in [0, 1] (a discount), got {self.lam}")
         if not self.eps > 0.0:
             raise ValueError(f"eps must be > 0 (it guards a division by the std), got {self.eps}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +178,17 @@ def _require_beta_at_most_one(config: AdvantageConfig, name: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
+
+
+def baseline_groups(group: torch.Tensor, config: AdvantageConfig) -> torch.Tensor:
+    """(B,) the ids whose members are normalised together: ``group`` itself, or one id for all (``baseline: batch``).
+
+    A group whose G samples agree on an action (every sample zooms on the same cell) gives that
+    action no advantage under GRPO however good or bad it was; a batch baseline compares prompts
+    with each other, so a zoom that found the object on one prompt is credited against a miss on
+    another. The semantic statistics of ``mapo`` are pooled the same way.
+    """
+    return torch.zeros_like(group) if config.baseline == "batch" else group
 
 
 def _group_index(group: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -289,6 +309,7 @@ def grpo(
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) or None -> (B, T).
     """
     _check_inputs(outcome, group, segment_ids, semantic)
+    group = baseline_groups(group, config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids)
 
@@ -310,6 +331,7 @@ def mapo(
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
     _check_inputs(outcome, group, segment_ids, semantic)
+    group = baseline_groups(group, config)
     credit = _credit(outcome, group, segment_ids, _require_semantic(semantic, "mapo"), config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids) + config.beta * credit
@@ -331,6 +353,7 @@ def mapo_gated(
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
     _check_inputs(outcome, group, segment_ids, semantic)
+    group = baseline_groups(group, config)
     _require_beta_at_most_one(config, "mapo_gated")
     credit = _credit(outcome, group, segment_ids, _require_semantic(semantic, "mapo_gated"), config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
@@ -355,6 +378,7 @@ def reward_mix(
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
     _check_inputs(outcome, group, segment_ids, semantic)
+    group = baseline_groups(group, config)
     _require_beta_at_most_one(config, "reward_mix")
     mean_s = trajectory_semantic_mean(_require_semantic(semantic, "reward_mix"), group, config.no_obs_semantic)
     mixed = (1.0 - config.beta) * outcome + config.beta * mean_s.to(outcome.dtype)

@@ -358,3 +358,20 @@ def test_bad_shapes_and_types_raise_clear_errors():
             get_estimator(name)(outcome, group, seg, None, config=cfg(name))
     with pytest.raises(ValueError, match="mapo_gated needs config.beta <= 1"):
         get_estimator("mapo_gated")(outcome, group, seg, sem, config=cfg("mapo", beta=2.0))
+
+
+def test_batch_baseline_credits_what_differs_between_prompts():
+    """Two groups that each agree (R = 1, 1 and 0, 0): GRPO gives 0 everywhere; a batch baseline
+    gives (R - 0.5) / (std + eps) with the unbiased std of (1, 1, 0, 0) = sqrt(1/3) -> ±0.8660."""
+    from mapo.advantage import AdvantageConfig, get_estimator
+
+    outcome, group = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1])
+    segment_ids = torch.tensor([[-1, 0, 0]] * 4)
+    flat = get_estimator("grpo")(outcome, group, segment_ids, config=AdvantageConfig(estimator="grpo"))
+    assert torch.equal(flat, torch.zeros(4, 3))
+    batch = get_estimator("grpo")(outcome, group, segment_ids, config=AdvantageConfig(estimator="grpo", baseline="batch"))
+    a = 0.5 / (3**-0.5 + 1e-6)
+    torch.testing.assert_close(batch[:, 1], torch.tensor([a, a, -a, -a]))
+    assert torch.equal(batch[:, 0], torch.zeros(4))
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        AdvantageConfig(baseline="prompt")
