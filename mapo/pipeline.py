@@ -8,9 +8,12 @@ SFT warm start) are cached under ``cache_dir/<stage>-<hash>``, where ``hash`` is
 sha256 of the stage's config (keys that change speed only, such as thread counts,
 left out) and :data:`STAGE_VERSION`. A stage is built in a temporary directory and
 renamed into place, so an interrupted build never leaves a directory that looks
-finished. The RL run and the evaluations live in the run directory; run again on
-the same directory they resume (a finished RL run and finished evaluations are
-read back, not recomputed).
+finished. The verifier and the warm start are first looked for among the checkpoints
+shipped in the package (``verifier_source`` / ``warmstart.source``: ``default``); the
+shipped verifier is used only when its recorded training config is ``cfg.verifier``.
+The RL run and the evaluations live in the run directory; run again on the same
+directory they resume (a finished RL run and finished evaluations are read back,
+not recomputed).
 
 Choices that are ours, not the paper's: the demo's budgets (steps, group size,
 held-out size) are sized for two CPU cores, not for a result; the "before" policy
@@ -105,6 +108,11 @@ class PipelineConfig:
     cache_dir: str = knob("runs/cache", "where cached stages live: <cache_dir>/<stage>-<hash of its config>")
     threads: int = knob(1, "torch CPU threads (on 2 shared cores one thread is fastest)")
     data: HeldoutConfig = knob(factory=HeldoutConfig, help="held-out evaluation set")
+    verifier_source: str = knob(
+        "default", "'default': the shipped verifier (mapo/assets/verifier) when the training config in its manifest "
+        "equals `verifier` below (speed-only keys aside), else trained with `verifier` (cached), saying why; "
+        "'train': always trained with `verifier` (cached); or a local CLIP/SigLIP directory"
+    )
     verifier: VerifierTrainConfig = knob(factory=VerifierTrainConfig, help="the tiny CLIP verifier (`mapo verifier train`)")
     warmstart: WarmStartConfig = knob(factory=WarmStartConfig, help="the policy RL starts from")
     rl: dict = knob(
@@ -114,6 +122,8 @@ class PipelineConfig:
     eval_batch_size: int = knob(16, "held-out episodes generated together")
 
     def __post_init__(self) -> None:
+        if not self.verifier_source:
+            raise ValueError("verifier_source must be 'default', 'train' or a verifier directory, got an empty string")
         if self.threads < 0 or self.eval_batch_size < 1:
             raise ValueError(f"threads must be >= 0 and eval_batch_size >= 1, got {self.threads}, {self.eval_batch_size}")
         taken = sorted(k for k in ("policy", "verifier") if k in self.rl)
@@ -221,7 +231,29 @@ def heldout_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tu
 def verifier_stage(
     cfg: PipelineConfig, log: Callable[[str], None] = print, progress: bool | str = False
 ) -> tuple[Path, bool]:
-    """The tiny CLIP verifier trained by :func:`mapo.verifier.train.train_tiny_clip`; returns (directory, reused)."""
+    """The verifier's directory and whether it was reused (cached, shipped or given: nothing trained).
+
+    Which one is ``cfg.verifier_source``'s choice: the shipped verifier, a given directory,
+    or the tiny CLIP trained by :func:`mapo.verifier.train.train_tiny_clip` (cached).
+
+    Raises:
+        ValueError: a given directory is not a CLIP/SigLIP model; the shipped verifier
+            does not match its manifest (:class:`mapo.verifier.default.DefaultVerifierError`).
+    """
+    source = cfg.verifier_source
+    if source not in ("default", "train"):
+        from mapo.verifier import check_model_dir
+
+        try:
+            path = check_model_dir(source)
+        except ValueError as e:
+            raise ValueError(f"verifier_source {source!r} is not a verifier directory: {e}") from None
+        log(f"verifier: {path}")
+        return path, True
+    if source == "default":
+        shipped = _shipped_verifier(cfg.verifier, log)
+        if shipped is not None:
+            return shipped, True
 
     def build(tmp: Path) -> None:
         from mapo.verifier.train import train_tiny_clip
@@ -232,6 +264,43 @@ def verifier_stage(
     if cfg.verifier.data is not None:  # trained on files: the task's defaults do not matter
         key.pop("task")
     return cached_stage("verifier", key, build, cfg.cache_dir, log)
+
+
+def _shipped_verifier(config: VerifierTrainConfig, log: Callable[[str], None]) -> Path | None:
+    """The shipped verifier's directory after its manifest check, or None (logging why) when ``config`` trains another."""
+    from mapo.verifier import default
+
+    if not (default.DEFAULT_DIR / default.MANIFEST).is_file():
+        log(f"no shipped verifier at {default.DEFAULT_DIR}: training the verifier instead")
+        return None
+    manifest = default.verify(default.DEFAULT_DIR)  # an altered checkpoint is an error, not a silent fallback
+    reason = _verifier_mismatch(config, manifest)
+    if reason:
+        log(f"not using the shipped verifier ({reason}): training the verifier instead; "
+            f"the shipped one is {manifest.get('config_file', 'its manifest')}'s recipe")
+        return None
+    top1 = (manifest.get("metrics") or {}).get("retrieval_top1")
+    log(f"verifier: the shipped verifier {default.DEFAULT_DIR}" + (f" (held-out retrieval top-1 {top1:.3f})" if top1 else ""))
+    return default.DEFAULT_DIR
+
+
+def _verifier_mismatch(config: VerifierTrainConfig, manifest: dict[str, Any]) -> str | None:
+    """Why the shipped verifier is not what ``config`` would train (None: it is).
+
+    Compares what the cache key of a trained verifier covers: the training config without
+    speed-only keys, and the synthetic task's resolved config (a changed task level means
+    other crops and captions).
+    """
+    from mapo.verifier import default
+
+    ours = _drop_keys(to_dict(config), SPEED_ONLY_KEYS)
+    theirs = _drop_keys(to_dict(default.training_config(manifest)), SPEED_ONLY_KEYS)
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        return "; ".join(f"verifier.{k} is {ours[k]!r}, shipped {theirs[k]!r}" for k in differ)
+    if default.task_of(config) != manifest.get("task"):
+        return f"the {config.synth_level!r} task differs from the one it was trained on (the task's code changed)"
+    return None
 
 
 def warmstart_stage(
@@ -429,6 +498,17 @@ def _cache_how(result: tuple) -> str:
     return "reused from cache" if result[-1] else "ran"
 
 
+def _verifier_how(cfg: PipelineConfig) -> Callable[[tuple], str]:
+    def how(result: tuple) -> str:
+        from mapo.verifier import default
+
+        if cfg.verifier_source not in ("default", "train"):
+            return "given checkpoint"
+        return "shipped checkpoint" if result[0] == default.DEFAULT_DIR else _cache_how(result)
+
+    return how
+
+
 def _warmstart_how(result: tuple) -> str:
     return {"default": "shipped checkpoint", "path": "given checkpoint"}.get(result[1]) or _cache_how(result)
 
@@ -474,7 +554,7 @@ def run_pipeline(
         torch.set_num_threads(cfg.threads)
     clock = _Clock(log)
     heldout, _ = clock.run("data", lambda: heldout_stage(cfg, log), _cache_how)
-    verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log, progress), _cache_how)
+    verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log, progress), _verifier_how(cfg))
     policy, policy_source, _ = clock.run("warm start", lambda: warmstart_stage(cfg, log, progress), _warmstart_how)
     rl_cfg = rl_config(cfg, policy=str(policy), verifier=str(verifier), heldout=str(heldout))
     rl_dir = out / "rl"

@@ -10,8 +10,10 @@ when neither has it rather than build a different task from the built-in default
 
 Stages: held-out data -> tiny CLIP verifier -> warm-start policy -> MAPO RL -> greedy
 held-out evaluation of the warm start and of the RL policy -> HTML report ->
-``summary.md`` / ``summary.json`` (before-vs-after table). Data, verifier and SFT warm
-start are cached under ``cache_dir`` keyed by their config; a second run reuses them.
+``summary.md`` / ``summary.json`` (before-vs-after table). The verifier and the warm start
+are the shipped checkpoints where the config asks for them (``verifier_source``,
+``warmstart.source``); data, a trained verifier and an SFT warm start are cached under
+``cache_dir`` keyed by their config; a second run reuses them.
 """
 
 from __future__ import annotations

@@ -20,14 +20,15 @@ answers from it (100% of 200), and without the tool it is at chance. Among distr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from mapo import shipped
+from mapo.shipped import MANIFEST, ShippedCheckpointError, sha256_of  # noqa: F401 (sha256_of: part of this module's API)
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
-MANIFEST = "manifest.json"
 CONFIG_PATH = "configs/warmstart.yaml"
 # The recipe is four SFT runs, each starting from the previous one's final/ (docs/warmstart.md):
 # localise (letters), read (closeup), both on the pattern level, then with shuffled options (the shipped run).
@@ -54,72 +55,21 @@ SHIPPED_FILES = (
 )
 
 
-class DefaultPolicyError(ValueError):
+class DefaultPolicyError(ShippedCheckpointError):
     """The shipped default policy is missing, incomplete or does not match its manifest."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
     """Check every file named in ``path/manifest.json`` against its sha256; return the manifest.
 
     The manifest must cover the directory exactly: every shipped file listed, and no
-    file present that it does not list.
+    file present that it does not list (:func:`mapo.shipped.verify`).
 
     Raises:
         DefaultPolicyError: no manifest, a file missing, unlisted or not listed, or a hash mismatch; the message
             names the file and the command that rebuilds the checkpoint.
     """
-    root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise DefaultPolicyError(f"no default policy at {root} ({MANIFEST} missing); rebuild it with: {REBUILD_COMMAND}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = dict(manifest["files"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DefaultPolicyError(f"{manifest_path} is not a valid manifest ({e}); rebuild with: {REBUILD_COMMAND}") from None
-    _check_coverage(root, files)
-    missing = sorted(name for name in files if not (root / name).is_file())
-    if missing:
-        raise DefaultPolicyError(
-            f"default policy at {root} is missing {', '.join(missing)}; rebuild it with: {REBUILD_COMMAND}"
-        )
-    changed = sorted(name for name, digest in files.items() if sha256_of(root / name) != digest)
-    if changed:
-        raise DefaultPolicyError(
-            f"default policy at {root}: {', '.join(changed)} does not match the sha256 in {MANIFEST} "
-            f"(altered or corrupted); rebuild it with: {REBUILD_COMMAND}"
-        )
-    return manifest
-
-
-def _check_coverage(root: Path, files: dict[str, Any]) -> None:
-    """The manifest must list every shipped file and every file in ``root``.
-
-    A hash check over the listed files alone would pass a manifest whose list was
-    emptied, or a directory with an extra file (an adapter, a second weight file)
-    that the loader would pick up unchecked.
-    """
-    unshipped = sorted(set(SHIPPED_FILES) - set(files))
-    if unshipped:
-        raise DefaultPolicyError(
-            f"{root / MANIFEST} does not list {', '.join(unshipped)} (every shipped file needs its sha256); "
-            f"rebuild it with: {REBUILD_COMMAND}"
-        )
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
-    unlisted = sorted(present - set(files) - {MANIFEST})
-    if unlisted:
-        raise DefaultPolicyError(
-            f"default policy at {root} holds file(s) its {MANIFEST} does not list: {', '.join(unlisted)}; "
-            f"remove them or rebuild it with: {REBUILD_COMMAND}"
-        )
+    return shipped.verify(path, SHIPPED_FILES, what="default policy", rebuild=REBUILD_COMMAND, error=DefaultPolicyError)
 
 
 def load_default(path: str | Path = DEFAULT_DIR, *, device: str = "cpu"):
@@ -185,7 +135,7 @@ def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = T
     metrics = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(run_dir.glob("goals_*.json"))}
     if (run_dir / "eval.json").is_file():
         metrics["eval"] = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-    manifest = {
+    fields = {
         "command": command,
         "config_file": CONFIG_PATH,
         "config": config,
@@ -193,10 +143,8 @@ def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = T
         "seed": {"train": config.get("seed"), "policy_init": config.get("policy", {}).get("seed"),
                  "data": config.get("data", {}).get("seed")},
         "metrics": metrics,
-        "files": {name: sha256_of(out / name) for name in SHIPPED_FILES},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return shipped.write_manifest(out, fields, SHIPPED_FILES)
 
 
 def main(argv: list[str] | None = None) -> int:
