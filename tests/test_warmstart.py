@@ -82,9 +82,9 @@ def test_recipe_trains_and_ships_at_tiny_scale(tiny_run, tmp_path):
     assert not torch.equal(policy.model.state_dict()[name], init.model.state_dict()[name])  # training moved them
 
 
-def test_the_four_stage_recipe_chains_and_its_manifest_records_every_stage(tiny_run, tmp_path):
-    """configs/warmstart_letters -> _closeup -> _pattern -> warmstart.yaml at tiny scale, each stage from
-    the previous one's final/, as ``default.TRAIN_COMMAND`` runs them; ship records all four configs."""
+def test_the_five_stage_recipe_chains_and_its_manifest_records_every_stage(tiny_run, tmp_path):
+    """configs/warmstart_letters -> _closeup -> _pattern -> _scan -> warmstart.yaml at tiny scale, each stage
+    from the previous one's final/, as ``default.TRAIN_COMMAND`` runs them; ship records all five configs."""
     import yaml
 
     from mapo.config import load_config
@@ -104,11 +104,14 @@ def test_the_four_stage_recipe_chains_and_its_manifest_records_every_stage(tiny_
     manifest = default.ship(previous_run, tmp_path / "asset")
     assert manifest["command"] == default.TRAIN_COMMAND
     stages = manifest["earlier_stages"]
-    assert [Path(stage["run"]) for stage in stages] == [tiny_run, tmp_path / "closeup", tmp_path / "pattern"]
-    assert [stage["config"]["data"]["level"] for stage in stages] == ["easy", "closeup", "pattern"]
-    # Stages 2-3 list options in one fixed order; the shipped stage shuffles them like the file formats.
-    assert [stage["config"]["data"]["synth"].get("fixed_options") for stage in stages] == [None, True, True]
-    assert manifest["config"]["data"]["level"] == "pattern" and not manifest["config"]["data"]["synth"]
+    runs = [tiny_run, tmp_path / "closeup", tmp_path / "pattern", tmp_path / "scan"]
+    assert [Path(stage["run"]) for stage in stages] == runs
+    assert [stage["config"]["data"]["level"] for stage in stages] == ["easy", "closeup", "pattern", "pattern"]
+    # Stages 2-3 list options in one fixed order; stages 4-5 shuffle them like the file formats, and scan them.
+    assert [stage["config"]["data"]["synth"].get("fixed_options") for stage in stages] == [None, True, True, None]
+    assert [stage["config"]["data"]["option_scan"] for stage in stages] == [False, False, False, True]
+    data = manifest["config"]["data"]
+    assert data["level"] == "pattern" and not data["synth"] and data["option_scan"] and data["scan_words_weighted"]
 
 
 def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):

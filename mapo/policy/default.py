@@ -30,12 +30,14 @@ from mapo.shipped import MANIFEST, ShippedCheckpointError, sha256_of  # noqa: F4
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
 CONFIG_PATH = "configs/warmstart.yaml"
-# The recipe is four SFT runs, each starting from the previous one's final/ (docs/warmstart.md):
-# localise (letters), read (closeup), both on the pattern level, then with shuffled options (the shipped run).
+# The recipe is five SFT runs, each starting from the previous one's final/ (docs/warmstart.md):
+# localise (letters), read (closeup), both on the pattern level, then shuffled options read by a
+# scan of the options, then the scan's words weighted (the shipped run).
 STAGES = (
     ("configs/warmstart_letters.yaml", "runs/warmstart/letters"),
     ("configs/warmstart_closeup.yaml", "runs/warmstart/closeup"),
     ("configs/warmstart_pattern.yaml", "runs/warmstart/pattern"),
+    ("configs/warmstart_scan.yaml", "runs/warmstart/scan"),
     (CONFIG_PATH, "runs/warmstart/default"),
 )
 TRAIN_COMMAND = " && ".join(f"mapo sft --config {config} --out {out}" for config, out in STAGES)

@@ -92,6 +92,9 @@ class SFTDataConfig:
     option_scan: bool = knob(
         False, "the final thought goes through the options up to the correct one ('(A) bands: no. (B) checks: yes.')"
     )
+    scan_words_weighted: bool = knob(
+        False, "with option_scan, every scanned option's text and its yes/no verdict weigh word_loss_weight too"
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.glyph_hint <= 1:
@@ -100,6 +103,8 @@ class SFTDataConfig:
             raise ValueError(f"n_train must be >= 0 (0 = unlimited fresh samples), got {self.n_train}")
         if not (0 <= self.jitter <= 1 and 0 <= self.wrong_first_zoom <= 1):
             raise ValueError("jitter and wrong_first_zoom must be in [0, 1]")
+        if self.scan_words_weighted and not self.option_scan:
+            raise ValueError("scan_words_weighted needs option_scan: true (there is no scan to weigh otherwise)")
 
 
 @dataclass(frozen=True)
@@ -429,7 +434,8 @@ def teacher_forced_eval(policy, cfg: SFTConfig, transcripts: list[Transcript]) -
     for i in range(0, len(transcripts), cfg.batch_size):
         chunk = transcripts[i : i + cfg.batch_size]
         inputs, labels = collate(chunk, policy, cfg.data.max_length)
-        loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=answer_word_mask(chunk, labels, policy.tokenizer, option_scan=cfg.data.option_scan))
+        words = answer_word_mask(chunk, labels, policy.tokenizer, option_scan=cfg.data.scan_words_weighted)
+        loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=words)
         n = stats["tokens"]
         totals["loss"] += float(loss) * n
         totals["token_acc"] += stats["token_acc"] * n
@@ -552,7 +558,7 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
-    words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.option_scan)
+    words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.scan_words_weighted)
     loss, stats = masked_lm_loss(
         st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight,
         word_mask=words, word_weight=cfg.word_loss_weight,
