@@ -72,7 +72,8 @@ class Policy:
         if generation is not None and not (out / "generation_config.json").exists():
             generation.save_pretrained(out)
         if self.protocol is not None:
-            write_protocol(out, self.protocol)
+            vision = getattr(getattr(self.model, "config", None), "vision_config", None)
+            write_protocol(out, self.protocol, vision=vision)
 
     @property
     def vision_token_ids(self) -> list[int]:
@@ -109,11 +110,33 @@ def _use_standard_processor_class(out: Path) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
-def write_protocol(out_dir: str | Path, protocol: ProtocolConfig) -> Path:
-    """Record ``protocol`` in ``out_dir/mapo_protocol.json``; return the file's path."""
+def write_protocol(out_dir: str | Path, protocol: ProtocolConfig, vision: Any = None) -> Path:
+    """Record ``protocol`` in ``out_dir/mapo_protocol.json``; return the file's path.
+
+    With ``vision`` (the model's vision config) the record also holds its ``patch_size`` and
+    ``spatial_merge_size``, whose product is the pixels per image-token side that the zoom
+    tool's view<->original mapping uses (:func:`read_patch_factor`; read by the verl agent loop).
+    """
+    record: dict[str, Any] = {"protocol": to_dict(protocol)}
+    if vision is not None:
+        record["vision"] = {"patch_size": int(vision.patch_size), "merge_size": int(vision.spatial_merge_size)}
     path = Path(out_dir) / PROTOCOL_FILE
-    path.write_text(json.dumps({"protocol": to_dict(protocol)}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def read_patch_factor(root: str | Path) -> int | None:
+    """``patch_size * merge_size`` recorded in ``root/mapo_protocol.json`` (None: no file or no record)."""
+    path = Path(root) / PROTOCOL_FILE
+    if not path.is_file():
+        return None
+    vision = json.loads(path.read_text(encoding="utf-8")).get("vision")
+    if not isinstance(vision, dict):
+        return None
+    try:
+        return int(vision["patch_size"]) * int(vision["merge_size"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: 'vision' must hold integer patch_size and merge_size, got {vision!r}") from None
 
 
 def read_protocol(root: str | Path) -> ProtocolConfig | None:
