@@ -9,6 +9,12 @@ a turn without an action, or a budget (turns, tokens, images). The result is one
 :class:`Trajectory` per episode; :func:`collate` pads a list of them for a
 training forward and :func:`sequence_logprobs` is that forward.
 
+Model-specific work (vision features, M-RoPE positions, the KV cache, the prefill,
+decode and training forwards) goes through the policy's backend
+(:func:`mapo.policy.backend.backend_for`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL); this module
+holds none. The zoom tool's view is smart-resized with the backend's patch x merge
+factor (28 or 32 px), which replaces ``config.tool.factor``.
+
 Token exactness. Generated ids are kept as ids; text is decoded only to be
 parsed. Observation ids come from tokenizing *only* the observation message as
 the chat template renders it (the template's difference between a conversation
@@ -203,7 +209,7 @@ class _Encoder:
         self.tok = policy.tokenizer
         vocab = self.tok.get_vocab()
         if IMAGE_PAD not in vocab:
-            raise ValueError(f"the policy's tokenizer has no {IMAGE_PAD} token; is it a Qwen2-VL/Qwen2.5-VL tokenizer?")
+            raise ValueError(f"the policy's tokenizer has no {IMAGE_PAD} token; is it a Qwen-VL tokenizer?")
         self.image_pad_id = int(vocab[IMAGE_PAD])
         self.merge = int(policy.processor.image_processor.merge_size)
         self.eos_ids = [int(i) for i in policy.eos_token_ids]
@@ -655,7 +661,7 @@ def rollout(
 
     Args:
         samples: ``mapo.data.Sample`` objects (``load_image``, ``question``, ``options``).
-        policy: ``mapo.policy.Policy`` (a Qwen2-VL/Qwen2.5-VL model, its processor and tokenizer).
+        policy: ``mapo.policy.Policy`` (a Qwen2-VL/Qwen2.5-VL/Qwen3-VL model, its processor and tokenizer).
         config: sampling, budgets and batching.
         generator: the sampling random stream (default: seeded with ``config.seed``), or a
             factory ``(group, member) -> torch.Generator`` (CPU) giving each episode its own
