@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-slow clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" --timeout=600 -q
+
+# Slow tests: real-shape Qwen2.5-VL-7B / Qwen3-VL-8B checks (about 1.5 min each, ~11 GB RAM), long sweeps.
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow --timeout=1800 -q
 
 clean:
 	rm -rf runs .pytest_cache

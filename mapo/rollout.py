@@ -9,6 +9,12 @@ a turn without an action, or a budget (turns, tokens, images). The result is one
 :class:`Trajectory` per episode; :func:`collate` pads a list of them for a
 training forward and :func:`sequence_logprobs` is that forward.
 
+Model-specific work (vision features, M-RoPE positions, the KV cache, the prefill,
+decode and training forwards) goes through the policy's backend
+(:func:`mapo.policy.backend.backend_for`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL); this module
+holds none. The zoom tool's view is smart-resized with the backend's patch x merge
+factor (28 or 32 px), which replaces ``config.tool.factor``.
+
 Token exactness. Generated ids are kept as ids; text is decoded only to be
 parsed. Observation ids come from tokenizing *only* the observation message as
 the chat template renders it (the template's difference between a conversation
@@ -62,7 +68,8 @@ from PIL import Image
 from mapo import protocol as protocol_mod
 from mapo.config import knob
 from mapo.protocol import ProtocolConfig, Turn
-from mapo.tools import ToolConfig, view_size, zoom_in
+from mapo.policy.backend import EpisodeKV, VisionFeatures, backend_for
+from mapo.tools import ToolConfig, view_size, with_factor, zoom_in
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -178,23 +185,6 @@ class Trajectory:
 # ----------------------------------------------------------------------------- policy glue
 
 
-def _core_model(model: Any) -> Any:
-    """The ``Qwen2_5_VLModel`` inside a ``...ForConditionalGeneration`` (possibly peft-wrapped)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    core = getattr(base, "model", None)
-    if core is None or not hasattr(core, "get_rope_index") or not hasattr(base, "lm_head"):
-        raise ValueError(
-            f"policy.model must be a Qwen2-VL/Qwen2.5-VL ForConditionalGeneration model "
-            f"(with .model.get_rope_index and .lm_head), got {type(model).__name__}"
-        )
-    return core
-
-
-def _lm_head(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.lm_head
-
-
 def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -219,7 +209,7 @@ class _Encoder:
         self.tok = policy.tokenizer
         vocab = self.tok.get_vocab()
         if IMAGE_PAD not in vocab:
-            raise ValueError(f"the policy's tokenizer has no {IMAGE_PAD} token; is it a Qwen2-VL/Qwen2.5-VL tokenizer?")
+            raise ValueError(f"the policy's tokenizer has no {IMAGE_PAD} token; is it a Qwen-VL tokenizer?")
         self.image_pad_id = int(vocab[IMAGE_PAD])
         self.merge = int(policy.processor.image_processor.merge_size)
         self.eos_ids = [int(i) for i in policy.eos_token_ids]
@@ -310,8 +300,8 @@ class _Episode:
     images: list[Image.Image]
     pixel_values: list[torch.Tensor]
     grids: list[torch.Tensor]
-    features: list[torch.Tensor | None]  # vision features per image, reused across rounds (None: queued)
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (heads, C, d): KV of ids[:C]
+    features: list[VisionFeatures | None]  # vision features per image, reused across rounds (None: queued)
+    kv: EpisodeKV | None = None  # per layer (heads, C, d): KV of ids[:C]
     cached_images: int = 0  # images whose tokens lie in ids[:C]
     turns: list[Turn] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -366,8 +356,10 @@ class _Engine:
     ) -> None:
         self.policy = policy
         self.model = policy.model
-        self.core = _core_model(policy.model)
+        self.backend = backend_for(policy.model)
         self.config = config
+        # The view<->original mapping uses the policy's own patch x merge factor (28 or 32 px).
+        self.tool = with_factor(config.tool, self.backend.factor)
         self.enc = _Encoder(policy, config)
         self.device = _model_device(policy.model)
         # A torch.Generator is not callable: a callable is the per-episode factory (group, member) -> generator.
@@ -379,9 +371,8 @@ class _Engine:
 
     # --- episode setup ---------------------------------------------------------
 
-    def vision_features(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        out = self.core.get_image_features(pixel_values.to(self.device), grid[None].to(self.device), return_dict=True)
-        return out.pooler_output[0]
+    def vision_features(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> VisionFeatures:
+        return self.backend.encode_images(pixel_values, grid[None])[0]
 
     def encode_observations(self) -> None:
         """Vision features of every crop observed this round, in one vision-tower call.
@@ -392,17 +383,16 @@ class _Engine:
         """
         if not self.unencoded:
             return
-        pixel_values = torch.cat([ep.pixel_values[i] for ep, i in self.unencoded]).to(self.device)  # (sum patches, C)
-        grids = torch.stack([ep.grids[i] for ep, i in self.unencoded]).to(self.device)  # (n, 3)
-        pooled = self.core.get_image_features(pixel_values, grids, return_dict=True).pooler_output
-        for (ep, i), feature in zip(self.unencoded, pooled):
+        pixel_values = torch.cat([ep.pixel_values[i] for ep, i in self.unencoded])  # (sum patches, C)
+        grids = torch.stack([ep.grids[i] for ep, i in self.unencoded])  # (n, 3)
+        for (ep, i), feature in zip(self.unencoded, self.backend.encode_images(pixel_values, grids)):
             ep.features[i] = feature
         self.unencoded = []
 
     def start(self, sample: Any, group: int) -> list[_Episode]:
         """The ``G`` episodes of one sample, sharing the prompt (computed once)."""
         image = sample.load_image()
-        view_wh = view_size(image.size, self.config.tool)
+        view_wh = view_size(image.size, self.tool)
         view = image if image.size == view_wh else image.resize(view_wh, Image.Resampling.BICUBIC)
         pixel_values, grid = self.enc.process_image(view, is_view=True)
         ids = self.enc.prompt_ids(sample, grid)
@@ -429,7 +419,7 @@ class _Engine:
         whole history (``get_rope_index`` on the unpadded row), sliced to the new tokens.
         """
         B = len(episodes)
-        cached = [0 if ep.kv is None else ep.kv[0][0].shape[1] for ep in episodes]
+        cached = [self.backend.cached_length(ep.kv) for ep in episodes]
         new = [len(ep.ids) - c for ep, c in zip(episodes, cached)]
         P, N = max(cached), max(new)
         ids = torch.full((B, N), self.policy.pad_token_id, dtype=torch.long)
@@ -440,26 +430,15 @@ class _Engine:
             ids[row, N - n:] = history[c:]
             mask[row, P - c: P] = 1
             mask[row, P + N - n:] = 1
-            mm_types = (history == self.enc.image_pad_id).long()[None]  # (1, L) 1 on image tokens
-            pos, _ = self.core.get_rope_index(history[None], mm_types, torch.stack(ep.grids))  # (3, 1, L)
-            positions[:, row, N - n:] = pos[:, 0, c:]
-        features = tuple(f for ep in episodes for f in ep.features[ep.cached_images:])
-        cache = None
-        if P > 0:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            ref = next(ep.kv for ep in episodes if ep.kv is not None)  # shapes of a stored cache
-            for layer, (ref_k, ref_v) in enumerate(ref):
-                stored = [ep.kv[layer] if ep.kv is not None else (None, None) for ep in episodes]
-                keys = torch.stack([_left_pad(k, P, like=ref_k) for k, _ in stored])  # (B, heads, P, d)
-                values = torch.stack([_left_pad(v, P, like=ref_v) for _, v in stored])
-                cache.update(keys.to(self.device), values.to(self.device), layer)
+            pos = self.backend.positions(history, torch.stack(ep.grids))  # (3, L)
+            positions[:, row, N - n:] = pos[:, c:]
+        features = [f for ep in episodes for f in ep.features[ep.cached_images:]]
+        cache = self.backend.batch_cache([ep.kv for ep in episodes], P)
         inputs = {
             "input_ids": ids.to(self.device),
             "attention_mask": mask.to(self.device),
             "position_ids": positions.to(self.device),
-            "mm_encoder_outputs": {"image": _Pooled(features)} if features else None,
+            "features": features,
         }
         return inputs, cache
 
@@ -499,12 +478,13 @@ class _Engine:
         # Episodes of one group start from the same prompt: prefill it once, then copy its cache rows.
         unique, expand = _dedupe_prompts(episodes)
         inputs, cache = self._round_inputs(unique)
-        out = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        logits, cache = self.backend.prefill(
+            inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], inputs["features"], cache
+        )
         mask, positions = inputs["attention_mask"], inputs["position_ids"]
         if len(unique) < len(episodes):
             index = torch.tensor(expand, device=self.device)
-            cache.batch_select_indices(index)
+            self.backend.select_rows(cache, index)
             logits, mask, positions = logits[index], mask[index], positions[:, index]
         next_pos = positions.amax(dim=(0, 2)) + 1  # (B,) next text position per row
         rows = torch.arange(len(episodes), device=self.device)  # episode index of each live cache row
@@ -526,29 +506,20 @@ class _Engine:
                 break
             if not bool(live.all()):
                 keep = live.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
+                self.backend.select_rows(cache, keep)
                 rows, tokens, mask, next_pos = rows[keep], tokens[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             positions = next_pos.view(1, -1, 1).expand(3, -1, 1)  # (3, b, 1) text tokens: t = h = w
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits, next_pos = out.logits[:, -1], next_pos + 1
+            logits, next_pos = self.backend.decode(tokens, mask, positions, cache), next_pos + 1
         return results
 
-    @staticmethod
-    def _keep_cache(ep: _Episode, cache: Any, row: int, mask: torch.Tensor) -> None:
+    def _keep_cache(self, ep: _Episode, cache: Any, row: int, mask: torch.Tensor) -> None:
         """Store row ``row`` of ``cache`` (its unpadded positions) as the episode's KV for the next turn.
 
         The cache holds every token fed so far: the history and all generated tokens but
         the last, which the next round feeds first.
         """
-        keep = mask.bool()  # (L,) real tokens of this row
-        ep.kv = [(layer.keys[row][:, keep], layer.values[row][:, keep]) for layer in cache.layers]
+        ep.kv = self.backend.episode_cache(cache, row, mask)  # mask (L,): real tokens of this row
         ep.cached_images = len(ep.images)
 
     def _forced_ids(self, ep: _Episode) -> list[int] | None:
@@ -596,7 +567,7 @@ class _Engine:
             reason = next((e for e in turn.errors if e.startswith("tool_call_")), "the tool call could not be read")
             record = ToolCallRecord(None, None, None, call.label, False, reason)
         else:
-            result = zoom_in(ep.image, call.bbox, ep.view_wh, cfg.tool)
+            result = zoom_in(ep.image, call.bbox, ep.view_wh, self.tool)
             record = ToolCallRecord(call.bbox, result.box_view, result.box_original, call.label, result.error is None, result.error)
             crop = result.crop
         if crop is not None and len(ep.images) + 1 > cfg.max_images:
@@ -621,15 +592,6 @@ class _Engine:
             self.unencoded.append((ep, len(ep.features) - 1))
 
 
-def _left_pad(t: torch.Tensor | None, length: int, like: torch.Tensor) -> torch.Tensor:
-    """``t`` (heads, C, d) padded with zeros on the left of dim 1 to ``length`` (None: all zeros)."""
-    heads, _, dim = like.shape
-    out = like.new_zeros((heads, length, dim))
-    if t is not None and t.shape[1]:
-        out[:, length - t.shape[1]:] = t
-    return out
-
-
 def _dedupe_prompts(episodes: list[_Episode]) -> tuple[list[_Episode], list[int]]:
     """Episodes with distinct histories, and for each episode the index of its representative.
 
@@ -652,13 +614,6 @@ def _readable(error: str) -> str:
     """The sentence of a protocol error (``"tool_call_json: the call ..."`` -> ``"the call ..."``)."""
     code, sep, sentence = error.partition(": ")
     return sentence if sep and code in protocol_mod.ERROR_CODES else error
-
-
-@dataclass
-class _Pooled:
-    """What Qwen's forward reads from ``mm_encoder_outputs["image"]``: per-image features."""
-
-    pooler_output: tuple[torch.Tensor, ...]
 
 
 def _sample_per_row(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -706,7 +661,7 @@ def rollout(
 
     Args:
         samples: ``mapo.data.Sample`` objects (``load_image``, ``question``, ``options``).
-        policy: ``mapo.policy.Policy`` (a Qwen2-VL/Qwen2.5-VL model, its processor and tokenizer).
+        policy: ``mapo.policy.Policy`` (a Qwen2-VL/Qwen2.5-VL/Qwen3-VL model, its processor and tokenizer).
         config: sampling, budgets and batching.
         generator: the sampling random stream (default: seeded with ``config.seed``), or a
             factory ``(group, member) -> torch.Generator`` (CPU) giving each episode its own
@@ -826,21 +781,14 @@ def sequence_logprobs(
         raise ValueError(f"batch is missing {missing}; build it with mapo.rollout.collate")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    device = _model_device(model)
+    backend = backend_for(model)
+    device = backend.device
     ids = batch["input_ids"].to(device)
-    core = _core_model(model)
-    hidden = core(
-        input_ids=ids,
-        attention_mask=batch["attention_mask"].to(device),
-        mm_token_type_ids=batch["mm_token_type_ids"].to(device),
-        pixel_values=batch["pixel_values"].to(device),
-        image_grid_thw=batch["image_grid_thw"].to(device),
-        use_cache=False,
-    ).last_hidden_state  # (B, T, H)
+    hidden = backend.hidden_states(batch)  # (B, T, H)
     targets = batch["loss_mask"].to(device).clone()
     targets[:, 0] = False  # nothing predicts the first token
     rows, cols = targets.nonzero(as_tuple=True)  # N positions whose token is scored
-    logits = _lm_head(model)(hidden[rows, cols - 1]).float() / temperature  # (N, V)
+    logits = backend.lm_head(hidden[rows, cols - 1]).float() / temperature  # (N, V)
     blocked = batch.get("blocked_token_ids")
     if blocked is not None and blocked.numel():
         logits[:, blocked.to(device)] = float("-inf")

@@ -25,6 +25,7 @@ Where we depart from or guess at the paper and DeepEyes:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ def smart_resize(
 class ToolConfig:
     """Pixel budgets and box validation rules of the zoom-in tool."""
 
-    factor: int = knob(28, "sides are multiples of this (Qwen2.5-VL: patch 14 x merge 2)")
+    factor: int = knob(
+        28, "sides are multiples of this; the rollout replaces it with the policy's patch x merge (Qwen2.5-VL 28, Qwen3-VL 32)"
+    )
     view_min_pixels: int = knob(28 * 28 * 4, "min pixels of the global image as the model sees it")
     view_max_pixels: int = knob(224 * 224, "max pixels of the global image as the model sees it")
     obs_min_pixels: int = knob(28 * 28 * 4, "min pixels of an observation (resized crop)")
@@ -116,6 +119,18 @@ class ToolConfig:
 
 
 DEFAULT_TOOL_CONFIG = ToolConfig()
+
+
+def with_factor(config: ToolConfig, factor: int) -> ToolConfig:
+    """``config`` with the side multiple of the policy that will see the images.
+
+    The view a model sees is smart-resized to multiples of its own ``patch x merge``
+    (28 px for Qwen2.5-VL, 32 px for Qwen3-VL); a view computed with another factor
+    would be resized again by the processor and shift the model's coordinate frame.
+    """
+    if not _is_int(factor) or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    return config if config.factor == factor else dataclasses.replace(config, factor=int(factor))
 
 
 def _check_size(size: Any, name: str) -> tuple[int, int]:
@@ -290,6 +305,7 @@ __all__ = [
     "validate_box",
     "view_size",
     "view_to_original",
+    "with_factor",
     "zoom_in",
 ]
 

@@ -431,3 +431,26 @@ def test_example_launch_script_fits_verl_config_and_passes_the_checks(tmp_path, 
 
     accepted = set(inspect.signature(MapoZoomAgentLoop.__init__).parameters)
     assert set(entry.keys()) - {"name", "_target_"} <= accepted
+
+
+# ----------------------------------------------------------------------------- the policy's patch factor
+
+
+def test_patch_factor_comes_from_the_policy_directory(tmp_path):
+    from mapo.integrations.verl.agent_loop import policy_factor, processor_view_size
+    from mapo.policy import build_tiny_policy
+    from mapo.protocol import ProtocolConfig
+
+    qwen3 = build_tiny_policy("tiny", arch="qwen3_vl", text_layers=1, vision_depth=1)
+    qwen3.protocol = ProtocolConfig()
+    qwen3.save(tmp_path / "q3")
+    assert json.loads((tmp_path / "q3" / "mapo_protocol.json").read_text())["vision"] == {"patch_size": 16, "merge_size": 2}
+    assert policy_factor(str(tmp_path / "q3"), qwen3.processor) == 32
+    assert processor_view_size(qwen3.processor, _image().resize((200, 100)), 32) == (192, 96)
+    # A processor of another model next to the record is refused; no record and no processor fields too.
+    qwen25 = build_tiny_policy("tiny", text_layers=1, vision_depth=1)
+    with pytest.raises(ValueError, match="records a patch factor of 32 px but the processor's patch_size x merge_size is 28"):
+        policy_factor(str(tmp_path / "q3"), qwen25.processor)
+    assert policy_factor(None, qwen25.processor) == 28  # a checkpoint from elsewhere: the processor's own
+    with pytest.raises(ValueError, match="cannot tell the policy's patch factor"):
+        policy_factor(None, SimpleNamespace(image_processor=SimpleNamespace()))

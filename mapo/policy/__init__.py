@@ -1,8 +1,9 @@
-"""Policies: a tiny offline Qwen2.5-VL builder and loading of local checkpoints.
+"""Policies: a tiny offline Qwen2.5-VL / Qwen3-VL builder, loading of local checkpoints, model backends.
 
 See ``docs/policy.md``.
 """
 
+from mapo.policy.backend import SUPPORTED_MODEL_TYPES, backend_for
 from mapo.policy.load import LoraOptions, Policy, apply_lora, load_policy, missing_files
 from mapo.policy.tiny import PRESETS, TinyPreset, build_tiny_policy, count_params
 
@@ -17,10 +18,12 @@ def load_default(*args, **kwargs):
 
 __all__ = [
     "PRESETS",
+    "SUPPORTED_MODEL_TYPES",
     "LoraOptions",
     "Policy",
     "TinyPreset",
     "apply_lora",
+    "backend_for",
     "build_tiny_policy",
     "count_params",
     "load_default",

@@ -1,13 +1,16 @@
 """The :class:`Policy` bundle and loading of local checkpoints.
 
-:func:`load_policy` loads any local Qwen2.5-VL (or Qwen2-VL) directory with an
-image-only processor (:mod:`mapo.policy.processor`; no torchvision needed), or
-another image-text-to-text model through the ``Auto*`` classes, provided it has
-a chat template. Nothing is ever downloaded: the path must be a local directory
-and loading runs with ``local_files_only=True``.
+:func:`load_policy` loads any local Qwen2-VL, Qwen2.5-VL or Qwen3-VL directory
+(``model_type`` in :data:`mapo.policy.backend.SUPPORTED_MODEL_TYPES`) with an
+image-only processor (:mod:`mapo.policy.processor`; no torchvision needed).
+Nothing is ever downloaded: the path must be a local directory and loading runs
+with ``local_files_only=True``.
 
 A directory that lacks files fails early with a message naming them, rather
-than deep inside transformers.
+than deep inside transformers; a directory of another model type fails with the
+list of supported types; a ``preprocessor_config.json`` whose patch/merge sizes
+disagree with the model's vision config is refused (its images would be cut into
+the wrong number of tokens and the tool's coordinate frame would be off).
 
 LoRA (optional, via peft) targets the language model's attention and MLP
 projections only; the vision tower stays frozen with the base weights. A
@@ -31,11 +34,12 @@ from typing import Any, Literal
 import torch
 
 from mapo.config import from_dict, to_dict
+from mapo.policy.backend import SUPPORTED_MODEL_TYPES, unsupported_message
 from mapo.policy.tokenizer import VISION_TOKENS
 from mapo.protocol import ProtocolConfig
 
 PROTOCOL_FILE = "mapo_protocol.json"
-QWEN_VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+QWEN_VL_MODEL_TYPES = SUPPORTED_MODEL_TYPES  # kept for callers of the old name
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -68,7 +72,8 @@ class Policy:
         if generation is not None and not (out / "generation_config.json").exists():
             generation.save_pretrained(out)
         if self.protocol is not None:
-            write_protocol(out, self.protocol)
+            vision = getattr(getattr(self.model, "config", None), "vision_config", None)
+            write_protocol(out, self.protocol, vision=vision)
 
     @property
     def vision_token_ids(self) -> list[int]:
@@ -89,23 +94,49 @@ class Policy:
 
 def _use_standard_processor_class(out: Path) -> None:
     """Name Qwen's processor class in ``processor_config.json`` so other tools (vLLM, plain
-    ``AutoProcessor`` with torchvision) read the directory as a standard Qwen2.5-VL checkpoint."""
-    from mapo.policy.processor import ImageOnlyQwen2_5_VLProcessor
+    ``AutoProcessor`` with torchvision) read the directory as a standard Qwen-VL checkpoint."""
+    from mapo.policy.processor import PROCESSOR_CLASSES
 
     cfg_path = out / "processor_config.json"
     if not cfg_path.is_file():
         return
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if cfg.get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__:
-        cfg["processor_class"] = "Qwen2_5_VLProcessor"
+    model_type = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") if (
+        out / "config.json"
+    ).is_file() else None
+    image_only, standard = PROCESSOR_CLASSES.get(model_type, PROCESSOR_CLASSES["qwen2_5_vl"])
+    if cfg.get("processor_class") == image_only.__name__:
+        cfg["processor_class"] = standard
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
-def write_protocol(out_dir: str | Path, protocol: ProtocolConfig) -> Path:
-    """Record ``protocol`` in ``out_dir/mapo_protocol.json``; return the file's path."""
+def write_protocol(out_dir: str | Path, protocol: ProtocolConfig, vision: Any = None) -> Path:
+    """Record ``protocol`` in ``out_dir/mapo_protocol.json``; return the file's path.
+
+    With ``vision`` (the model's vision config) the record also holds its ``patch_size`` and
+    ``spatial_merge_size``, whose product is the pixels per image-token side that the zoom
+    tool's view<->original mapping uses (:func:`read_patch_factor`; read by the verl agent loop).
+    """
+    record: dict[str, Any] = {"protocol": to_dict(protocol)}
+    if vision is not None:
+        record["vision"] = {"patch_size": int(vision.patch_size), "merge_size": int(vision.spatial_merge_size)}
     path = Path(out_dir) / PROTOCOL_FILE
-    path.write_text(json.dumps({"protocol": to_dict(protocol)}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def read_patch_factor(root: str | Path) -> int | None:
+    """``patch_size * merge_size`` recorded in ``root/mapo_protocol.json`` (None: no file or no record)."""
+    path = Path(root) / PROTOCOL_FILE
+    if not path.is_file():
+        return None
+    vision = json.loads(path.read_text(encoding="utf-8")).get("vision")
+    if not isinstance(vision, dict):
+        return None
+    try:
+        return int(vision["patch_size"]) * int(vision["merge_size"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: 'vision' must hold integer patch_size and merge_size, got {vision!r}") from None
 
 
 def read_protocol(root: str | Path) -> ProtocolConfig | None:
@@ -221,7 +252,8 @@ def load_policy(
 
     Raises:
         FileNotFoundError: ``path`` is not a directory, or lacks files (named in the message).
-        ValueError: the model has no chat template or an unknown ``dtype``.
+        ValueError: an unsupported model type (the message lists the supported ones), a
+            processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``.
     """
     root = Path(path)
     if not root.is_dir():
@@ -233,9 +265,16 @@ def load_policy(
         return _load_adapter(root, dtype=dtype, device=device)
 
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(unsupported_message(model_type, f"checkpoint {root}"))
     torch_dtype = resolve_dtype(dtype, config.get("dtype", config.get("torch_dtype")))
-    model = _load_model(root, config.get("model_type"), torch_dtype).to(device)
-    processor = _load_processor(root, config.get("model_type"))
+    processor = _load_processor(root, model_type)
+    model = _load_model(root, model_type, torch_dtype)
+    from mapo.policy.processor import check_matches_model
+
+    check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")
+    model = model.to(device)
     model.eval()
     policy = Policy(
         model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root), protocol=read_protocol(root)
@@ -243,34 +282,30 @@ def load_policy(
     return apply_lora(policy, lora) if lora is not None else policy
 
 
-def _load_model(root: Path, model_type: str | None, torch_dtype: torch.dtype):
-    if model_type == "qwen2_5_vl":
+def _load_model(root: Path, model_type: str, torch_dtype: torch.dtype):
+    if model_type == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration as cls
+    elif model_type == "qwen2_5_vl":
         from transformers import Qwen2_5_VLForConditionalGeneration as cls
-    elif model_type == "qwen2_vl":
-        from transformers import Qwen2VLForConditionalGeneration as cls
     else:
-        from transformers import AutoModelForImageTextToText as cls
+        from transformers import Qwen2VLForConditionalGeneration as cls
     return cls.from_pretrained(root, dtype=torch_dtype, local_files_only=True)
 
 
-def _load_processor(root: Path, model_type: str | None):
-    if model_type in QWEN_VL_MODEL_TYPES:
-        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+def _load_processor(root: Path, model_type: str):
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
-        from mapo.policy.processor import ImageOnlyQwen2_5_VLProcessor
+    from mapo.policy.processor import PROCESSOR_CLASSES
 
-        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(root, local_files_only=True)
-        template = _read_chat_template(root) or tokenizer.chat_template
-        if tokenizer.chat_template is None:
-            tokenizer.chat_template = template
-        return ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(root, local_files_only=True)
-    if getattr(processor, "chat_template", None) is None:
-        raise ValueError(f"the processor in {root} has no chat template; mapo needs one to render conversations")
-    return processor
+    tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(root, local_files_only=True)
+    template = _read_chat_template(root) or tokenizer.chat_template
+    if template is None:
+        raise ValueError(f"the checkpoint {root} has no chat template; mapo needs one to render conversations")
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = template
+    cls = PROCESSOR_CLASSES[model_type][0]
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
 def _read_chat_template(root: Path) -> str | None:

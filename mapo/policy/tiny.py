@@ -1,11 +1,12 @@
-"""A tiny, randomly initialised, *real* Qwen2.5-VL built offline.
+"""A tiny, randomly initialised, *real* Qwen2.5-VL (or Qwen3-VL) built offline.
 
 :func:`build_tiny_policy` returns a ``transformers.Qwen2_5_VLForConditionalGeneration``
-with random weights sized by a preset, a Qwen2 BPE tokenizer trained on the
-task's own text (:mod:`mapo.policy.tokenizer`) and a processor without a video
-processor (:mod:`mapo.policy.processor`). Because the architecture, tokenizer
-class and file layout are Qwen's, every code path that serves the tiny model
-(rollout, SFT, RL, saving, loading) also serves a real Qwen2.5-VL checkpoint.
+(``arch="qwen3_vl"``: ``Qwen3VLForConditionalGeneration``) with random weights sized
+by a preset, a Qwen2 BPE tokenizer trained on the task's own text
+(:mod:`mapo.policy.tokenizer`) and a processor without a video processor
+(:mod:`mapo.policy.processor`). Because the architecture, tokenizer class and file
+layout are Qwen's, every code path that serves the tiny model (rollout, SFT, RL,
+saving, loading) also serves a real checkpoint of the same family.
 
 Guesses and departures (none of this is from the MAPO paper, which trains
 Qwen2.5-VL-7B):
@@ -18,17 +19,23 @@ Qwen2.5-VL-7B):
   few hundred tokens.
 - The vision window (``window_size`` = 112 px) covers a whole small view, and
   the last vision block uses full attention.
+- Qwen3-VL (``arch="qwen3_vl"``) keeps the preset's sizes; its own parts are set as
+  in Qwen3-VL: patch 16 (32 px per image token side), image mean/std 0.5, interleaved
+  M-RoPE, learned vision position embeddings (a 16 x 16 grid here, 48 x 48 in
+  Qwen3-VL), and deepstack features from vision blocks ``0 .. min(3, depth) - 1``
+  (Qwen3-VL-8B: blocks 8, 16, 24 of 27) added to the first language-model layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 import torch
 
 from mapo.policy.load import Policy
-from mapo.policy.processor import build_processor
+from mapo.policy.processor import HALF_MEAN_STD, build_processor
 from mapo.policy.tokenizer import build_tokenizer
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,9 @@ class TinyPreset:
             raise ValueError(f"vision_hidden={self.vision_hidden} must be divisible by vision_heads={self.vision_heads}")
 
 
+# Architectures the tiny builder makes (config.json model_type); sizes come from the preset.
+ARCHS = ("qwen2_5_vl", "qwen3_vl")
+
 PRESETS: dict[str, TinyPreset] = {
     "tiny": TinyPreset(96, 4, 4, 2, 256, (4, 4, 4), 64, 2, 2, 128),
     "small": TinyPreset(192, 8, 6, 2, 512, (4, 6, 6), 128, 4, 4, 256),
@@ -83,9 +93,14 @@ def resolve_preset(preset: str, **overrides) -> TinyPreset:
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
-def model_config(p: TinyPreset, tokenizer):
-    """``Qwen2_5_VLConfig`` for preset ``p`` with the special-token ids of ``tokenizer``."""
+def model_config(p: TinyPreset, tokenizer, arch: str = "qwen2_5_vl"):
+    """``Qwen2_5_VLConfig`` (or ``Qwen3VLConfig``) for preset ``p`` with the special-token ids of ``tokenizer``."""
     from transformers import Qwen2_5_VLConfig
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
+    if arch == "qwen3_vl":
+        return _qwen3_vl_config(p, tokenizer)
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
     text = dict(
@@ -125,13 +140,77 @@ def model_config(p: TinyPreset, tokenizer):
     )
 
 
-def pixel_range(tool_config=None) -> tuple[int, int]:
+def _qwen3_vl_config(p: TinyPreset, tokenizer):
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=p.text_hidden,
+        intermediate_size=p.text_intermediate,
+        num_hidden_layers=p.text_layers,
+        num_attention_heads=p.text_heads,
+        num_key_value_heads=p.text_kv_heads,
+        head_dim=p.text_hidden // p.text_heads,  # Qwen3 sets head_dim explicitly (default 128)
+        max_position_embeddings=8192,
+        rope_parameters={
+            "rope_type": "default", "mrope_section": list(p.mrope_section), "mrope_interleaved": True, "rope_theta": 10000.0
+        },
+        tie_word_embeddings=p.tie_embeddings,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=p.vision_depth,
+        hidden_size=p.vision_hidden,
+        intermediate_size=p.vision_intermediate,
+        num_heads=p.vision_heads,
+        out_hidden_size=p.text_hidden,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=list(range(min(3, p.vision_depth))),
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=p.tie_embeddings,
+    )
+
+
+def _model_class(arch: str):
+    if arch == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration
+
+
+def pixel_range(tool_config=None, factor: int = 28) -> tuple[int, int]:
     """(min_pixels, max_pixels) of the processor: the span of the tool's view and observation
-    budgets, so that images the rollout has already smart-resized pass through unchanged."""
-    from mapo.tools import ToolConfig
+    budgets, so that images the rollout has already smart-resized pass through unchanged.
+
+    ``factor`` is the policy's patch x merge: a square budget's side that is not a multiple
+    of it (112 px for a 32-px Qwen3-VL) is smart-resized below the budget (96 px), and the
+    range reaches down to that area too.
+    """
+    from mapo.tools import ToolConfig, smart_resize
 
     cfg = ToolConfig() if tool_config is None else tool_config
-    return min(cfg.view_min_pixels, cfg.obs_min_pixels), max(cfg.view_max_pixels, cfg.obs_max_pixels)
+    lo, hi = min(cfg.view_min_pixels, cfg.obs_min_pixels), max(cfg.view_max_pixels, cfg.obs_max_pixels)
+    for low, high in ((cfg.view_min_pixels, cfg.view_max_pixels), (cfg.obs_min_pixels, cfg.obs_max_pixels)):
+        side = max(1, math.isqrt(low))
+        h, w = smart_resize(side, side, factor, low, high)
+        lo = min(lo, h * w)
+    return lo, hi
 
 
 def build_tiny_policy(
@@ -141,9 +220,10 @@ def build_tiny_policy(
     seed: int = 0,
     max_number: int | None = 1024,
     tool_config=None,
+    arch: str = "qwen2_5_vl",
     **overrides,
 ) -> Policy:
-    """Build a randomly initialised Qwen2.5-VL policy with a locally trained tokenizer.
+    """Build a randomly initialised Qwen2.5-VL (or Qwen3-VL) policy with a locally trained tokenizer.
 
     Args:
         preset: ``tiny`` (~1 M params), ``small`` (~5 M) or ``base`` (~30 M).
@@ -152,23 +232,30 @@ def build_tiny_policy(
         max_number: integers ``0..max_number`` are single tokens (``None``: digit by digit).
         tool_config: ``mapo.tools.ToolConfig`` whose pixel budgets the processor must not
             alter (default ``ToolConfig()``).
+        arch: ``qwen2_5_vl`` (default) or ``qwen3_vl`` (:data:`ARCHS`).
         **overrides: fields of :class:`TinyPreset` (e.g. ``text_layers=2``, ``vocab_size=1024``).
     """
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import GenerationConfig
 
     from mapo.policy.tokenizer import default_corpus, protocol_tags
 
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
     p = resolve_preset(preset, **overrides)
     texts = list(default_corpus() if corpus is None else corpus)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("corpus must be a non-empty iterable of strings")
     tokenizer = build_tokenizer(texts, vocab_size=p.vocab_size, max_number=max_number, extra_tokens=protocol_tags())
-    min_pixels, max_pixels = pixel_range(tool_config)
-    processor = build_processor(tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
-    config = model_config(p, tokenizer)
+    patch = 16 if arch == "qwen3_vl" else 14
+    min_pixels, max_pixels = pixel_range(tool_config, factor=patch * 2)
+    norm = {"image_mean": HALF_MEAN_STD, "image_std": HALF_MEAN_STD} if arch == "qwen3_vl" else {}
+    processor = build_processor(
+        tokenizer, model_type=arch, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch, **norm
+    )
+    config = model_config(p, tokenizer, arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = _model_class(arch)(config)
     model.generation_config = GenerationConfig(
         eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id],
         pad_token_id=config.text_config.pad_token_id,

@@ -130,6 +130,7 @@ def build_tokenizer(
     vocab_size: int = 2048,
     max_number: int | None = 1024,
     extra_tokens: Sequence[str] = (),
+    base_vocab_size: int | None = None,
 ):
     """A ``Qwen2Tokenizer`` with a BPE vocabulary trained on ``corpus``.
 
@@ -139,6 +140,9 @@ def build_tokenizer(
         max_number: every integer ``0..max_number`` becomes one token (coordinates);
             ``None`` keeps Qwen's one-token-per-digit.
         extra_tokens: further added (non-special) tokens, e.g. protocol tags.
+        base_vocab_size: pad the BPE vocabulary with unreachable filler entries to exactly
+            this size, so that the special tokens get Qwen's real ids (151643 = ``<|endoftext|>``
+            onwards); ``None`` keeps the trained size.
 
     Returns:
         ``transformers.Qwen2Tokenizer`` with Qwen's special tokens, ``<|im_end|>`` as
@@ -149,17 +153,26 @@ def build_tokenizer(
     if max_number is not None and max_number < 0:
         raise ValueError(f"max_number must be >= 0 or None, got {max_number}")
     vocab, merges = train_bpe(corpus, vocab_size)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens=None,
-    )
+    if base_vocab_size is None:
+        tokenizer = Qwen2Tokenizer(
+            vocab=vocab,
+            merges=merges,
+            unk_token=None,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_special_tokens=None,
+        )
+    else:
+        # Qwen's id order (<|endoftext|>, <|im_start|>, <|im_end|>, ...): add the specials first,
+        # then name EOS and pad among them (naming them in the constructor would add EOS first).
+        tokenizer = Qwen2Tokenizer(
+            vocab=_padded(vocab, base_vocab_size), merges=merges, unk_token=None, eos_token=None, pad_token=None,
+            extra_special_tokens=None,
+        )
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]}
     )
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
     plain = list(dict.fromkeys([*QWEN_TEXT_TAGS, *extra_tokens]))
     if max_number is not None:
         plain += [str(i) for i in range(max_number + 1)]
@@ -167,6 +180,17 @@ def build_tokenizer(
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     tokenizer.model_max_length = 32768
     return tokenizer
+
+
+def _padded(vocab: dict[str, int], size: int) -> dict[str, int]:
+    """``vocab`` plus filler entries ``<|fillN|>`` up to ``size`` ids. No merge produces a
+    filler, so tokenisation is unchanged; they only move the added tokens to Qwen's ids."""
+    if size < len(vocab):
+        raise ValueError(f"base_vocab_size={size} is smaller than the trained vocabulary ({len(vocab)})")
+    out = dict(vocab)
+    for i in range(len(vocab), size):
+        out[f"<|fill{i}|>"] = i
+    return out
 
 
 def protocol_tags() -> list[str]:

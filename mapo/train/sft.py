@@ -15,7 +15,8 @@ over that many, reshuffled each epoch. Held-out samples use ``eval.seed``.
 Tokens. The whole conversation (system, user + global view, every assistant
 turn, every observation + crop) is rendered with the chat template and
 tokenised by the processor in one pass. Labels are the assistant turns only:
-from after ``<|im_start|>assistant\\n`` up to and including ``<|im_end|>``
+from after the assistant header (Qwen: ``<|im_start|>assistant\\n``) up to and including
+the end-of-turn id (``<|im_end|>``), both read off the chat template
 (the model must learn to end its turn); the prompt, observations (including
 their image tokens) and padding are ``-100``. The global image is resized to
 the view exactly as the rollout does (``tools.view_size``, bicubic).
@@ -68,6 +69,7 @@ class PolicySpec:
 
     init_from: str | None = knob(None, "local checkpoint directory to fine-tune; null = build a tiny policy")
     preset: str = knob("tiny", "tiny-policy size preset when init_from is null: tiny, small or base")
+    arch: str = knob("qwen2_5_vl", "tiny-policy architecture when init_from is null: qwen2_5_vl or qwen3_vl")
     seed: int = knob(0, "weight-initialisation seed of the tiny policy")
     max_number: int | None = knob(1024, "integers 0..max_number are single tokens in the tiny tokenizer (null: digits)")
     dtype: str = knob("float32", "dtype to train in: float32 or bfloat16 (auto: the checkpoint's)")
@@ -187,7 +189,10 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
     """The oracle transcript of ``sample`` as chat text plus the images the model sees."""
     from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
 
-    tool_config = tool_config_for_sample(sample)
+    from mapo.policy.processor import processor_factor
+
+    # The oracle writes boxes in the view the policy will see: smart-resized with its own factor.
+    tool_config = tools.with_factor(tool_config_for_sample(sample), processor_factor(processor))
     demo = oracle_trajectory(
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
         tool_config=tool_config, protocol_config=protocol, option_scan=data.option_scan,
@@ -277,6 +282,28 @@ def assistant_mask(input_ids: torch.Tensor, header: list[int], end_id: int) -> t
     return mask
 
 
+def assistant_markers(tokenizer) -> tuple[list[int], int]:
+    """(ids that open an assistant turn, id that closes it), read off the chat template.
+
+    The header is what ``add_generation_prompt`` appends (Qwen: ``<|im_start|>assistant\\n``);
+    the closing id is the first id the template puts after an assistant message's content
+    (Qwen: ``<|im_end|>``). Reading them from the template rather than spelling them keeps
+    the labels right for any Qwen-VL generation's template.
+    """
+    system = [{"role": "system", "content": "s"}]
+    before = tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=False)
+    after = tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=True)
+    if not after.startswith(before) or after == before:
+        raise ValueError("the chat template does not render an assistant header with add_generation_prompt")
+    header = tokenizer(after[len(before):], add_special_tokens=False)["input_ids"]
+    sentinel = "\u2063MAPO\u2063"
+    text = tokenizer.apply_chat_template(system + [{"role": "assistant", "content": sentinel}], tokenize=False)
+    close = tokenizer(text[text.index(sentinel) + len(sentinel):], add_special_tokens=False)["input_ids"]
+    if not close:
+        raise ValueError("the chat template puts nothing after an assistant message; cannot find the end of a turn")
+    return list(header), int(close[0])
+
+
 def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Processor inputs for a batch and its labels.
 
@@ -295,9 +322,8 @@ def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dic
     lengths = inputs["attention_mask"].sum(-1)
     if int(lengths.max()) > max_length:
         raise ValueError(f"a transcript has {int(lengths.max())} tokens > data.max_length={max_length}; raise it")
-    tok = policy.tokenizer
-    header = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    mask = assistant_mask(inputs["input_ids"], header, tok.convert_tokens_to_ids("<|im_end|>"))
+    header, end_id = assistant_markers(policy.tokenizer)
+    mask = assistant_mask(inputs["input_ids"], header, end_id)
     mask &= inputs["attention_mask"].bool()
     labels = torch.where(mask, inputs["input_ids"], torch.full_like(inputs["input_ids"], IGNORE))  # (B, T)
     return dict(inputs), labels
@@ -511,7 +537,8 @@ def build_policy(spec: PolicySpec, tool_config=None):
     if spec.init_from is not None:
         return load_policy(spec.init_from, dtype=spec.dtype)
     policy = build_tiny_policy(
-        spec.preset, seed=spec.seed, max_number=spec.max_number, tool_config=tool_config, **spec.overrides
+        spec.preset, seed=spec.seed, max_number=spec.max_number, tool_config=tool_config, arch=spec.arch,
+        **spec.overrides,
     )
     if spec.dtype == "bfloat16":
         policy.model.to(torch.bfloat16)

@@ -14,8 +14,15 @@ tokens). What changes:
   goes on (verl's parser drops invalid JSON and ends the episode).
 - the tool: :func:`mapo.tools.zoom_in` on the *original* image (from the prompt
   message), with ``bbox_2d`` in pixels of the view the model saw: the processor's
-  smart-resize of the prompt image (its ``min/max_pixels`` and ``patch_size *
-  merge_size``), mapped by :func:`mapo.tools.view_to_original`.
+  smart-resize of the prompt image (its ``min/max_pixels`` and the policy's patch
+  factor), mapped by :func:`mapo.tools.view_to_original`.
+- the policy directory (``policy_dir``, default verl's ``actor_rollout_ref.model.path``)
+  decides the protocol and the patch factor: its ``mapo_protocol.json`` (written by
+  ``mapo sft``/``mapo train``) gives the prompts the policy was trained with (used
+  unless the YAML sets protocol fields, as in ``mapo train``) and its
+  ``patch_size x merge_size`` (28 px Qwen2.5-VL, 32 px Qwen3-VL); without a record
+  the factor is the processor's own. A record that disagrees with the processor is
+  refused. No default of 14 or 28 is assumed anywhere.
 - the observation: :func:`mapo.protocol.observation_message` (role and texts from
   the protocol config) with the crop, instead of a ``tool`` message.
 - the end of an episode: each observation's description and crop are scored by our
@@ -46,8 +53,8 @@ from mapo.config import from_dict
 from mapo.data import open_image
 from mapo.integrations.verl.episode import SemanticBatcher, ZoomEpisode
 from mapo.integrations.verl.estimator import _plain
-from mapo.protocol import ProtocolConfig, parse_turn
-from mapo.tools import ToolConfig, smart_resize
+from mapo.protocol import ProtocolConfig, parse_turn, protocol_for_policy
+from mapo.tools import ToolConfig, smart_resize, with_factor
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +118,46 @@ def original_image(messages: list[dict]) -> Image.Image:
     )
 
 
-def processor_view_size(processor: Any, image: Image.Image) -> tuple[int, int]:
-    """(width, height) of ``image`` as the Qwen2.5-VL image processor will resize it."""
+def processor_factor(processor: Any) -> int | None:
+    """``patch_size * merge_size`` of a Qwen-VL processor's image processor (None when it names neither)."""
+    ip = getattr(processor, "image_processor", None)
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
+    return int(patch) * int(merge) if patch and merge else None
+
+
+def policy_factor(policy_dir: str | None, processor: Any) -> int:
+    """The patch factor of the policy: its ``mapo_protocol.json`` record, checked against the processor,
+    else the processor's own.
+
+    Raises:
+        ValueError: neither tells the factor, or they disagree.
+    """
+    from mapo.policy.load import read_patch_factor
+
+    recorded = read_patch_factor(policy_dir) if policy_dir else None
+    found = processor_factor(processor)
+    if recorded is not None and found is not None and recorded != found:
+        raise ValueError(
+            f"{policy_dir}/mapo_protocol.json records a patch factor of {recorded} px but the processor's "
+            f"patch_size x merge_size is {found}; the processor belongs to another model"
+        )
+    factor = recorded or found
+    if factor is None:
+        raise ValueError(
+            "mapo_zoom_agent cannot tell the policy's patch factor: no 'vision' record in mapo_protocol.json "
+            "and the processor names no patch_size/merge_size"
+        )
+    return factor
+
+
+def processor_view_size(processor: Any, image: Image.Image, factor: int) -> tuple[int, int]:
+    """(width, height) of ``image`` as the Qwen-VL image processor will resize it (sides multiples of ``factor``)."""
     ip = getattr(processor, "image_processor", None)
     if ip is None:
-        raise ValueError("mapo_zoom_agent needs the model's processor (a Qwen2.5-VL AutoProcessor)")
+        raise ValueError("mapo_zoom_agent needs the model's processor (a Qwen-VL AutoProcessor)")
     size = getattr(ip, "size", None) or {}
     min_pixels = size.get("shortest_edge") or getattr(ip, "min_pixels", None)
     max_pixels = size.get("longest_edge") or getattr(ip, "max_pixels", None)
-    factor = getattr(ip, "patch_size", 14) * getattr(ip, "merge_size", 2)
     if not min_pixels or not max_pixels:
         raise ValueError(f"cannot read min/max pixels from the image processor {type(ip).__name__}")
     h, w = smart_resize(image.height, image.width, factor, int(min_pixels), int(max_pixels))
@@ -131,7 +169,10 @@ class MapoZoomAgentLoop(ToolAgentLoop):
     """verl's ToolAgentLoop, with mapo's protocol, zoom-in tool and batched verifier.
 
     Keyword arguments (from the agent-loop YAML entry):
-        protocol: fields of :class:`mapo.protocol.ProtocolConfig` (tags, observation role and texts).
+        protocol: fields of :class:`mapo.protocol.ProtocolConfig` (tags, observation role and texts);
+            left empty, the policy directory's recorded protocol is used.
+        policy_dir: the policy directory whose ``mapo_protocol.json`` gives the protocol and the
+            patch factor (default: verl's ``actor_rollout_ref.model.path``).
         tool: fields of :class:`mapo.tools.ToolConfig` (box validation, observation pixel budget).
         max_images: images per trajectory, the global view included.
         verifier_path: local CLIP/SigLIP directory; None skips scoring (every score absent).
@@ -151,11 +192,18 @@ class MapoZoomAgentLoop(ToolAgentLoop):
         semantic_target: str = "description",
         verifier_batch_episodes: int = 64,
         verifier_wait_s: float = 0.05,
+        policy_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
+        from mapo.policy.load import read_protocol
+
         super().__init__(*args, **kwargs)
-        self.protocol = from_dict(ProtocolConfig, _plain(protocol) or {}, prefix="protocol.")
-        self.tool_config = from_dict(ToolConfig, _plain(tool) or {}, prefix="tool.")
+        policy_dir = policy_dir or _model_path(self.config)
+        configured = from_dict(ProtocolConfig, _plain(protocol) or {}, prefix="protocol.")
+        recorded = read_protocol(policy_dir) if policy_dir else None
+        self.protocol = protocol_for_policy(configured, recorded, on_conflict=logger.warning)
+        tool_config = from_dict(ToolConfig, _plain(tool) or {}, prefix="tool.")
+        self.tool_config = with_factor(tool_config, policy_factor(policy_dir, self.processor))
         if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
             raise ValueError(f"max_images must be a positive integer, got {max_images!r}")
         self.max_images = max_images
@@ -184,7 +232,7 @@ class MapoZoomAgentLoop(ToolAgentLoop):
             protocol=self.protocol,
             tool=self.tool_config,
             max_images=self.max_images,
-            view_wh=processor_view_size(self.processor, view_source),
+            view_wh=processor_view_size(self.processor, view_source, self.tool_config.factor),
         )
         return state
 
@@ -241,6 +289,17 @@ class MapoZoomAgentLoop(ToolAgentLoop):
         return AgentState.GENERATING
 
 
+def _model_path(config: Any) -> str | None:
+    """verl's ``actor_rollout_ref.model.path`` when it is a local directory (else None)."""
+    try:
+        path = config.actor_rollout_ref.model.path
+    except AttributeError:
+        return None
+    from pathlib import Path
+
+    return str(path) if path and Path(str(path)).is_dir() else None
+
+
 def _batcher(path, device, target, protocol, max_episodes, wait_s) -> SemanticBatcher | None:
     if path is None:
         return None
@@ -258,4 +317,4 @@ def _batcher(path, device, target, protocol, max_episodes, wait_s) -> SemanticBa
     return _BATCHERS[key]
 
 
-__all__ = ["MapoZoomAgentLoop", "ProtocolToolParser", "original_image", "processor_view_size"]
+__all__ = ["MapoZoomAgentLoop", "ProtocolToolParser", "original_image", "policy_factor", "processor_view_size"]
