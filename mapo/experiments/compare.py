@@ -1,10 +1,12 @@
-"""GRPO vs MAPO from the same warm start with the same budget: ``mapo experiment compare``.
+"""Arms (GRPO, MAPO and variants) from the same warm start with the same budget: ``mapo experiment compare``.
 
-For every seed and every algorithm, one ``mapo train`` run starts from the demo
+An arm is a name and a list of overrides of the RL recipe (``configs/compare.yaml``: ``grpo``,
+``mapo``, ``mapo_label``, ``mapo_beta1``); the first is the baseline. For every seed and every
+arm, one ``mapo train`` run starts from the demo
 pipeline's cached stages (held-out data, verifier, warm start; :mod:`mapo.pipeline`)
 with the same steps, batch and optimiser; then its final policy is evaluated
-greedily on the held-out set with the verifier (``mapo eval``), so both algorithms
-are scored by the same code on the same samples. :func:`write_results` turns the
+greedily on the held-out set with the verifier (``mapo eval``), so every arm
+is scored by the same code on the same samples. :func:`write_results` turns the
 run directories into ``docs/RESULTS.md`` (mean ± std over seeds) and a PNG of the
 curves; it reads only what the runs wrote, so the document can be regenerated from
 existing runs (``--report-only``) and every number in it comes from a run.
@@ -19,7 +21,7 @@ What is measured, per run (formulas of the logged keys: ``docs/metrics.md``):
   (variance over the squared batch projection: MAPO's advantage adds ``β·C`` to
   GRPO's, which changes the gradient's scale, so raw variances alone mislead);
 - step time: the mean over steps of ``time_step - time_bootstrap`` (rollout,
-  verifier, advantages and update; the bootstrap is a diagnostic both algorithms pay
+  verifier, advantages and update; the bootstrap is a diagnostic every arm pays
   equally and is left out), and the verifier's share ``time_verifier``.
 
 Choices that are ours: GRPO runs without a verifier (``grpo_verifier: false``), as a
@@ -127,7 +129,7 @@ def run_compare(
     log: Callable[[str], None] = print,
     forced_turns: Callable | None = None,
 ) -> list[Path]:
-    """Train and evaluate every (seed, algorithm) run under ``out``; finished runs are read back. Returns run dirs.
+    """Train and evaluate every (seed, arm) run under ``out``; finished runs are read back. Returns run dirs.
 
     Seeds are the outer loop, so an interrupted experiment has complete pairs to compare.
     """
@@ -172,7 +174,7 @@ def _arm_config(rl_cfg: Any, overrides: list[str]) -> Any:
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """What the results need from one finished run: algo, seed, final eval metrics, per-step means, curves.
+    """What the results need from one finished run: arm, seed, final eval metrics, per-step means, curves.
 
     Raises ValueError naming the missing file when ``run_dir`` is not a finished, evaluated run.
     """
@@ -202,7 +204,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     arm_file = run_dir / ARM_FILE
     arm = json.loads(arm_file.read_text(encoding="utf-8"))["arm"] if arm_file.is_file() else config["advantage"]["estimator"]
     return {
-        "run_dir": str(run_dir), "algo": arm, "seed": int(config["seed"]),
+        "run_dir": str(run_dir), "arm": arm, "seed": int(config["seed"]),
         "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
         "config": config, "per_sample": _per_sample(run_dir / "eval" / "predictions.jsonl"),
     }
@@ -247,9 +249,9 @@ def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[di
     """
     from scipy import stats
 
-    by = {(r["algo"], r["seed"]): r for r in runs}
+    by = {(r["arm"], r["seed"]): r for r in runs}
     out = []
-    for arm in dict.fromkeys(r["algo"] for r in runs):
+    for arm in dict.fromkeys(r["arm"] for r in runs):
         if arm == baseline:
             continue
         seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
@@ -288,18 +290,18 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """``{algo: {metric: {"mean", "std", "n"}}}`` over seeds; std is the sample std (ddof 1), None for one seed."""
+    """``{arm: {metric: {"mean", "std", "n"}}}`` over seeds; std is the sample std (ddof 1), None for one seed."""
     out: dict[str, dict[str, dict[str, float | int | None]]] = {}
-    for algo in dict.fromkeys(r["algo"] for r in runs):
+    for arm in dict.fromkeys(r["arm"] for r in runs):
         per = {}
         for key, *_ in RESULT_METRICS:
-            vals = [r["values"][key] for r in runs if r["algo"] == algo and r["values"][key] is not None]
+            vals = [r["values"][key] for r in runs if r["arm"] == arm and r["values"][key] is not None]
             per[key] = {
                 "mean": float(np.mean(vals)) if vals else None,
                 "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                 "n": len(vals),
             }
-        out[algo] = per
+        out[arm] = per
     return out
 
 
@@ -321,8 +323,8 @@ def goals(agg: dict[str, Any], baseline: str = "grpo", method: str = "mapo") -> 
     if baseline not in agg or method not in agg:
         return []
 
-    def m(algo: str, key: str) -> float | None:
-        return agg[algo][key]["mean"]
+    def m(arm: str, key: str) -> float | None:
+        return agg[arm][key]["mean"]
 
     out = []
     for key, text, better in (
@@ -343,7 +345,7 @@ def goals(agg: dict[str, Any], baseline: str = "grpo", method: str = "mapo") -> 
 def results_markdown(runs: Sequence[dict[str, Any]], command: str, meta: dict[str, Any], plot: str | None) -> str:
     """The text of ``docs/RESULTS.md`` from the runs' own files (see :func:`read_run`)."""
     agg = aggregate(runs)
-    algos = list(agg)
+    arms = list(agg)
     seeds = sorted({r["seed"] for r in runs})
     steps = sorted({r["steps"] for r in runs})
     cfg = runs[0]["config"]
@@ -359,15 +361,15 @@ def results_markdown(runs: Sequence[dict[str, Any]], command: str, meta: dict[st
         "Mean ± sample std over seeds; `(n=k)`: only k runs define the metric (e.g. crop IoU of a policy that "
         "made no crop). `n/a`: no run defines it." + (" The runs were made by the same command without "
         "`--report-only`." if "--report-only" in command else ""), "",
-        "| metric | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos),
+        "| metric | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms),
     ]
     for key, label, _, higher in RESULT_METRICS:
         arrow = {True: " ↑", False: " ↓", None: ""}[higher]
-        counts = {a: sum(r["algo"] == a for r in runs) for a in algos}
-        lines.append(f"| {label}{arrow} | " + " | ".join(_pm(agg[a][key], counts[a]) for a in algos) + " |")
-    diffs = paired_differences(runs, algos[0])
+        counts = {a: sum(r["arm"] == a for r in runs) for a in arms}
+        lines.append(f"| {label}{arrow} | " + " | ".join(_pm(agg[a][key], counts[a]) for a in arms) + " |")
+    diffs = paired_differences(runs, arms[0])
     if diffs:
-        lines += ["", f"## Differences from `{algos[0]}`, paired by seed", "",
+        lines += ["", f"## Differences from `{arms[0]}`, paired by seed", "",
                   "Δ is the mean over seeds of (arm − baseline) on the same held-out samples. *seed 95% CI*: "
                   "t-interval of the per-seed differences (run-to-run noise); *sample 95% CI*: normal interval over "
                   "every (seed, sample) pair (evaluation noise only); *p*: paired t-test over seeds.", "",
@@ -379,23 +381,23 @@ def results_markdown(runs: Sequence[dict[str, Any]], command: str, meta: dict[st
         for d in diffs:
             lines.append(f"| {d['arm']} | {d['metric']} | {d['diff']:+.3f} | {num(d['seed_ci'], '± {:.3f}')} | "
                          f"{num(d['sample_ci'], '± {:.3f}')} | {num(d['p'], '{:.3f}')} | {d['seeds']} |")
-    checked = goals(agg, algos[0], "mapo" if "mapo" in agg else algos[1])
+    checked = goals(agg, arms[0], "mapo" if "mapo" in agg else arms[1])
     if checked:
         lines += ["", "## Goals, checked on the means", "",
                   "| goal | measured | met |", "|---|---|---|"]
         lines += [f"| {g} | {v} | {'n/a' if ok is None else ('yes' if ok else 'no')} |" for g, v, ok in checked]
-    lines += ["", "## Per run", "", "| algorithm | seed | " + " | ".join(label for _, label, _, _ in RESULT_METRICS) + " | run |",
+    lines += ["", "## Per run", "", "| arm | seed | " + " | ".join(label for _, label, _, _ in RESULT_METRICS) + " | run |",
               "|---|---|" + "---|" * (len(RESULT_METRICS) + 1)]
-    for r in sorted(runs, key=lambda r: (r["algo"], r["seed"])):
+    for r in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
         cells = ["n/a" if r["values"][k] is None else f"{r['values'][k]:.4g}" for k, *_ in RESULT_METRICS]
-        lines.append(f"| {r['algo']} | {r['seed']} | " + " | ".join(cells) + f" | `{r['run_dir']}` |")
+        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + f" | `{r['run_dir']}` |")
     if plot:
         lines += ["", "## Curves", "", f"![training curves]({plot})", "",
                   "Mean over seeds (line) and min–max over seeds (band); `eval/accuracy` is the periodic greedy "
                   "held-out evaluation inside `mapo train`."]
     lines += ["", "## How to read this", "",
               "- Gradient variance is the bootstrap estimate of `docs/metrics.md` (projection on one fixed random "
-              "direction, the same for both algorithms). It scales with the advantages' magnitude, and MAPO's "
+              "direction, the same for every arm). It scales with the advantages' magnitude, and MAPO's "
               "advantage adds β·C to GRPO's, so a lower number is not free.",
               "- Step time excludes the bootstrap diagnostic; GRPO runs without a verifier unless the command says "
               "otherwise. The verifier's own cost is the row `verifier time per step`; the rest of a step-time "
@@ -406,7 +408,7 @@ def results_markdown(runs: Sequence[dict[str, Any]], command: str, meta: dict[st
 
 
 def plot_curves(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """A PNG with one panel per :data:`CURVES` key: mean over seeds per algorithm, min–max band."""
+    """A PNG with one panel per :data:`CURVES` key: mean over seeds per arm, min–max band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,15 +419,15 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     for ax, (key, title) in zip(axes.flat, CURVES):
         lowest = math.inf
-        for algo in dict.fromkeys(r["algo"] for r in runs):
-            series = [dict(r["curves"].get(key, [])) for r in runs if r["algo"] == algo]
+        for arm in dict.fromkeys(r["arm"] for r in runs):
+            series = [dict(r["curves"].get(key, [])) for r in runs if r["arm"] == arm]
             steps = sorted(set().union(*series)) if series else []
             steps = [s for s in steps if all(s in s_ for s_ in series)]  # steps every seed logged
             if not steps:
                 continue
             values = np.array([[s_[s] for s in steps] for s_ in series])  # (seeds, steps)
             lowest = min(lowest, float(values.min()))
-            line, = ax.plot(steps, values.mean(axis=0), marker="o", markersize=3, label=algo)
+            line, = ax.plot(steps, values.mean(axis=0), marker="o", markersize=3, label=arm)
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
         if key in LOG_SCALE and ax.lines and lowest > 0:  # a log axis cannot show zeros
             ax.set_yscale("log")
