@@ -84,7 +84,8 @@ class WarmStartConfig:
 
     source: str = knob(
         "default", "'default': the shipped warm start (mapo.policy.load_default), or SFT with the recipe below when "
-        "none is shipped; 'sft': always train it with the recipe below (cached); or a local policy checkpoint directory"
+        "none is shipped; 'shipped:NAME': the checkpoint mapo/assets/NAME, checked against its manifest; 'sft': "
+        "always train it with the recipe below (cached); or a local policy checkpoint directory"
     )
     sft_config: str | None = knob(
         "configs/warmstart.yaml", "YAML of the SFT recipe used when source is 'sft' or no default is shipped "
@@ -303,6 +304,9 @@ def _verifier_mismatch(config: VerifierTrainConfig, manifest: dict[str, Any]) ->
     return None
 
 
+SHIPPED_PREFIX = "shipped:"  # warmstart.source naming a checkpoint under mapo/assets/
+
+
 def warmstart_stage(
     cfg: PipelineConfig, log: Callable[[str], None] = print, progress: bool | str = False
 ) -> tuple[Path, str, bool]:
@@ -311,6 +315,15 @@ def warmstart_stage(
     A shipped or given checkpoint counts as reused (nothing was trained).
     """
     source = cfg.warmstart.source
+    if source.startswith(SHIPPED_PREFIX):
+        from mapo.policy import default
+
+        path = Path(default.DEFAULT_DIR).parent / source[len(SHIPPED_PREFIX):]
+        if not path.is_dir() or path.parent != Path(default.DEFAULT_DIR).parent:
+            raise ValueError(f"warmstart.source {source!r}: no shipped checkpoint {path.name!r} in {path.parent}")
+        default.verify(path)  # an altered checkpoint is an error, not a silent fallback
+        log(f"warm start: the shipped checkpoint {path}")
+        return path, "shipped", True
     if source not in ("default", "sft"):
         from mapo.policy import missing_files
 
@@ -510,7 +523,8 @@ def _verifier_how(cfg: PipelineConfig) -> Callable[[tuple], str]:
 
 
 def _warmstart_how(result: tuple) -> str:
-    return {"default": "shipped checkpoint", "path": "given checkpoint"}.get(result[1]) or _cache_how(result)
+    how = {"default": "shipped checkpoint", "shipped": "shipped checkpoint", "path": "given checkpoint"}
+    return how.get(result[1]) or _cache_how(result)
 
 
 def prepare_demo_dir(out: Path, fresh: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,11 @@ def test_an_unlisted_file_in_the_directory_is_refused(shipped, tmp_path):
     (copy / "lora" / "adapter_config.json").write_text("{}")
     with pytest.raises(default.DefaultPolicyError, match="lora/adapter_config.json"):
         default.verify(copy)
+
+
+def test_the_shipped_stage_four_checkpoint_matches_its_manifest():
+    """mapo/assets/warmstart_scan (the demo's RL start): unaltered, stage 4's config, the first four stages' command."""
+    manifest = default.verify(default.SCAN_DIR)
+    assert manifest["command"] == default.SCAN_COMMAND and manifest["config_file"] == "configs/warmstart_scan.yaml"
+    assert manifest["config"]["data"]["option_scan"] and not manifest["config"]["data"].get("scan_words_weighted")
+    assert [Path(s["run"]).name for s in manifest["earlier_stages"]] == ["letters", "closeup", "pattern"]

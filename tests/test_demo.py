@@ -218,3 +218,17 @@ def test_demo_config_file_loads():
 
     cfg = load_pipeline_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
     assert to_dict(cfg)["rl"]["advantage"]["estimator"] == "mapo"
+
+
+def test_warm_start_can_name_a_shipped_checkpoint(tmp_path):
+    """'shipped:NAME' is mapo/assets/NAME after its manifest check; an unknown name or a path escape is refused."""
+    from mapo.pipeline import PipelineConfig, warmstart_stage
+    from mapo.policy import default
+
+    cfg = from_dict(PipelineConfig, {"warmstart": {"source": "shipped:warmstart_scan"}})
+    path, how, reused = warmstart_stage(cfg, log=lambda _: None)
+    assert (path, how, reused) == (default.SCAN_DIR, "shipped", True)
+    for bad in ("shipped:nope", "shipped:../warmstart"):
+        cfg = from_dict(PipelineConfig, {"warmstart": {"source": bad}})
+        with pytest.raises(ValueError, match="no shipped checkpoint"):
+            warmstart_stage(cfg, log=lambda _: None)

@@ -41,6 +41,10 @@ STAGES = (
     (CONFIG_PATH, "runs/warmstart/default"),
 )
 TRAIN_COMMAND = " && ".join(f"mapo sft --config {config} --out {out}" for config, out in STAGES)
+# Stage 4 alone is shipped too (mapo/assets/warmstart_scan): it misreads some options, which is the
+# headroom the demo's RL stage has to close (docs/demo.md).
+SCAN_DIR = DEFAULT_DIR.parent / "warmstart_scan"
+SCAN_COMMAND = " && ".join(f"mapo sft --config {config} --out {out}" for config, out in STAGES[:4])
 SHIP_COMMAND = "python -m mapo.policy.default ship runs/warmstart/default"
 REBUILD_COMMAND = f"{TRAIN_COMMAND} && {SHIP_COMMAND}"
 # The files of a policy directory that are shipped; anything else in RUN_DIR/final stays behind.
@@ -116,7 +120,9 @@ def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
     return stages
 
 
-def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = TRAIN_COMMAND) -> dict[str, Any]:
+def ship(
+    run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = TRAIN_COMMAND, config_file: str = CONFIG_PATH
+) -> dict[str, Any]:
     """Copy the final policy of SFT run ``run_dir`` to ``out`` and write its manifest.
 
     The manifest records the command, the run's config (``RUN_DIR/config.yaml``) and those of
@@ -139,7 +145,7 @@ def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = T
         metrics["eval"] = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     fields = {
         "command": command,
-        "config_file": CONFIG_PATH,
+        "config_file": config_file,
         "config": config,
         "earlier_stages": earlier_stages(config),
         "seed": {"train": config.get("seed"), "policy_init": config.get("policy", {}).get("seed"),
@@ -158,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--out", default=str(DEFAULT_DIR))
     p.add_argument("--command", default=TRAIN_COMMAND, help="the command(s) that trained RUN_DIR, for the manifest")
+    p.add_argument("--config-file", default=CONFIG_PATH, help="the config file of RUN_DIR's own stage, for the manifest")
     p = sub.add_parser("verify", help="check the shipped files against the manifest")
     p.add_argument("--path", default=str(DEFAULT_DIR))
     args = parser.parse_args(argv)
     if args.cmd == "ship":
-        manifest = ship(args.run_dir, args.out, command=args.command)
+        manifest = ship(args.run_dir, args.out, command=args.command, config_file=args.config_file)
         print(f"shipped {len(manifest['files'])} files to {args.out}")
     else:
         manifest = verify(args.path)
