@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from mapo.cli import main
 from mapo.records import PredictionRecord, TurnRecord, append_jsonl
+from mapo.report import CHOSEN_CURVES as CHOSEN_TITLES
 from mapo.report import MARKER, build_report
 
 INJECTED = (
@@ -193,21 +194,207 @@ def test_paths_outside_the_eval_dir_are_ignored(tmp_path):
     assert "ignored image path outside the eval directory" in text
 
 
-def test_training_run_gets_curves_of_every_numeric_key_and_its_eval(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [{"step": s, "reward_mean": s / 10, "accuracy": 0.1 * s, "loss": {"policy": 1.0 / (s + 1)}, "tag": "x",
-             "done": False} for s in range(30)]
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+class _Layout(HTMLParser):
+    """Where things sit: the order of top-level blocks (sections, collapsed ``<details>``, the card list),
+    the metric keys printed in small print inside each, its text, whether a ``<details>`` is open, and
+    the cells of the before/after table."""
+
+    BLOCKS = ("section", "details", "article")
+
+    def __init__(self):
+        super().__init__()
+        self.order: list[str] = []
+        self.keys: dict[str, list[str]] = {}
+        self.text: dict[str, str] = {}
+        self.open: dict[str, bool] = {}
+        self.rows: list[list[str]] = []
+        self._stack: list[str] = []
+        self._in_key = self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in self.BLOCKS or (tag == "div" and a.get("id") == "cards"):
+            name = a.get("id") or tag
+            if not self._stack and tag != "article":
+                self.order.append(name)
+            if tag == "details" and not self._stack:
+                self.open[name] = "open" in a
+            self._stack.append(name)
+        self._in_key = tag == "span" and a.get("class") == "key"
+        if tag == "tr" and self._where() == "summary":
+            self.rows.append([])
+        if tag in ("td", "th") and self._where() == "summary":
+            self.rows[-1].append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag):
+        if tag in self.BLOCKS or (tag == "div" and self._stack == ["cards"]):
+            self._stack.pop()
+        if tag == "span":
+            self._in_key = False
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data):
+        where = self._where()
+        self.text[where] = self.text.get(where, "") + data
+        if self._in_key:
+            self.keys.setdefault(where, []).append(data)
+        if self._in_cell and self.rows:
+            self.rows[-1][-1] += data.strip()
+
+    def _where(self) -> str:
+        return self._stack[0] if self._stack else "page"
+
+
+def layout(text: str) -> _Layout:
+    p = _Layout()
+    p.feed(text)
+    return p
+
+
+CHOSEN = ["reward_mean", "accuracy", "hit_rate", "semantic_mean", "kl", "entropy", "eval/accuracy"]
+
+
+def make_run_dir(root: Path, steps: int = 30) -> Path:
+    """A training run as ``mapo train`` writes it: metrics.jsonl (every chosen key and then some,
+    deliberately not in page order, eval/accuracy every 10 steps), config.yaml, eval/step_*."""
+    root.mkdir(parents=True)
+    rows = []
+    for s in range(steps):
+        row = {"step": s, "entropy": 1.0 - s / 100, "time_step": 3.0, "ppo_kl": 1e-3, "kl": s / 1000,
+               "semantic_mean": -0.5 + s / 60, "hit_rate": s / 30, "accuracy": 0.1 * s / 3, "reward_mean": s / 10,
+               "adv_mean": 0.0, "loss": {"policy": 1.0 / (s + 1)}, "tag": "x", "done": False}
+        rows.append(row)
+        if s % 10 == 9:
+            rows.append({"step": s, "eval/accuracy": 0.3 + s / 100, "eval/n": 8.0})
+    (root / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    (root / "config.yaml").write_text("steps: 30\nadvantage:\n  estimator: mapo\nrollout:\n  group_size: 8\n")
+    return root
+
+
+def test_run_page_leads_with_summary_then_chosen_curves_then_collapsed_sections(tmp_path):
+    run = make_run_dir(tmp_path / "run")
     make_eval_dir(run / "eval" / "step_2", n=1)
     make_eval_dir(run / "eval" / "step_10", n=2)
     text = build_report(run, tmp_path / "report").read_text()
-    for key in ("reward_mean", "accuracy", "loss/policy"):
-        assert f"training: {key}" in text
-    assert "training: tag" not in text and "training: done" not in text
+    page = layout(text)
+    # Summary, then the chosen curves, then everything else collapsed, then the cards.
+    assert page.order[:-1] == ["summary", "curves", "all-metrics", "evaluation", "config", "filters"]
+    assert page.order[-1] == "cards"
+    assert page.open == {"all-metrics": False, "evaluation": False, "config": False}
+    # The chosen curves in the stated order, each titled in words with its key in small print;
+    # kl is logged, so ppo_kl is not among them.
+    assert page.keys["curves"] == CHOSEN
+    assert "Reward, mean over sampled rollouts" in page.text["curves"]
+    assert text.count("<figure>", text.index('id="curves"'), text.index('id="all-metrics"')) == len(CHOSEN)
+    # Every other numeric key is in the closed block, alphabetically; non-numeric keys nowhere.
+    others = ["adv_mean", "eval/n", "loss/policy", "ppo_kl", "time_step"]
+    assert "All 12 logged metrics" in page.text["all-metrics"]
+    collapsed = text[text.index('id="all-metrics"'):text.index('id="evaluation"')]
+    assert [a.split('"')[0] for a in collapsed.split('alt="')[1:]] == others
+    assert 'alt="tag"' not in text and 'alt="done"' not in text
+    # Without before/after evaluations the summary gives the last logged value of each key metric.
+    assert "Key metrics at their last logged step" in page.text["summary"]
+    assert [r[0] for r in page.rows[1:]] == [f"{CHOSEN_TITLES[k]}{k}" for k in CHOSEN]
+    assert page.rows[1][1:] == ["2.9", "step 29"]  # reward_mean = s / 10 at s = 29
+    assert page.rows[-1][1:] == ["0.59", "step 29"]  # eval/accuracy = 0.3 + 29 / 100
+    # The config is only in its closed block.
+    assert "estimator" in page.text["config"] and "group_size" in page.text["config"]
+    assert all("group_size" not in t for where, t in page.text.items() if where != "config")
     assert "skipped 1 line(s)" in text
     assert parse_dom(text).cards == 2  # from eval/step_10, the latest by natural order
     assert "step_10" in text
+
+
+def test_ppo_kl_stands_in_for_kl_when_no_reference_is_used(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "ppo_kl": 1e-3 * s, "reward_mean": 0.1, "loss": 1.0} for s in range(3)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    page = layout(build_report(run, tmp_path / "report").read_text())
+    assert page.keys["curves"] == ["reward_mean", "ppo_kl"]
+    assert "All 3 logged metrics" in page.text["all-metrics"]
+    assert "config" not in page.order  # no config.yaml, no eval: no empty block
+
+
+def test_markup_in_metric_keys_and_config_is_text(tmp_path):
+    run = make_run_dir(tmp_path / "run", steps=2)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 1, "<img src=x onerror=alert(1)>": 1.0}) + "\n")
+    with open(run / "config.yaml", "a") as f:
+        f.write("note: '<script>alert(2)</script>'\n")
+    text = build_report(run, tmp_path / "report").read_text()
+    assert "<img src=x" not in text and "<script>alert" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;script&gt;alert(2)&lt;/script&gt;" in text
+
+
+def _tools(acc, first_hit, iou, calls, sem, n=40):
+    return {"tools": {"n": n, "accuracy": acc, "first_crop_hit_rate": first_hit, "crop_iou_mean": iou,
+                      "tool_calls_per_sample": calls, "semantic_score_mean": sem, "crop_hit_rate": 0.5,
+                      "invalid_call_rate": 0.0, "no_answer_rate": 0.0, "finish_reasons": {"answer": n}},
+            "run": {"config": {"max_turns": 3}}}
+
+
+def make_demo_dir(root: Path) -> Path:
+    """What ``mapo demo`` leaves (mapo.pipeline.run_pipeline): rl/ (the run, rl/eval/ its final held-out
+    eval) next to eval_before/ (the warm start's eval of the same held-out set)."""
+    make_run_dir(root / "rl")
+    make_eval_dir(root / "rl" / "eval", n=2)
+    (root / "rl" / "eval" / "metrics.json").write_text(json.dumps(_tools(0.5, 0.6, 0.55, 1.5, 0.125)))
+    make_eval_dir(root / "eval_before", n=2)
+    (root / "eval_before" / "metrics.json").write_text(json.dumps(_tools(0.25, 0.2, None, 1.0, -0.5)))
+    return root
+
+
+@pytest.mark.parametrize("which", ["demo dir", "its rl run (as the demo builds it)"])
+def test_demo_report_opens_with_the_before_after_table(tmp_path, which):
+    demo = make_demo_dir(tmp_path / "demo")
+    src = demo if which == "demo dir" else demo / "rl"
+    text = build_report(src, tmp_path / "report").read_text()
+    page = layout(text)
+    assert page.order[:3] == ["summary", "curves", "all-metrics"]
+    assert "40 samples" in page.text["summary"]
+    # metric (label + meaning) | before | after | change, from the two metrics.json files
+    assert page.rows[0] == ["metric", "before RL", "after RL", "change"]
+    assert [r[0] for r in page.rows[1:]] == [
+        "accuracyanswer correct (greedy, held-out)",
+        "first-zoom hit ratesamples whose first valid crop hits a target",
+        "crop IoUmean IoU of valid crops with the nearest target box",
+        "tool calls / sampleexecuted tool calls per sample",
+        "semantic scoremean verifier cosine of description vs crop (s_missing = -1)",
+    ]
+    assert [r[1:] for r in page.rows[1:]] == [
+        ["0.250", "0.500", "+0.250"],
+        ["0.200", "0.600", "+0.400"],
+        ["n/a", "0.550", "n/a"],  # no valid crop before: IoU undefined, so is the change
+        ["1.000", "1.500", "+0.500"],
+        ["-0.500", "0.125", "+0.625"],
+    ]
+    # 2 SE of a difference of proportions on n=40: 2·sqrt((.25·.75 + .5·.5)/40) = 0.209 < 0.25
+    assert "RL improved held-out accuracy by +0.250" in page.text["summary"]
+    assert "Key metrics at their last logged" not in text
+    # The evaluation's own config joins the run's config in the closed block.
+    assert "max_turns" in page.text["config"] and "max_turns" not in page.text["evaluation"]
+
+
+def test_demo_without_its_after_eval_says_so_and_shows_the_last_step(tmp_path):
+    demo = make_demo_dir(tmp_path / "demo")
+    (demo / "rl" / "eval" / "metrics.json").unlink()
+    page = layout(build_report(demo, tmp_path / "report").read_text())
+    assert "no before/after table" in page.text["page"]
+    assert "Key metrics at their last logged step" in page.text["summary"]
+
+
+def test_eval_dir_keeps_statistics_first_and_collapses_its_config(tmp_path):
+    src = make_eval_dir(tmp_path / "eval", n=2)
+    metrics = {"overall": {"accuracy": 0.5}, "run": {"config": {"max_turns": 3, "temperature": 0.0}}}
+    (src / "metrics.json").write_text(json.dumps(metrics))
+    page = layout(build_report(src, tmp_path / "report").read_text())
+    assert page.order == ["summary", "plots", "config", "filters", "cards"]
+    assert page.open == {"config": False}
+    assert "overall/accuracy" in page.text["summary"] and "max_turns" not in page.text["summary"]
+    assert "run/config/max_turns" not in page.text["config"] and "config/max_turns" in page.text["config"]
 
 
 def test_max_trajectories_caps_cards_not_statistics(tmp_path):

@@ -1,11 +1,17 @@
 """``mapo report``: a static HTML page of what the agent did.
 
 Input is an eval directory (``predictions.jsonl``, optional ``metrics.json``, the
-image and crop files the records name) or a training run directory
-(``metrics.jsonl`` with one JSON object per step, optionally an ``eval/``
-directory holding predictions). Output is ``index.html`` plus ``assets/`` (PNG
-thumbnails with every zoom box drawn, crops, plots). The page needs no server and
-no network: open it from ``file://``.
+image and crop files the records name), a training run directory
+(``metrics.jsonl`` with one JSON object per step, optionally ``config.yaml`` and an
+``eval/`` directory holding predictions), or a ``mapo demo`` directory (its ``rl/``
+run, with the held-out evaluations before and after RL). Output is ``index.html``
+plus ``assets/`` (PNG thumbnails with every zoom box drawn, crops, plots). The page
+needs no server and no network: open it from ``file://``.
+
+A run's page leads with the outcome (the before → after table when the demo's two
+evaluations are there, else the key metrics of the last step) and a few chosen
+curves; every other metric and the config are collapsed, because a first reader
+needs the answer to "did RL help?" before every logged metric.
 
 Boxes are drawn from ``bbox_original`` on the original image (scaled to the
 thumbnail), the one coordinate convention of the project; the view-space box is
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image, ImageDraw
 
 from mapo.data import open_image
@@ -29,6 +36,21 @@ from mapo.report import html as H
 from mapo.report import plots as P
 
 MARKER = ".mapo-report"  # marks a directory we wrote, so --force never wipes a stranger's files
+
+# The curves a run's page opens with: logged key -> title in words, in page order.
+CHOSEN_CURVES = {
+    "reward_mean": "Reward, mean over sampled rollouts",
+    "accuracy": "Accuracy of sampled rollouts",
+    "hit_rate": "First-zoom hit rate (IoU ≥ 0.5)",
+    "semantic_mean": "Semantic score of the descriptions",
+    "kl": "KL to the reference policy",
+    "ppo_kl": "KL between rollout and updated policy",  # shown only when kl is not logged
+    "entropy": "Policy entropy per token",
+    "eval/accuracy": "Held-out accuracy (periodic greedy eval)",
+}
+# Rows of the before/after table, in this order: keys of metrics.json["tools"]; labels and the
+# arithmetic come from mapo.pipeline.before_after, the function behind the demo's summary.md.
+COMPARED = ("accuracy", "first_crop_hit_rate", "crop_iou_mean", "tool_calls_per_sample", "semantic_score_mean")
 
 
 @dataclass
@@ -39,6 +61,8 @@ class ReportInputs:
     eval_dir: Path | None = None  # where record file names are resolved
     metrics: dict[str, Any] | None = None  # metrics.json of the eval
     train_rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl of a run
+    config: dict[str, Any] | None = None  # config.yaml of a run
+    before_after: tuple[dict[str, Any], dict[str, Any]] | None = None  # demo: metrics.json before and after RL
     notes: list[str] = field(default_factory=list)
 
 
@@ -75,15 +99,24 @@ def build_report(
     for i, rec in enumerate(shown):
         images = _card_images(rec, i, inputs.eval_dir, assets, thumb_px, crop_px, inputs.notes)
         cards.append(H.render_card(rec, images, low_score))
+    x_label, series = P.numeric_series(inputs.train_rows)
+    chosen = chosen_keys(series)
+    metrics = inputs.metrics or {}
     page = H.Page(
         title=f"mapo report: {src.resolve().name}",
         source=str(src.resolve()),
         stats=record_statistics(inputs.records) if inputs.records else {"n": 0},
-        metrics=inputs.metrics,
-        plots=_plots(inputs, assets),
+        metrics={k: v for k, v in metrics.items() if k != "run"},
+        plots=_histograms(inputs.records, assets),
         cards=cards,
         total_records=len(inputs.records),
         notes=_dedupe(inputs.notes),
+        curves=[_curve(key, series, x_label, assets, CHOSEN_CURVES[key]) for key in chosen],
+        other_curves=[_curve(key, series, x_label, assets) for key in sorted(set(series) - set(chosen))],
+        comparison=_comparison(inputs.before_after),
+        final=[(CHOSEN_CURVES[k], k, series[k][0][-1], series[k][1][-1]) for k in chosen],
+        x_label=x_label,
+        config=_config_tables(inputs.config, metrics.get("run")),
     )
     index = out / "index.html"
     index.write_text(H.render_page(page), encoding="utf-8")
@@ -95,9 +128,15 @@ def load_inputs(src: Path) -> ReportInputs:
     if not src.is_dir():
         raise ValueError(f"report source must be an eval or run directory, got {src} (not a directory)")
     inputs = ReportInputs()
-    if (src / "metrics.jsonl").is_file():
-        inputs.train_rows = _read_metric_rows(src / "metrics.jsonl", inputs.notes)
-    eval_dir = _find_eval_dir(src)
+    demo = _demo_root(src)
+    run = demo / "rl" if demo is not None else src
+    if (run / "metrics.jsonl").is_file():
+        inputs.train_rows = _read_metric_rows(run / "metrics.jsonl", inputs.notes)
+    if (run / "config.yaml").is_file():
+        inputs.config = _read_yaml_mapping(run / "config.yaml", inputs.notes)
+    if demo is not None:
+        inputs.before_after = _read_before_after(demo, inputs.notes)
+    eval_dir = _find_eval_dir(run)
     if eval_dir is not None:
         result = read_jsonl(eval_dir / "predictions.jsonl")
         inputs.records, inputs.eval_dir = result.records, eval_dir
@@ -114,6 +153,43 @@ def load_inputs(src: Path) -> ReportInputs:
             f"{src} holds neither predictions.jsonl (an eval directory) nor metrics.jsonl (a training run)"
         )
     return inputs
+
+
+def _demo_root(src: Path) -> Path | None:
+    """The ``mapo demo`` directory that ``src`` is, or whose ``rl/`` run ``src`` is; else None.
+
+    The layout is ``mapo.pipeline.run_pipeline``'s: ``rl/`` (the training run, its final
+    held-out eval in ``rl/eval/``) next to ``eval_before/`` (the warm start's eval). The
+    demo builds its report from ``rl/``, so both spellings must find the pair.
+    """
+    src = src.resolve()
+    for root in (src, src.parent):
+        if (
+            src in (root, root / "rl")
+            and (root / "rl" / "metrics.jsonl").is_file()
+            and (root / "eval_before" / "metrics.json").is_file()
+        ):
+            return root
+    return None
+
+
+def _read_before_after(demo: Path, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """metrics.json of the evaluation before RL and after it, or None (and a note) when one is unusable."""
+    pair = []
+    for path in (demo / "eval_before" / "metrics.json", demo / "rl" / "eval" / "metrics.json"):
+        if not path.is_file():
+            notes.append(f"no before/after table: {path} is missing (the evaluation after RL has not finished?)")
+            return None
+        try:
+            data = _read_json_object(path)
+        except ValueError as e:
+            notes.append(f"no before/after table: {e}")
+            return None
+        if not isinstance(data.get("tools"), dict):
+            notes.append(f'no before/after table: {path} has no "tools" statistics (not written by mapo eval?)')
+            return None
+        pair.append(data)
+    return pair[0], pair[1]
 
 
 def _find_eval_dir(src: Path) -> Path | None:
@@ -159,6 +235,18 @@ def _read_json_object(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_yaml_mapping(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        notes.append(f"{path.name} is not valid YAML and is not shown: {str(e)[:160]}")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path.name} does not hold a mapping and is not shown")
+        return None
     return data
 
 
@@ -245,23 +333,56 @@ def _scale(box: list[float], sx: float, sy: float) -> tuple[float, float, float,
 # --- plots ---------------------------------------------------------------------------
 
 
-def _plots(inputs: ReportInputs, assets: Path) -> list[tuple[str, str]]:
-    plots: list[tuple[str, str]] = []
-    if inputs.records:
-        for caption, fn, name in (
-            ("semantic scores", P.plot_semantic_scores, "semantic_scores.png"),
-            ("tool calls per sample", P.plot_tool_calls, "tool_calls.png"),
-            ("crop IoU", P.plot_iou, "crop_iou.png"),
-        ):
-            if fn(inputs.records, assets / name) is not None:
-                plots.append((caption, f"assets/{name}"))
-    if inputs.train_rows:
-        x_label, series = P.numeric_series(inputs.train_rows)
-        for k, (key, (xs, ys)) in enumerate(sorted(series.items())):
-            name = f"curve_{k:03d}.png"
-            P.plot_curve(key, xs, ys, x_label, assets / name)
-            plots.append((f"training: {key}", f"assets/{name}"))
-    return plots
+def chosen_keys(logged: Any) -> list[str]:
+    """The keys of :data:`CHOSEN_CURVES` that were logged, in page order; ``ppo_kl`` only without ``kl``."""
+    keys = [k for k in CHOSEN_CURVES if k in logged]
+    if "kl" in keys and "ppo_kl" in keys:  # kl (to the reference) is the one that says how far RL moved
+        keys.remove("ppo_kl")
+    return keys
+
+
+def _histograms(records: list[PredictionRecord], assets: Path) -> list[H.Figure]:
+    figs = []
+    for title, fn, name in (
+        ("semantic scores", P.plot_semantic_scores, "semantic_scores.png"),
+        ("tool calls per sample", P.plot_tool_calls, "tool_calls.png"),
+        ("crop IoU", P.plot_iou, "crop_iou.png"),
+    ):
+        if records and fn(records, assets / name) is not None:
+            figs.append(H.Figure(f"assets/{name}", title))
+    return figs
+
+
+def _curve(key: str, series: dict[str, Any], x_label: str, assets: Path, title: str | None = None) -> H.Figure:
+    """Plot one logged key; the file is named by the key's sorted position so names are stable and safe."""
+    name = f"curve_{sorted(series).index(key):03d}.png"
+    xs, ys = series[key]
+    P.plot_curve(key, xs, ys, x_label, assets / name, title=title)
+    return H.Figure(f"assets/{name}", title or key, key if title else "")
+
+
+def _comparison(pair: tuple[dict[str, Any], dict[str, Any]] | None) -> H.Comparison | None:
+    if pair is None:
+        return None
+    # Imported here: mapo.pipeline pulls in torch, which only a demo directory's report needs.
+    from mapo.pipeline import before_after, verdict
+
+    before, after = pair
+    by_key = {r["key"]: r for r in before_after(before, after)}
+    rows = [by_key[k] for k in COMPARED]
+    n = after["tools"].get("n")
+    n = n if isinstance(n, int) and n > 0 else None
+    return H.Comparison(rows=rows, verdict=verdict(rows, n) if n else "", n=n)
+
+
+def _config_tables(config: dict[str, Any] | None, eval_run: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The run's config.yaml and the evaluation's own settings (metrics.json "run"), whichever exist."""
+    tables = []
+    if config:
+        tables.append(("config.yaml of the training run", config))
+    if isinstance(eval_run, dict) and eval_run:
+        tables.append(('settings of the evaluation (metrics.json "run")', eval_run))
+    return tables
 
 
 def _dedupe(items: list[str]) -> list[str]:

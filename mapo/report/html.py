@@ -43,15 +43,47 @@ class CardImages:
 
 
 @dataclass
+class Figure:
+    """One PNG on the page."""
+
+    src: str  # path relative to index.html
+    title: str  # what it shows, in words
+    key: str = ""  # the logged metric key, shown in small print under the title (empty for histograms)
+
+
+@dataclass
+class Comparison:
+    """Held-out evaluations before and after RL, as ``mapo.pipeline.before_after`` tabulates them."""
+
+    rows: list[dict[str, Any]]  # each: label, meaning, before, after, delta (None where undefined)
+    verdict: str  # mapo.pipeline.verdict's reading of the accuracy change ("" when n is unknown)
+    n: int | None  # held-out samples per evaluation
+
+
+@dataclass
 class Page:
+    """Everything the page shows. A training run (``curves`` or ``other_curves`` non-empty) gets the
+    run layout: summary, chosen curves, then everything else in closed ``<details>``; an eval
+    directory gets statistics and histograms up front."""
+
     title: str
     source: str  # what the report was built from (shown in the header)
     stats: dict[str, Any]  # record_statistics(...)
-    metrics: dict[str, Any] | None  # metrics.json, shown as given
-    plots: list[tuple[str, str]]  # (caption, relative png path)
+    metrics: dict[str, Any] | None  # metrics.json as given, less its "run" block (that goes under config)
+    plots: list[Figure]  # histograms of the records
     cards: list[str]  # rendered cards
     total_records: int
     notes: list[str] = field(default_factory=list)  # warnings shown at the top
+    curves: list[Figure] = field(default_factory=list)  # the chosen training curves, in page order
+    other_curves: list[Figure] = field(default_factory=list)  # every other logged metric
+    comparison: Comparison | None = None
+    final: list[tuple[str, str, float, float]] = field(default_factory=list)  # (title, key, x, value) at the last x
+    x_label: str = "step"  # what x is in ``final`` and the curves
+    config: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (heading, mapping), shown collapsed
+
+    @property
+    def is_run(self) -> bool:
+        return bool(self.curves or self.other_curves)
 
 
 _CSS = """
@@ -59,12 +91,18 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#222}
 header.top{background:#1f2937;color:#fff;padding:12px 20px}
 header.top h1{margin:0;font-size:20px} header.top .src{opacity:.75;font-size:12px}
 main{padding:12px 20px}
-section{background:#fff;border-radius:6px;padding:10px 14px;margin-bottom:12px;box-shadow:0 1px 2px #0002}
-h2{font-size:16px;margin:4px 0 8px}
+section,details.more{background:#fff;border-radius:6px;padding:10px 14px;margin-bottom:12px;box-shadow:0 1px 2px #0002}
+details.more>summary{font-weight:600;cursor:pointer}
+h2{font-size:16px;margin:4px 0 8px} h3{font-size:14px;margin:10px 0 4px}
+table.cmp{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
+table.cmp th,table.cmp td{padding:3px 14px 3px 0;text-align:right;vertical-align:top;border-bottom:1px solid #eee}
+table.cmp th:first-child,table.cmp td:first-child{text-align:left}
+.key{color:#777;font-size:11px;font-family:ui-monospace,monospace;font-weight:normal}
+.verdict{margin:8px 0 2px}
 table.kv{border-collapse:collapse;font-size:13px} table.kv td{padding:2px 10px 2px 0;vertical-align:top}
 table.kv td.k{color:#555}
 .plots{display:flex;flex-wrap:wrap;gap:8px} .plots figure{margin:0} .plots img{width:336px;border:1px solid #ddd}
-.plots figcaption{font-size:11px;color:#666}
+.plots figcaption{font-size:12px;color:#333;width:336px} .plots figcaption .key{display:block}
 .note{background:#fff4d6;border-left:4px solid #e0a030;padding:6px 10px;margin:6px 0}
 #filters{position:sticky;top:0;z-index:2;display:flex;flex-wrap:wrap;gap:14px;align-items:center}
 #filters input[type=search]{width:260px}
@@ -151,9 +189,9 @@ def render_page(page: Page) -> str:
         '<div class="note" id="broken-images" hidden></div>',
     ]
     parts += [f'<div class="note">{esc(n)}</div>' for n in page.notes]
-    parts.append(_summary_section(page))
-    if page.plots:
-        parts.append(_plots_section(page.plots))
+    parts += _run_sections(page) if page.is_run else _eval_sections(page)
+    if page.config:
+        parts.append(_config_section(page.config))
     parts.append(_filters_section(len(page.cards), page.total_records))
     parts.append('<div id="cards">')
     parts += page.cards
@@ -163,27 +201,94 @@ def render_page(page: Page) -> str:
     return "\n".join(parts)
 
 
-def _summary_section(page: Page) -> str:
-    rows = [(k, v) for k, v in page.stats.items() if not isinstance(v, dict)]
-    finish = page.stats.get("finish_reasons") or {}
-    rows.append(("finish_reasons", ", ".join(f"{k}: {v}" for k, v in finish.items()) or "none"))
-    out = ['<section id="summary"><h2>Summary</h2><table class="kv">']
-    out += [f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in rows]
+def _eval_sections(page: Page) -> list[str]:
+    """An eval directory: its statistics and histograms describe the cards below, so they lead."""
+    out = [f'<section id="summary"><h2>Summary</h2>{_stats_tables(page)}</section>']
+    if page.plots:
+        out.append(f'<section id="plots"><h2>Plots</h2>{_figures(page.plots)}</section>')
+    return out
+
+
+def _run_sections(page: Page) -> list[str]:
+    """A training run: the outcome, then a few curves; the long tail stays one click away."""
+    out = [f'<section id="summary"><h2>Summary</h2>{_run_summary(page)}</section>']
+    if page.curves:
+        out.append(f'<section id="curves"><h2>Training curves</h2>{_figures(page.curves)}</section>')
+    if page.other_curves:
+        n = len(page.curves) + len(page.other_curves)
+        above = f"<p>The {len(page.curves)} charted above are not repeated.</p>" if page.curves else ""
+        out.append(_collapsed("all-metrics", f"All {n} logged metrics", above + _figures(page.other_curves)))
+    if page.total_records:
+        body = _stats_tables(page) + (_figures(page.plots) if page.plots else "")
+        out.append(_collapsed("evaluation", "Statistics of the trajectories below", body))
+    return out
+
+
+def _run_summary(page: Page) -> str:
+    if page.comparison is not None:
+        return _comparison_table(page.comparison)
+    if page.final:
+        rows = [
+            f'<tr><td>{esc(title)} <span class="key">{esc(key)}</span></td><td>{esc(_fmt(value))}</td>'
+            f"<td>{esc(page.x_label)} {esc(_fmt(x))}</td></tr>"
+            for title, key, x, value in page.final
+        ]
+        return (f"<h3>Key metrics at their last logged {esc(page.x_label)}</h3>"
+                '<table class="cmp"><tr><th>metric</th><th>value</th><th>at</th></tr>' + "".join(rows) + "</table>")
+    return "<p>None of the key metrics was logged; every logged metric is under the collapsed list below.</p>"
+
+
+def _comparison_table(cmp: Comparison) -> str:
+    n = f", {cmp.n} samples" if cmp.n else ""
+    out = [
+        f"<h3>Held-out evaluation{esc(n)}: before RL (warm start, <code>eval_before/</code>) → after RL "
+        "(<code>rl/eval/</code>)</h3>",
+        '<table class="cmp"><tr><th>metric</th><th>before RL</th><th>after RL</th><th>change</th></tr>',
+    ]
+    for r in cmp.rows:
+        out.append(
+            f'<tr><td>{esc(r["label"])} <span class="key">{esc(r["meaning"])}</span></td>'
+            f'<td>{_num(r["before"])}</td><td>{_num(r["after"])}</td><td>{_num(r["delta"], signed=True)}</td></tr>'
+        )
     out.append("</table>")
-    if page.metrics:
-        out.append('<h2>metrics.json</h2><table class="kv">')
-        out += [f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in _flat(page.metrics)]
-        out.append("</table>")
-    out.append("</section>")
+    if cmp.verdict:
+        out.append(f'<p class="verdict">{esc(cmp.verdict)}</p>')
     return "\n".join(out)
 
 
-def _plots_section(plots: Sequence[tuple[str, str]]) -> str:
-    figs = [
-        f'<figure><img src="{esc(src)}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>'
-        for cap, src in plots
-    ]
-    return '<section id="plots"><h2>Plots</h2><div class="plots">' + "".join(figs) + "</div></section>"
+def _stats_tables(page: Page) -> str:
+    """record_statistics over every record, then metrics.json (the benchmark's official numbers live there)."""
+    rows = [(k, v) for k, v in page.stats.items() if not isinstance(v, dict)]
+    finish = page.stats.get("finish_reasons") or {}
+    rows.append(("finish_reasons", ", ".join(f"{k}: {v}" for k, v in finish.items()) or "none"))
+    out = _kv_table(rows)
+    if page.metrics:
+        out += "<h3>metrics.json</h3>" + _kv_table(_flat(page.metrics))
+    return out
+
+
+def _config_section(tables: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    body = "".join(f"<h3>{esc(name)}</h3>" + _kv_table(_flat(data)) for name, data in tables)
+    return _collapsed("config", "Run config", body)
+
+
+def _collapsed(id_: str, summary: str, body: str) -> str:
+    """A closed ``<details>``: one click away for whoever needs it, out of the way of whoever reads top-down."""
+    return f'<details class="more" id="{esc(id_)}"><summary>{esc(summary)}</summary>{body}</details>'
+
+
+def _figures(figs: Sequence[Figure]) -> str:
+    out = []
+    for f in figs:
+        key = f'<span class="key">{esc(f.key)}</span>' if f.key else ""
+        img = f'<img src="{esc(f.src)}" alt="{esc(f.title)}">'
+        out.append(f"<figure>{img}<figcaption>{esc(f.title)}{key}</figcaption></figure>")
+    return '<div class="plots">' + "".join(out) + "</div>"
+
+
+def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
+    cells = "".join(f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in rows)
+    return f'<table class="kv">{cells}</table>'
 
 
 def _filters_section(n_cards: int, total: int) -> str:
@@ -292,6 +397,13 @@ def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float
         )
     out.append("</table>")
     return "\n".join(out)
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    """Three decimals, like summary.md; n/a where a ratio had no denominator."""
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
 def _fmt(value: Any) -> str:

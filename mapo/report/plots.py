@@ -41,8 +41,12 @@ def numeric_series(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, tuple
     return x_key, series
 
 
-def plot_curve(key: str, xs: list[float], ys: list[float], x_label: str, path: Path) -> Path:
-    """One training curve; a moving average is overlaid when the raw curve is long."""
+def plot_curve(key: str, xs: list[float], ys: list[float], x_label: str, path: Path, title: str | None = None) -> Path:
+    """One training curve; a moving average is overlaid when the raw curve is long.
+
+    With ``title`` (words) the chart is titled by it and the logged ``key`` becomes the
+    small y label, so the PNG still says which metric it is when seen on its own.
+    """
     fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=_DPI)
     ax.plot(xs, ys, lw=1, alpha=0.6 if len(ys) > 20 else 1.0, marker="" if len(ys) > 20 else ".")
     if len(ys) > 20:
@@ -50,7 +54,9 @@ def plot_curve(key: str, xs: list[float], ys: list[float], x_label: str, path: P
         smooth = [sum(ys[max(0, i - w + 1) : i + 1]) / len(ys[max(0, i - w + 1) : i + 1]) for i in range(len(ys))]
         ax.plot(xs, smooth, lw=1.8, label=f"mean of last {w}")
         ax.legend(fontsize=7, loc="best")
-    ax.set_title(key, fontsize=9)
+    ax.set_title(title or key, fontsize=9)
+    if title:
+        ax.set_ylabel(key, fontsize=7)
     ax.set_xlabel(x_label, fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
