@@ -5,8 +5,8 @@ is missing and we are root with apt-get (measured: about 20 s on the build
 machine with a warm mirror). The test skips, with the reason, only when Chromium
 cannot be installed or cannot start at all.
 
-Set ``MAPO_UPDATE_DOCS_SCREENSHOT=1`` to refresh ``docs/img/report.png`` from the
-screenshot this test takes.
+``docs/img/report.png`` is a screenshot of a real demo report, not of this fixture
+(``bash scripts/report_screenshot.sh`` after ``make demo``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from PIL import Image
 from mapo.report import build_report
 from test_report import INJECTED, make_eval_dir, parse_dom
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "report.png"
 WINDOW = (1280, 1500)
 _FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -115,13 +114,3 @@ def test_report_in_headless_chromium(chromium, tmp_path):
     assert img.size == WINDOW
     colours = img.resize((64, 64)).getcolors(64 * 64)
     assert colours is not None and len(colours) > 20, "the screenshot looks blank"
-    if os.environ.get("MAPO_UPDATE_DOCS_SCREENSHOT") == "1":
-        _save_docs_screenshot(img)
-
-
-def _save_docs_screenshot(img: Image.Image) -> None:
-    """Palette PNG keeps the docs image small (< 300 KB) without visible loss on a UI screenshot."""
-    DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(DOCS_SCREENSHOT, optimize=True)
-    size = DOCS_SCREENSHOT.stat().st_size
-    assert size < 300_000, f"{DOCS_SCREENSHOT} is {size} bytes; must stay under 300 KB"
