@@ -179,8 +179,10 @@ def test_tiny_real_comparison_end_to_end(tmp_path):
     for r in runs:
         assert r["n_eval"] == 2
         assert r["values"]["step_time_s"] > 0 and math.isfinite(r["values"]["grad_var_bootstrap"])
+    assert (tmp_path / "runs" / "start" / "eval" / "metrics.json").is_file()  # the warm start, scored once
     doc = write_results(dirs, tmp_path / "RESULTS.md", tmp_path / "img", "mapo experiment compare --seeds 1 --steps 1")
     assert "| grpo | 0 |" in doc.read_text() and "| mapo | 0 |" in doc.read_text()
+    assert "| metric | warm start | grpo | mapo |" in doc.read_text()
 
 
 def test_a_metric_some_runs_cannot_define_is_marked(fake_runs, tmp_path):
