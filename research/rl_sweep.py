@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
                               "advantage.baseline=batch"],
     "g8_t1_lr3e5_60": [*_GRPO, "steps=60", "rollout.group_size=8", "optim.lr=3e-5"],
     "g8_t1_lr1e4_60": [*_GRPO, "steps=60", "rollout.group_size=8"],
+    "g8_t1_lr3e5_150": [*_GRPO, "steps=150", "rollout.group_size=8", "optim.lr=3e-5"],
     "g8p8_lr1e4_kl": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "loss.kl_coef=0.05"],
     "g8p8_lr5e5": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "optim.lr=5e-5"],
     "g8p8_t07": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "rollout.temperature=0.7"],
