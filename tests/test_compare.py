@@ -196,3 +196,16 @@ def test_a_metric_some_runs_cannot_define_is_marked(fake_runs, tmp_path):
     text = write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "mapo experiment compare --report-only").read_text()
     assert "| crop IoU ↑ | 0.300 ± 0.000 (n=2) | 0.400 ± 0.000 |" in text
     assert "The runs were made by the same command without `--report-only`." in text
+
+
+def test_first_seed_splits_a_compare_over_processes(fake_runs, tmp_path):
+    """seeds=1 first_seed=2 names only seed 2's runs; seeds=3 first_seed=0 all of them."""
+    from mapo.experiments.compare import CompareConfig, existing_runs
+
+    late = from_dict(CompareConfig, {"seeds": 1, "first_seed": 2, "arms": {"grpo": [], "mapo": []}})
+    assert [d.relative_to(tmp_path / "runs").as_posix() for d in existing_runs(tmp_path / "runs", late)] == [
+        "grpo/seed2", "mapo/seed2"]
+    every = from_dict(CompareConfig, {"seeds": 3, "arms": {"grpo": [], "mapo": []}})
+    assert len(existing_runs(tmp_path / "runs", every)) == 6
+    with pytest.raises(ValueError, match="first_seed must be >= 0"):
+        from_dict(CompareConfig, {"first_seed": -1})

@@ -85,7 +85,9 @@ class CompareConfig:
                                     "warm start) and the RL recipe (pipeline.rl) every run uses")
     arms: dict = knob(factory=_default_arms, help="arm name -> overrides of pipeline.rl (`key=value` strings); the "
                       "first arm is the baseline every other one is compared with")
-    seeds: int = knob(3, "runs per arm, with seeds 0..seeds-1")
+    seeds: int = knob(3, "runs per arm, with seeds first_seed..first_seed+seeds-1")
+    first_seed: int = knob(0, "the first seed (split one compare over processes: seeds=2 first_seed=0 and seeds=1 "
+                           "first_seed=2 into the same --out, then --report-only with seeds=3)")
     steps: int = knob(40, "RL steps of every run (the same budget for every arm)")
     grpo_verifier: bool = knob(False, "load the verifier in runs whose estimator needs none (only for logging semantic scores)")
 
@@ -94,6 +96,8 @@ class CompareConfig:
 
         if self.seeds < 1 or self.steps < 1:
             raise ValueError(f"seeds and steps must be >= 1, got {self.seeds} and {self.steps}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if not isinstance(self.arms, dict) or len(self.arms) < 2:
             raise ValueError(f"arms must map >= 2 arm names to override lists, got {self.arms!r}")
         for name, overrides in self.arms.items():
@@ -109,6 +113,10 @@ class CompareConfig:
     @property
     def baseline(self) -> str:
         return next(iter(self.arms))
+
+    @property
+    def seed_range(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 # ----------------------------------------------------------------------------- running
@@ -150,7 +158,7 @@ def run_compare(
     start_cfg = rl_config(pipe, verifier=str(verifier), policy=str(policy), heldout=str(heldout), steps=cfg.steps)
     evaluate_stage(Path(policy), heldout, verifier, out / START_DIR / "eval", eval_config(pipe, start_cfg))
     dirs = []
-    for seed in range(cfg.seeds):
+    for seed in cfg.seed_range:
         for arm, arm_overrides in cfg.arms.items():
             run_dir = run_dir_of(out, arm, seed)
             same = dict(policy=str(policy), heldout=str(heldout), steps=cfg.steps, seed=seed)
@@ -509,7 +517,7 @@ def _cpu_count() -> int:
 
 def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
     """Run directories of ``cfg`` under ``out`` that are finished and evaluated (for ``--report-only``)."""
-    dirs = [run_dir_of(Path(out), a, s) for s in range(cfg.seeds) for a in cfg.arms]
+    dirs = [run_dir_of(Path(out), a, s) for s in cfg.seed_range for a in cfg.arms]
     return [d for d in dirs if (d / "summary.json").is_file() and (d / "eval" / "metrics.json").is_file()]
 
 
