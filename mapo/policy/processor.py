@@ -29,6 +29,15 @@ QWEN_MIN_PIXELS = 3136
 QWEN_MAX_PIXELS = 12845056
 
 
+def _init_without_video(processor, image_processor, tokenizer, chat_template, kwargs: dict) -> None:
+    """Set the image/video token fields a Qwen processor's __init__ sets, then init with image processor and tokenizer."""
+    processor.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+    processor.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+    processor.image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    processor.video_token_id = tokenizer.convert_tokens_to_ids(processor.video_token)
+    ProcessorMixin.__init__(processor, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` with ``image_processor`` and ``tokenizer`` only (no video).
 
@@ -37,11 +46,7 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # The parent __init__ passes video_processor positionally; set its fields here instead.
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        _init_without_video(self, image_processor, tokenizer, chat_template, kwargs)
 
     def __call__(self, images=None, text=None, videos=None, **kwargs):
         if videos is not None:
@@ -57,11 +62,7 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # As above: the parent __init__ wants a video processor; set the token fields it would set.
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+        _init_without_video(self, image_processor, tokenizer, chat_template, kwargs)
         self.vision_start_token = getattr(tokenizer, "vision_start_token", None) or "<|vision_start|>"
         self.vision_end_token = getattr(tokenizer, "vision_end_token", None) or "<|vision_end|>"
         self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)

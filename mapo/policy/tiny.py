@@ -102,80 +102,61 @@ def model_config(p: TinyPreset, tokenizer, arch: str = "qwen2_5_vl"):
     if arch == "qwen3_vl":
         return _qwen3_vl_config(p, tokenizer)
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=p.text_hidden,
-        intermediate_size=p.text_intermediate,
-        num_hidden_layers=p.text_layers,
-        num_attention_heads=p.text_heads,
-        num_key_value_heads=p.text_kv_heads,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "mrope_section": list(p.mrope_section), "rope_theta": 10000.0},
-        tie_word_embeddings=p.tie_embeddings,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+    text = _text_config(p, tokenizer, rope={})
+    vision = _vision_config(
+        p, patch_size=14, window_size=112, fullatt_block_indexes=[p.vision_depth - 1],
     )
-    vision = dict(
-        depth=p.vision_depth,
-        hidden_size=p.vision_hidden,
-        intermediate_size=p.vision_intermediate,
-        num_heads=p.vision_heads,
-        out_hidden_size=p.text_hidden,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[p.vision_depth - 1],
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=p.tie_embeddings,
-    )
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_token_ids(p, tokenizer))
 
 
 def _qwen3_vl_config(p: TinyPreset, tokenizer):
     from transformers import Qwen3VLConfig
 
+    # Qwen3 sets head_dim explicitly (default 128) and interleaves the M-RoPE sections.
+    text = _text_config(p, tokenizer, rope={"mrope_interleaved": True}, head_dim=p.text_hidden // p.text_heads)
+    vision = _vision_config(
+        p, patch_size=16, num_position_embeddings=256, deepstack_visual_indexes=list(range(min(3, p.vision_depth))),
+    )
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **_token_ids(p, tokenizer))
+
+
+def _text_config(p: TinyPreset, tokenizer, *, rope: dict, **extra) -> dict:
+    """The text-model fields both Qwen generations share, plus ``extra`` and ``rope`` parameters."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
-    text = dict(
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=p.text_hidden,
         intermediate_size=p.text_intermediate,
         num_hidden_layers=p.text_layers,
         num_attention_heads=p.text_heads,
         num_key_value_heads=p.text_kv_heads,
-        head_dim=p.text_hidden // p.text_heads,  # Qwen3 sets head_dim explicitly (default 128)
+        **extra,
         max_position_embeddings=8192,
-        rope_parameters={
-            "rope_type": "default", "mrope_section": list(p.mrope_section), "mrope_interleaved": True, "rope_theta": 10000.0
-        },
+        rope_parameters={"rope_type": "default", "mrope_section": list(p.mrope_section), **rope, "rope_theta": 10000.0},
         tie_word_embeddings=p.tie_embeddings,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(
+
+
+def _vision_config(p: TinyPreset, **extra) -> dict:
+    """The vision-tower fields both Qwen generations share, plus ``extra`` (patch size and its own knobs)."""
+    return dict(
         depth=p.vision_depth,
         hidden_size=p.vision_hidden,
         intermediate_size=p.vision_intermediate,
         num_heads=p.vision_heads,
         out_hidden_size=p.text_hidden,
-        patch_size=16,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        num_position_embeddings=256,
-        deepstack_visual_indexes=list(range(min(3, p.vision_depth))),
+        **extra,
     )
-    return Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
+
+
+def _token_ids(p: TinyPreset, tokenizer) -> dict:
+    """The multimodal special-token ids of ``tokenizer`` and the tied-embeddings flag, as both configs take them."""
+    return dict(
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
