@@ -110,14 +110,10 @@ def run(names: list[str], root: Path, level: str, synth: dict, n: int, policy: s
 
 
 def _per_sample(eval_dir: Path) -> dict[str, tuple[bool, bool]]:
-    """id -> (correct, first valid crop hits a target at IoU >= 0.5)."""
-    from mapo.records import read_jsonl
+    """id -> (correct, first valid crop hits a target at IoU >= 0.5), as the compare reads them."""
+    from mapo.experiments.compare import per_sample_outcomes
 
-    out = {}
-    for r in read_jsonl(eval_dir / "predictions.jsonl"):
-        first = next((iou for iou in r.iou), None)
-        out[r.id] = (bool(r.correct), first is not None and first >= 0.5)
-    return out
+    return per_sample_outcomes(eval_dir / "predictions.jsonl")
 
 
 def paired(before: dict, after: dict, index: int) -> tuple[float, float, float, float]:

@@ -218,11 +218,11 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir), "arm": arm, "seed": int(config["seed"]),
         "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
-        "config": config, "per_sample": _per_sample(run_dir / "eval" / "predictions.jsonl"),
+        "config": config, "per_sample": per_sample_outcomes(run_dir / "eval" / "predictions.jsonl"),
     }
 
 
-def _per_sample(path: Path) -> dict[str, tuple[bool, bool]]:
+def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool]]:
     """Held-out sample id -> (answered right, first valid crop hits a target at IoU >= 0.5); {} without the file."""
     from mapo.records import read_jsonl
 
@@ -522,4 +522,4 @@ def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
 
 
 __all__ = ["CompareConfig", "aggregate", "existing_runs", "goals", "plot_curves", "read_run", "results_markdown",
-           "paired_differences", "run_compare", "write_results"]
+           "paired_differences", "per_sample_outcomes", "run_compare", "write_results"]
