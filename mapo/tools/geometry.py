@@ -1,26 +1,15 @@
-"""The zoom-in tool: Qwen smart-resize, the view<->original mapping, box validation, crop.
+"""Pixels shared by every tool: Qwen smart-resize, the pixel budgets, the view<->original mapping.
 
 Coordinates. The model sees the input image resized by :func:`smart_resize` to
-the *view* (:func:`view_size`) and writes ``bbox_2d`` in view pixels. The tool
-maps the box to original pixels with :func:`view_to_original` (the only place
-this mapping lives), crops the *original* image (that is what makes zooming
-reveal detail) and resizes the crop to the observation pixel budget with
-:func:`smart_resize` again. Boxes are ``(x1, y1, x2, y2)`` floats, continuous
+the *view* (:func:`view_size`) and writes boxes in view pixels;
+:func:`view_to_original` maps them to original pixels (the only place this
+mapping lives). An observation image is resized to the observation budget with
+:func:`crop_view_size`. Boxes are ``(x1, y1, x2, y2)`` floats, continuous
 pixel-edge coordinates: ``(0, 0, w, h)`` is the whole image.
 
-Where we depart from or guess at the paper and DeepEyes:
-
-- DeepEyes crops the original with view coordinates and, on HR-Bench, never
-  applies its scale map; we always map through :func:`view_to_original`.
-- DeepEyes, for a box with a side under 28 px, scales the whole box up keeping
-  its aspect ratio; we expand each short side independently to
-  ``min_box_side`` around the box centre and shift it back inside the image
-  (the crop stays on what the model pointed at). The aspect-ratio check
-  (``max_aspect``, DeepEyes: 100) runs on the clamped box before expansion,
-  as in DeepEyes.
-- Pixel budgets (``view_*_pixels``, ``obs_*_pixels``) are small by default for
-  the CPU demo; real-scale runs raise them (Qwen2.5-VL default max is
-  ``12845056``).
+Pixel budgets (``view_*_pixels``, ``obs_*_pixels``) are small by default for
+the CPU demo; real-scale runs raise them (Qwen2.5-VL default max is
+``12845056``).
 """
 
 from __future__ import annotations
@@ -31,7 +20,6 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 
 from mapo.config import knob
 
@@ -84,7 +72,7 @@ def smart_resize(
 
 @dataclass(frozen=True)
 class ToolConfig:
-    """Pixel budgets and box validation rules of the zoom-in tool."""
+    """Pixel budgets of the view and of observations, and the zoom-in tool's box validation rules."""
 
     factor: int = knob(
         28, "sides are multiples of this; the rollout replaces it with the policy's patch x merge (Qwen2.5-VL 28, Qwen3-VL 32)"
@@ -197,117 +185,6 @@ def original_to_view(box: Any, view_wh: tuple[int, int], original_wh: tuple[int,
     vw, vh = _check_size(view_wh, "view_wh")
     ow, oh = _check_size(original_wh, "original_wh")
     return _scale(_check_box(box), vw / ow, vh / oh)
-
-
-def _expand_side(lo: float, hi: float, min_side: float, limit: float) -> tuple[float, float]:
-    """Grow [lo, hi] to ``min_side`` (at most ``limit``) around its centre, then shift it inside [0, limit]."""
-    side = min(min_side, limit)
-    if hi - lo >= side:
-        return lo, hi
-    centre = (lo + hi) / 2
-    lo, hi = centre - side / 2, centre + side / 2
-    if lo < 0:
-        lo, hi = 0.0, side
-    elif hi > limit:
-        lo, hi = limit - side, limit
-    return lo, hi
-
-
-def validate_box(box: Any, view_wh: tuple[int, int], config: ToolConfig = DEFAULT_TOOL_CONFIG) -> tuple[Box | None, str | None]:
-    """Clamp, expand and check a model box in view pixels.
-
-    Returns ``(box, None)`` with the usable box in view pixels, or
-    ``(None, message)`` with a sentence the model can read in an error
-    observation. Raises ValueError only for a bad ``view_wh``.
-    """
-    vw, vh = _check_size(view_wh, "view_wh")
-    try:
-        x1, y1, x2, y2 = _check_box(box, "bbox_2d")
-    except ValueError as exc:
-        return None, str(exc)
-    if x2 <= x1 or y2 <= y1:
-        return None, f"bbox_2d [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is empty: it needs x2 > x1 and y2 > y1"
-    cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(vw)), min(y2, float(vh))
-    if cx2 <= cx1 or cy2 <= cy1:
-        return None, f"bbox_2d [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the image (width {vw}, height {vh})"
-    w, h = cx2 - cx1, cy2 - cy1
-    if max(w, h) / min(w, h) > config.max_aspect:
-        return None, (
-            f"bbox_2d [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is too elongated: aspect ratio {max(w, h) / min(w, h):.0f} "
-            f"exceeds {config.max_aspect:g}"
-        )
-    cx1, cx2 = _expand_side(cx1, cx2, config.min_box_side, float(vw))
-    cy1, cy2 = _expand_side(cy1, cy2, config.min_box_side, float(vh))
-    return (cx1, cy1, cx2, cy2), None
-
-
-@dataclass(frozen=True)
-class ZoomResult:
-    """The outcome of one zoom-in: a crop (resized to the observation budget) or an error."""
-
-    crop: Image.Image | None
-    error: str | None
-    box_view: Box | None  # the validated box, view pixels
-    box_original: Box | None  # the same box, original pixels (before rounding to whole pixels)
-
-
-def _pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """Whole-pixel box covering ``box``, inside the image, at least one pixel each way."""
-    # Snap float noise (4399.9999999 from a view->original round trip) so it does not add a pixel row.
-    box = tuple(round(v) if abs(v - round(v)) < 1e-6 else v for v in box)  # type: ignore[assignment]
-    left = min(max(math.floor(box[0]), 0), width - 1)
-    top = min(max(math.floor(box[1]), 0), height - 1)
-    right = max(min(math.ceil(box[2]), width), left + 1)
-    bottom = max(min(math.ceil(box[3]), height), top + 1)
-    return left, top, right, bottom
-
-
-def zoom_in(
-    image: Image.Image, bbox: Any, view_wh: tuple[int, int] | None = None, config: ToolConfig = DEFAULT_TOOL_CONFIG
-) -> ZoomResult:
-    """Crop the original ``image`` at ``bbox`` (view pixels) and resize it to the observation budget.
-
-    ``view_wh`` defaults to :func:`view_size` of the image. A bad box returns a
-    ``ZoomResult`` with ``error`` set; a bad ``image`` or ``view_wh`` raises ValueError.
-    """
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
-    ow, oh = image.size
-    if ow < 1 or oh < 1 or ow * oh > config.max_image_pixels:
-        raise ValueError(f"image size {ow}x{oh} is outside (0, max_image_pixels={config.max_image_pixels}] pixels")
-    view_wh = view_size((ow, oh), config) if view_wh is None else _check_size(view_wh, "view_wh")
-    box_view, error = validate_box(bbox, view_wh, config)
-    if error is not None:
-        return ZoomResult(crop=None, error=error, box_view=None, box_original=None)
-    box_original = view_to_original(box_view, view_wh, (ow, oh))
-    left, top, right, bottom = _pixel_box(box_original, ow, oh)
-    crop_w, crop_h = right - left, bottom - top
-    if max(crop_w, crop_h) / min(crop_w, crop_h) > QWEN_MAX_ASPECT:
-        # Only reachable with a view_wh whose aspect differs wildly from the image's.
-        return ZoomResult(None, f"the crop ({crop_w}x{crop_h} pixels) is too elongated to show", None, None)
-    crop = image.crop((left, top, right, bottom))
-    if crop.mode != "RGB":
-        crop = crop.convert("RGB")
-    target = crop_view_size((crop_w, crop_h), config)
-    if target != crop.size:
-        crop = crop.resize(target, Image.Resampling.BICUBIC)
-    return ZoomResult(crop=crop, error=None, box_view=box_view, box_original=box_original)
-
-
-__all__ = [
-    "Box",
-    "DEFAULT_TOOL_CONFIG",
-    "ToolConfig",
-    "ZoomResult",
-    "crop_view_size",
-    "original_to_view",
-    "smart_resize",
-    "validate_box",
-    "view_size",
-    "view_to_original",
-    "with_factor",
-    "zoom_in",
-]
 
 
 def box_iou(a: Any, b: Any) -> float:
