@@ -21,6 +21,10 @@ Conventions:
 - **Files** (``image``, ``crop``) are paths relative to the eval directory. The
   ``image`` file may be a downscaled copy of the original: boxes stay in original
   pixels and are scaled by ``file size / image_size`` when drawn.
+- **Any tool.** ``tool`` and ``args`` name the tool a turn called and its
+  arguments (``{"bbox_2d": [...], "label": ...}`` for zoom-in, ``{"angle": 90}``
+  for rotate). The zoom fields (``bbox_view``, ``bbox_original``, ``label``) stay,
+  and records written before ``tool``/``args`` existed still read.
 - ``iou`` has one entry per *valid* crop, in turn order: the IoU of its
   ``bbox_original`` with the best-matching target box (empty without targets).
 
@@ -48,6 +52,8 @@ class TurnRecord:
 
     text: str  # raw assistant text of this turn
     tool_call: bool = False  # the turn attempted a tool call (parsable or not)
+    tool: str | None = None  # the tool's name as the model called it (any tool; None when unreadable)
+    args: dict[str, Any] | None = None  # the call's arguments as the tool read them (None when it could not run)
     bbox_view: BoxList | None = None  # pixels of the model's view (view_size)
     bbox_original: BoxList | None = None  # pixels of the original image (image_size)
     label: str | None = None  # the tool call's "label" argument
@@ -62,9 +68,12 @@ class TurnRecord:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "turn") -> TurnRecord:
-        values = _check_fields(cls, data, where)
+        values = _check_fields(cls, data, where, optional=("tool", "args"))  # absent in records of older versions
         rec = cls(**values)
         rec.text = _as_str(rec.text, f"{where}.text")
+        rec.tool = _as_str(rec.tool, f"{where}.tool", optional=True)
+        if rec.args is not None and not isinstance(rec.args, dict):
+            raise ValueError(f"{where}.args must be a mapping or null, got {rec.args!r}")
         rec.tool_call = _as_bool(rec.tool_call, f"{where}.tool_call")
         rec.valid = _as_bool(rec.valid, f"{where}.valid")
         rec.bbox_view = _as_box(rec.bbox_view, f"{where}.bbox_view", optional=True)
@@ -247,14 +256,15 @@ def _cut_partial_last_line(path: Path) -> None:
 # --- strict field checks -----------------------------------------------------------
 
 
-def _check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+def _check_fields(cls: type, data: Any, where: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``data`` as keyword arguments of ``cls``: every field present except ``optional`` ones, nothing else."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
-    missing = sorted(name for name in fields if name not in data)
+    missing = sorted(name for name in fields if name not in data and name not in optional)
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}")
     return dict(data)

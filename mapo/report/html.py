@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -381,6 +382,8 @@ def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float
             call = f'<span class="chip" style="background:{colour}"></span>[{esc(box)}]'
             if turn.label:
                 call += f"<br>label: {esc(turn.label)}"
+        elif turn.valid:  # a tool that selects no region (e.g. rotate): its name and arguments
+            call = _call_text(turn.tool, turn.args)
         else:
             call = f'<span class="err">invalid: {esc(turn.error or "rejected")}</span>'
         crop = crops[i] if i < len(crops) else None
@@ -397,6 +400,13 @@ def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float
         )
     out.append("</table>")
     return "\n".join(out)
+
+
+def _call_text(tool: str | None, args: dict[str, Any] | None) -> str:
+    """``tool_name {"angle": 90}``, escaped; the arguments cut to 200 characters."""
+    text = json.dumps(args, ensure_ascii=False, sort_keys=True) if args is not None else ""
+    text = text if len(text) <= 200 else text[:199] + "…"
+    return f'<span class="key">{esc(tool or "tool")}</span> {esc(text)}'
 
 
 def _num(value: float | None, signed: bool = False) -> str:

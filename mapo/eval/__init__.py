@@ -1,0 +1,92 @@
+"""``mapo eval``: play the agent greedily on a benchmark and score it the benchmark's way.
+
+For every sample the agent loop (:func:`mapo.rollout.rollout`, one greedy episode,
+the same tool and coordinate code as training) produces a trajectory; the
+verifier scores each (description, crop) pair; the record (``mapo.records``) is
+appended to ``OUT/predictions.jsonl`` with the input image (a downscaled copy)
+and every crop saved next to it. ``OUT/metrics.json`` holds the benchmark's
+official aggregation (``mapo.data.scoring``: V* per category, HR-Bench per
+cycle, MME-RealWorld per task/subtask/category), tool statistics
+(``mapo.records.record_statistics``), crop IoU where target boxes exist, and
+the rows of the source that could not be loaded.
+
+Resumable: records already in ``predictions.jsonl`` are skipped, so an
+interrupted eval continues where it stopped (a half-written last line is cut
+off). Samples are processed in chunks of ``batch_size``; an interruption loses
+at most the chunk in flight. ``OUT/eval.json`` holds the fingerprint of the
+model, the data and the config; an ``OUT`` holding another evaluation is refused
+(``overwrite=True`` clears it first), so predictions of two models never merge.
+
+One bad sample never aborts the evaluation: a row that cannot be loaded, an
+image that does not decode in full, more than 26 options, or a rollout that
+fails on that sample alone, is skipped and listed in ``metrics.json``
+(``skipped_rows``: file, row, reason) and left out of the official score. Images
+the policy cannot take as they are but that can be padded or upscaled into its
+pixel range are played (``mapo.data.prepare``); their record's
+``meta.image_adjusted`` says how.
+
+Decisions and departures:
+
+- The extracted answer is read from the ``<answer>`` block only. A model that
+  never answers is scored wrong (``prediction`` null, ``finish_reason`` kept);
+  DeepEyes' own eval falls back to the whole last response, which lets a model
+  that never closes its answer tag still score.
+- Multiple choice uses ``extract_choice`` (every benchmark; ``scoring`` adds
+  the same aggregation read as lmms-eval or VLMEvalKit read it, see
+  ``mapo.data.harness``); open questions (DeepEyes parquet) use
+  ``mapo.reward.answer_matches`` (normalised exact match). There is no official
+  aggregation for DeepEyes data: accuracy overall and per category is reported.
+- Synthetic samples carry the pixel budgets their task was designed for
+  (``meta`` view_side/obs_side); with ``tool_from_samples`` those budgets are used,
+  as in SFT and RL. Real benchmarks use ``rollout.tool``.
+- The ``deepeyes`` preset reproduces DeepEyes' prompts and observation text
+  (``eval/eval_vstar.py`` of Visual-Agent/DeepEyes) and its pixel budgets
+  (max 16384·28·28); MAPO's description tag is still parsed but not asked for,
+  so DeepEyes-style models get ``s_missing`` for every observation.
+- Semantic scores are training's (:mod:`mapo.semantic`: the same
+  ``semantic_target``, description-length guard and ``s_missing`` rules), so
+  the eval's ``semantic_score_mean`` is the quantity MAPO optimises.
+
+Modules: :mod:`~mapo.eval.config` (settings, the DeepEyes preset),
+:mod:`~mapo.eval.samples` (loading, judging, official aggregation),
+:mod:`~mapo.eval.record` (trajectory -> record), :mod:`~mapo.eval.outdir`
+(fingerprint, the eval directory), :mod:`~mapo.eval.run` (the loop).
+"""
+
+from __future__ import annotations
+
+from mapo.eval.config import (
+    DEEPEYES_INSTRUCTION,
+    DEEPEYES_MAX_PIXELS,
+    DEEPEYES_SYSTEM,
+    EvalConfig,
+    deepeyes_rollout,
+)
+from mapo.eval.outdir import EVAL_FILE, FINGERPRINT_IGNORE, OUTPUTS, claim_out_dir, data_fingerprint, eval_fingerprint
+from mapo.eval.record import trajectory_record
+from mapo.eval.run import MAX_LISTED_ROWS, EvalResult, ProgressLine, evaluate
+from mapo.eval.samples import MAX_SYNTH_SAMPLES, SYNTH_SPEC, judge, load_eval_samples, official_scores
+
+__all__ = [
+    "DEEPEYES_INSTRUCTION",
+    "DEEPEYES_MAX_PIXELS",
+    "DEEPEYES_SYSTEM",
+    "EVAL_FILE",
+    "EvalConfig",
+    "EvalResult",
+    "FINGERPRINT_IGNORE",
+    "MAX_LISTED_ROWS",
+    "MAX_SYNTH_SAMPLES",
+    "OUTPUTS",
+    "ProgressLine",
+    "SYNTH_SPEC",
+    "claim_out_dir",
+    "data_fingerprint",
+    "deepeyes_rollout",
+    "eval_fingerprint",
+    "evaluate",
+    "judge",
+    "load_eval_samples",
+    "official_scores",
+    "trajectory_record",
+]
