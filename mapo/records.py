@@ -25,7 +25,7 @@ Conventions:
   arguments (``{"bbox_2d": [...], "label": ...}`` for zoom-in, ``{"angle": 90}``
   for rotate). The zoom fields (``bbox_view``, ``bbox_original``, ``label``) stay,
   and records written before ``tool``/``args`` existed still read.
-- ``iou`` has one entry per *valid* crop, in turn order: the IoU of its
+- ``iou`` has one entry per *valid* zoom-in crop, in turn order: the IoU of its
   ``bbox_original`` with the best-matching target box (empty without targets).
 
 Writing is line-atomic (one ``write`` of a full line, then flush and fsync), so
@@ -81,8 +81,9 @@ class TurnRecord:
         for name in ("label", "error", "crop", "description"):
             setattr(rec, name, _as_str(getattr(rec, name), f"{where}.{name}", optional=True))
         rec.semantic_score = _as_float(rec.semantic_score, f"{where}.semantic_score", optional=True)
-        if rec.valid and rec.bbox_original is None:
-            raise ValueError(f"{where}: a valid tool call needs bbox_original")
+        if rec.valid and rec.bbox_original is None and (rec.args is None or "bbox_2d" in rec.args):
+            # Zoom-in selects a region; older records (no args) are all zoom-in calls.
+            raise ValueError(f"{where}: a valid tool call needs bbox_original when it zooms in (args with bbox_2d)")
         return rec
 
 
