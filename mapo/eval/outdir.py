@@ -34,6 +34,10 @@ def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalC
     """
     cfg = {k: v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
     cfg["rollout"] = {k: v for k, v in to_dict(rollout).items() if k != "batch_size"}
+    protocol = cfg["rollout"].get("protocol", {})
+    if not protocol.get("extra_tools"):
+        # Zoom-in alone hashes as it did before the tool set was a setting, so older eval directories resume.
+        protocol.pop("extra_tools", None)
     return {
         "model": _module_fingerprint(getattr(policy, "model", None)),
         "verifier": _module_fingerprint(getattr(verifier, "model", None)) if verifier is not None else "none",
