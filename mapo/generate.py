@@ -34,7 +34,12 @@ from mapo.trajectory import Trajectory
 
 
 class TokenEpisode(Episode):
-    """An episode being played: the rules, its token history (``T`` so far) and its generation state."""
+    """An episode being played: the rules, its token history (``T`` so far) and its generation state.
+
+    ``view``, ``pixel_values``, ``grid`` and ``feature`` are the global view's image, processor
+    outputs and vision features (shared by the ``G`` episodes of a sample); ``rules`` are the
+    :class:`~mapo.episode.Episode` arguments (image, view_wh, protocol, tool, max_images, max_turns).
+    """
 
     def __init__(
         self, sample: Any, group: int, member: int, *, view: Image.Image, pixel_values: torch.Tensor,

@@ -59,7 +59,8 @@ from mapo.policy.backend import backend_for
 from mapo.policy.encoding import ChatEncoder
 from mapo.protocol import ProtocolConfig
 from mapo.tools import ToolConfig, view_size, with_factor
-from mapo.trajectory import ToolCallRecord, TrainBatch, Trajectory, collate, sequence_logprobs
+# Re-exported: the names the rollout's users have always imported from here.
+from mapo.trajectory import ToolCallRecord, TrainBatch, Trajectory, collate, sequence_logprobs  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,6 @@ class RolloutConfig:
             raise ValueError(f"tool must be a mapo.tools.ToolConfig, got {type(self.tool).__name__}")
         if not isinstance(self.protocol, ProtocolConfig):
             raise ValueError(f"protocol must be a mapo.protocol.ProtocolConfig, got {type(self.protocol).__name__}")
-
 
 
 @contextmanager
