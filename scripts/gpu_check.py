@@ -145,13 +145,13 @@ def update_step(policy: Policy, trajectories: list, device: torch.device, *, lor
     B = len(trajectories)
     outcome = torch.arange(B, dtype=torch.float32) % 2  # half right, half wrong: non-zero advantages
     semantic = torch.linspace(-1, 1, B * 2).view(B, 2)  # one score per zoom
-    advantages = get_estimator("mapo")(outcome, batch["group"], batch["segment_ids"], semantic,
+    advantages = get_estimator("mapo")(outcome, batch.group, batch.segment_ids, semantic,
                                        config=AdvantageConfig(estimator="mapo"))
     _peak_reset(device)
     start = time.perf_counter()
     logp = sequence_logprobs(model, batch).float()
-    loss, _ = policy_loss(logp, batch["old_logprobs"].to(device), advantages.to(device),
-                          batch["loss_mask"].to(device), config=LossConfig())
+    loss, _ = policy_loss(logp, batch.old_logprobs.to(device), advantages.to(device),
+                          batch.loss_mask.to(device), config=LossConfig())
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

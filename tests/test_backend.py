@@ -13,7 +13,8 @@ from mapo.data import synth
 from mapo.data.oracle import tool_config_for_sample
 from mapo.policy import build_tiny_policy, load_policy
 from mapo.policy.backend import Qwen3VLBackend, QwenVLBackend, backend_for
-from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
+from mapo.rollout import RolloutConfig, rollout
+from mapo.trajectory import collate, sequence_logprobs
 
 torch.set_num_threads(1)
 
@@ -58,8 +59,8 @@ def test_qwen3_rollout_logprobs_equal_the_training_forward(qwen3):
     batch = collate(trajectories, qwen3)
     with torch.no_grad():
         logp = sequence_logprobs(qwen3.model, batch)
-    mask = batch["loss_mask"]
-    assert (logp - batch["old_logprobs"])[mask].abs().max().item() < 1e-4
+    mask = batch.loss_mask
+    assert (logp - batch.old_logprobs)[mask].abs().max().item() < 1e-4
 
 
 def test_dropping_deepstack_from_the_cache_breaks_the_equality(qwen3, monkeypatch):
@@ -75,7 +76,7 @@ def test_dropping_deepstack_from_the_cache_breaks_the_equality(qwen3, monkeypatc
     batch = collate(trajectories, qwen3)
     with torch.no_grad():
         logp = sequence_logprobs(qwen3.model, batch)
-    assert (logp - batch["old_logprobs"])[batch["loss_mask"]].abs().max().item() > 1e-3
+    assert (logp - batch.old_logprobs)[batch.loss_mask].abs().max().item() > 1e-3
 
 
 def test_qwen3_policy_saves_and_loads_with_its_own_processor(qwen3, tmp_path):

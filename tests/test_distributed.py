@@ -381,7 +381,7 @@ def test_per_episode_streams_make_an_episode_independent_of_its_batch(tmp_path):
 
 
 def test_per_row_sampling_follows_the_distribution():
-    from mapo.rollout import _sample_per_row
+    from mapo.sampling import sample_per_row
 
     probs = torch.softmax(torch.randn(1, 50, generator=torch.Generator().manual_seed(0)), dim=-1)  # (1, V)
     probs[0, 7] = 0.0  # a blocked id: never drawn
@@ -389,6 +389,6 @@ def test_per_row_sampling_follows_the_distribution():
     counts = torch.zeros(50)
     g = torch.Generator().manual_seed(5)
     for _ in range(4000):
-        counts[_sample_per_row(probs, [g])] += 1
+        counts[sample_per_row(probs, [g])] += 1
     assert counts[7] == 0
     torch.testing.assert_close(counts / counts.sum(), probs[0], atol=0.03, rtol=0)  # 4000 draws: sd <= 0.008

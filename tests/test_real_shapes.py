@@ -119,7 +119,7 @@ def test_real_shape_eval_episode_matches_one_hf_forward(tmp_path, monkeypatch, s
     inputs = policy.processor(text=[_conversation_text(policy, t)], images=t.images, return_tensors="pt")
     assert torch.equal(inputs["input_ids"][0], t.input_ids)
     batch = mapo.rollout.collate([t], policy)
-    assert torch.equal(inputs["mm_token_type_ids"], batch["mm_token_type_ids"])
+    assert torch.equal(inputs["mm_token_type_ids"], batch.mm_token_type_ids)
     assert torch.equal(inputs["image_grid_thw"], t.image_grid_thw)
     assert torch.equal(inputs["pixel_values"], torch.cat(t.pixel_values))
 

@@ -19,7 +19,7 @@ from mapo.rollout import (
     rollout_stats,
     sequence_logprobs,
 )
-from mapo.rollout import _top_p_filter
+from mapo.sampling import inverse_cdf, top_p_filter
 
 LEVEL = synth.level_config("easy")
 TOOL = synth.tool_config_for(LEVEL)
@@ -75,15 +75,15 @@ def test_logprobs_match_training_forward(policy, mixed):
     batch = collate(mixed, policy)
     with torch.no_grad():
         logp = sequence_logprobs(policy.model, batch)
-    mask = batch["loss_mask"]
+    mask = batch.loss_mask
     assert mask.sum() > 100
-    diff = (logp - batch["old_logprobs"]).abs()
+    diff = (logp - batch.old_logprobs).abs()
     assert float(diff[mask].max()) < 1e-4
     assert float(logp[~mask].abs().max()) == 0.0
     # The check has teeth: a different temperature moves the log-probs far beyond 1e-4.
     with torch.no_grad():
         other = sequence_logprobs(policy.model, batch, temperature=0.7)
-    assert float((other - batch["old_logprobs"])[mask].abs().max()) > 1e-2
+    assert float((other - batch.old_logprobs)[mask].abs().max()) > 1e-2
 
 
 def test_scripted_turns_are_kept_as_ids(policy, mixed):
@@ -141,13 +141,28 @@ def test_loss_mask_covers_exactly_the_assistant_turns(policy, mixed):
 
 def test_collate_orders_images_by_sequence(policy, mixed):
     batch = collate(mixed, policy)
-    B, T = batch["input_ids"].shape
+    B, T = batch.input_ids.shape
     assert B == len(mixed) and T == max(len(t.input_ids) for t in mixed)
-    assert batch["image_grid_thw"].tolist() == [g for t in mixed for g in t.image_grid_thw.tolist()]
-    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(dim=1).sum())
-    assert torch.equal(batch["mm_token_type_ids"].bool(), batch["input_ids"] == policy.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
-    assert batch["group"].tolist() == [t.group for t in mixed]
-    assert not batch["loss_mask"][batch["attention_mask"] == 0].any()
+    assert batch.image_grid_thw.tolist() == [g for t in mixed for g in t.image_grid_thw.tolist()]
+    assert batch.pixel_values.shape[0] == int(batch.image_grid_thw.prod(dim=1).sum())
+    assert torch.equal(batch.mm_token_type_ids.bool(), batch.input_ids == policy.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    assert batch.group.tolist() == [t.group for t in mixed]
+    assert not batch.loss_mask[batch.attention_mask == 0].any()
+
+
+def test_select_equals_collating_the_rows_alone(policy, mixed):
+    """A step collates once; each mini-batch is cut out of that batch, tensor for tensor what collating it gives."""
+    batch = collate(mixed, policy)
+    lengths = [len(t.input_ids) for t in mixed]
+    short = sorted(range(len(mixed)), key=lengths.__getitem__)[:2]  # a subset shorter than the batch: T' < T
+    assert max(lengths[i] for i in short) < batch.input_ids.shape[1]
+    for rows in (short, [5, 0, 3], [2], list(range(len(mixed)))):
+        part, alone = batch.select(rows), collate([mixed[i] for i in rows], policy)
+        for field in dataclasses.fields(alone):
+            got, want = getattr(part, field.name), getattr(alone, field.name)
+            assert got.dtype == want.dtype and torch.equal(got, want), (rows, field.name)
+    with pytest.raises(ValueError, match="at least one row"):
+        batch.select([])
 
 
 def test_garbage_policy_never_crashes_and_errors_are_counted(policy, samples, mixed):
@@ -228,8 +243,8 @@ def test_greedy_is_deterministic_and_seed_controls_sampling(policy, samples):
 def test_top_p_filter_keeps_the_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     # Mass before each token: 0, .5, .8, .95 -> with top_p = 0.7 keep the first two.
-    assert torch.equal(_top_p_filter(probs, 0.7), torch.tensor([[0.5, 0.3, 0.0, 0.0]]))
-    assert torch.equal(_top_p_filter(probs, 0.1), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
+    assert torch.equal(top_p_filter(probs, 0.7), torch.tensor([[0.5, 0.3, 0.0, 0.0]]))
+    assert torch.equal(top_p_filter(probs, 0.1), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
 
 
 @pytest.mark.parametrize(
@@ -256,19 +271,17 @@ def test_bad_arguments_have_clear_errors(policy, samples):
         rollout(samples, object(), config())
     with pytest.raises(ValueError, match="non-empty sequence of Trajectory"):
         collate([], policy)
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="must be a TrainBatch"):
         sequence_logprobs(policy.model, {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
 
 
 def test_batched_inverse_cdf_sampling_follows_each_row_distribution():
     """The shared-stream sampler: one uniform per row, each row drawn from its own distribution."""
-    from mapo.rollout import _inverse_cdf
-
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(2, 30, generator=g), dim=-1)  # (2, V)
     probs[:, 4] = 0.0  # a blocked id: never drawn
     rows = probs.repeat(2000, 1)  # (4000, V): rows alternate between the two distributions
-    tokens = _inverse_cdf(rows, torch.rand(rows.shape[0], generator=g, dtype=torch.float64))
+    tokens = inverse_cdf(rows, torch.rand(rows.shape[0], generator=g, dtype=torch.float64))
     assert not bool((tokens == 4).any())
     for r in range(2):
         counts = torch.bincount(tokens[r::2], minlength=30).float()

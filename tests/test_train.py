@@ -281,14 +281,15 @@ def test_apply_update_skips_non_finite_gradients_without_touching_weights():
 
 def test_non_finite_loss_is_skipped_and_counted_in_a_run(assets, tmp_path, monkeypatch):
     import mapo.train.rl as rl
+    import mapo.train.rl_step as rl_step
 
-    real = rl.policy_loss
+    real = rl_step.policy_loss
 
     def poisoned(*args, **kwargs):
         loss, metrics = real(*args, **kwargs)
         return loss * float("nan"), metrics
 
-    monkeypatch.setattr(rl, "policy_loss", poisoned)
+    monkeypatch.setattr(rl_step, "policy_loss", poisoned)
     cfg = rl_config(assets, advantage=dict(estimator="grpo"), bootstrap_every=0, minibatches=2)
     summary = rl.train(cfg, tmp_path / "run", progress=False, forced_turns=forced)
     assert summary["skipped_updates"] == 4  # 2 steps x 2 mini-batches
@@ -362,19 +363,20 @@ def test_bootstrap_projection_matches_autograd_on_the_policy(assets, tmp_path):
     """sum_i p_i (per-trajectory projections) equals grad(L) . v of the whole batch's policy-gradient loss."""
     import mapo.train.rl as rl
     from mapo.loss import policy_loss
-    from mapo.rollout import collate, sequence_logprobs
     from mapo.train import diagnostics
+    from mapo.train.rl_step import collect, gradient_variance
+    from mapo.trajectory import collate, sequence_logprobs
 
     run = rl.setup(rl_config(assets), tmp_path / "run", resume=False)
     try:
-        got = rl.collect(run, forced)
+        got = collect(run, forced)
         assert got.metrics["tool_call_rate"] > 0 and got.advantages.abs().sum() > 0
-        estimate = rl.gradient_variance(run, got.trajectories, got.advantages, got.group)
+        estimate = gradient_variance(run, got.batch, got.advantages)
         model = run.policy.model
         batch = collate(got.trajectories, run.policy)
         logp, entropy = sequence_logprobs(model, batch, return_entropy=True)
         check_entropy(model, batch, entropy)
-        loss, _ = policy_loss(logp, batch["old_logprobs"], got.advantages, batch["loss_mask"], config=run.cfg.loss)
+        loss, _ = policy_loss(logp, batch.old_logprobs, got.advantages, batch.loss_mask, config=run.cfg.loss)
         loss.backward()
         params = [p for p in model.parameters() if p.requires_grad]
         v = diagnostics.random_direction(params, run.cfg.bootstrap_seed)
@@ -388,16 +390,15 @@ def test_bootstrap_projection_matches_autograd_on_the_policy(assets, tmp_path):
 def check_entropy(model, batch, entropy):
     """The entropy sequence_logprobs returns equals -sum p log p of the full next-token distribution."""
     with torch.no_grad():
-        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                                 "image_grid_thw")}).logits.float()  # (B, T, V)
-        logits[..., batch["blocked_token_ids"]] = float("-inf")
+        logits = model(**batch.model_inputs()).logits.float()  # (B, T, V)
+        logits[..., batch.blocked_token_ids] = float("-inf")
         logp_all = torch.log_softmax(logits, dim=-1)
         full = -(logp_all.exp() * torch.nan_to_num(logp_all, neginf=0.0)).sum(-1)  # (B, T) at position t predicts t+1
-    rows, cols = batch["loss_mask"].nonzero(as_tuple=True)
+    rows, cols = batch.loss_mask.nonzero(as_tuple=True)
     keep = cols > 0
     torch.testing.assert_close(entropy[rows[keep], cols[keep]].detach(), full[rows[keep], cols[keep] - 1],
                                rtol=1e-4, atol=1e-4)
-    assert entropy[~batch["loss_mask"]].abs().max() == 0
+    assert entropy[~batch.loss_mask].abs().max() == 0
 
 
 def test_rl_prompts_the_policy_as_it_was_trained_and_its_checkpoints_keep_the_record(assets, tmp_path):
@@ -415,7 +416,7 @@ def test_rl_prompts_the_policy_as_it_was_trained_and_its_checkpoints_keep_the_re
     run = rl.setup(rl_config((policy_dir, assets[1]), save_every=1, steps=1), tmp_path / "run", resume=False)
     try:
         assert run.rollout_cfg.protocol == short
-        rl._save(run)
+        rl.save(run)
     finally:
         run.logger.close()
     assert read_protocol(latest_checkpoint(tmp_path / "run") / "model") == short  # a resumed run resolves alike

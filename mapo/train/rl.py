@@ -7,7 +7,9 @@ the registered advantage estimator -> clipped policy loss over ``ppo_epochs`` x
 ``minibatches`` optimizer steps with gradient accumulation -> metrics, held-out
 evaluation, checkpoint) -> ``cleanup`` (final checkpoint, policy in
 ``RUN_DIR/final``, ``RUN_DIR/summary.json``). The maths lives in the library:
-:mod:`mapo.advantage`, :mod:`mapo.loss`, :mod:`mapo.train.diagnostics`.
+:mod:`mapo.advantage`, :mod:`mapo.loss`, :mod:`mapo.train.diagnostics`; one step in
+:mod:`mapo.train.rl_step`, the held-out evaluation in :mod:`mapo.train.rl_eval`, the
+run's state and checkpoints in :mod:`mapo.train.rl_run`.
 
 Determinism and resume. Step ``t`` draws its prompts from a seeded permutation
 (a pure function of the cursor ``t * prompts_per_step``), samples episode ``m``
@@ -58,45 +60,48 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import sys
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed
 
-from mapo import semantic
 from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.config import knob, to_dict
 from mapo.data.prepare import pixel_range, prepare_sample
-from mapo.loss import LossConfig, policy_loss
+from mapo.loss import LossConfig
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
-from mapo.reward import RewardConfig, outcome_reward
-from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
-from mapo.train import diagnostics
-from mapo.train.rl_data import Data, RLDataConfig, load_data, shuffled_index  # noqa: F401 - re-exported
+from mapo.reward import RewardConfig
+from mapo.rollout import RolloutConfig
 from mapo.train import distributed as dp
 from mapo.train.common import (
     MetricsLogger,
     OptimConfig,
     build_optimizer,
     build_scheduler,
-    clip_gradients,
     latest_checkpoint,
     load_trainer_state,
     lock_run_dir,
     prepare_run_dir,
-    save_checkpoint,
     seed_everything,
 )
+from mapo.train.rl_data import RLDataConfig, load_data, shuffled_index  # noqa: F401 - re-exported
+from mapo.train.rl_eval import eval_text, evaluate
+from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
+    SKIPPED_FILE,
+    Run,
+    check_policy_path,
+    load_start_policy,
+    report_skipped,
+    resolve_device,
+    save,
+    skipped_ids,
+)
+from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_update re-exported
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained).
@@ -193,78 +198,6 @@ def needs_semantic(advantage: AdvantageConfig) -> bool:
 # ----------------------------------------------------------------------------- setup
 
 
-@dataclass
-class Run:
-    """Everything the loop touches."""
-
-    cfg: RLConfig
-    run_dir: Path
-    device: torch.device
-    data: Data
-    policy: Any  # mapo.policy.Policy being trained
-    reference: Any  # frozen starting policy (KL), or None
-    verifier: Any  # mapo.verifier Verifier, or None
-    rollout_cfg: RolloutConfig  # cfg.rollout with the data's tool budgets
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    logger: MetricsLogger | dp.NullLogger  # NullLogger on ranks other than 0
-    step: int = 0
-    skipped_updates: int = 0
-    last_eval: dict = dataclasses.field(default_factory=dict)
-    dist: dp.DistInfo = dataclasses.field(default_factory=dp.DistInfo)  # this rank (single process: rank 0 of 1)
-    reported: set = dataclasses.field(default_factory=set)  # ids of skipped samples already reported
-
-
-def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
-    """The run's device; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
-    info = dp.DistInfo() if info is None else info
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use device: cpu)")
-    if device.type == "cuda" and info.distributed:
-        if device.index is not None:
-            raise ValueError(f"device {name!r} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
-                             "set device: cuda (or auto)")
-        if info.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {info.local_rank} has no GPU ({torch.cuda.device_count()} visible): launch "
-                             f"at most {torch.cuda.device_count()} processes per node")
-        device = torch.device("cuda", info.local_rank)
-    return device
-
-
-def check_policy_path(policy: str) -> None:
-    """Fail at start, naming what is wrong, unless ``policy`` is 'default' or a loadable checkpoint directory."""
-    from mapo.policy import missing_files
-
-    if policy == "default":
-        import mapo.policy
-
-        if not hasattr(mapo.policy, "load_default"):
-            raise ValueError("policy: 'default' needs a shipped warm start, which this version lacks; give a checkpoint "
-                             "directory (e.g. runs/sft/final from `mapo sft`)")
-        return
-    path = Path(policy)
-    if not path.is_dir():
-        raise ValueError(f"policy {policy!r} is not a directory (expected a local checkpoint, e.g. runs/sft/final)")
-    missing = missing_files(path)
-    if missing:
-        raise ValueError(f"policy {policy!r} is not a policy checkpoint directory: missing {', '.join(missing)}")
-
-
-def load_start_policy(cfg: RLConfig, device: torch.device):
-    from mapo.policy import load_policy
-
-    if cfg.policy == "default":
-        import mapo.policy
-
-        policy = mapo.policy.load_default()
-        policy.model.to(device)
-        return policy
-    return load_policy(cfg.policy, dtype=cfg.policy_dtype, device=device)
-
-
 def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | None = None) -> Run:
     """Check every input, then build the run (or restore it from the newest checkpoint).
 
@@ -327,325 +260,8 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         state = load_trainer_state(ckpt, optimizer, scheduler)
         run.step, run.skipped_updates = int(state["step"]), int(state.get("skipped_updates", 0))
         logger.truncate_after(run.step)
-    run.reported = set(_skipped_ids(run_dir / SKIPPED_FILE))
+    run.reported = set(skipped_ids(run_dir / SKIPPED_FILE))
     return run
-
-
-SKIPPED_FILE = "skipped_rows.jsonl"  # one {"file", "row", "id", "reason"} per training sample that cannot be played
-
-
-def _skipped_ids(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    ids = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            ids.append(str(json.loads(line)["id"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a crash: that row is reported again, which is harmless
-    return ids
-
-
-def report_skipped(run: Run) -> None:
-    """Say on stderr which samples were newly skipped; rank 0 appends them to ``RUN_DIR/skipped_rows.jsonl``."""
-    new = [row for sample_id, row in run.data.skipped.items() if sample_id not in run.reported]
-    if not new:
-        return
-    for row in new:
-        run.reported.add(row["id"])
-        print(f"mapo train: skipped {row['file']} [row {row['row']}]: {row['reason']}", file=sys.stderr)
-    if run.dist.is_main:
-        with (run.run_dir / SKIPPED_FILE).open("a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in new)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def step_generator(
-    seed: int, step: int, stream: int, device: torch.device | str = "cpu", key: Sequence[int] = ()
-) -> torch.Generator:
-    """A generator seeded by ``(seed, step, stream, *key)``: independent streams, reproducible on resume."""
-    entropy = int(np.random.SeedSequence([seed, step, stream, *key]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-    return torch.Generator(device=device).manual_seed(entropy)
-
-
-def episode_generators(seed: int, step: int, first_prompt: int) -> Callable[[int, int], torch.Generator]:
-    """The rollout's per-episode factory: episode ``member`` of local group ``g`` samples from a CPU
-    generator seeded by ``(seed, step, first_prompt + g, member)`` (the prompt's index within the step),
-    so what an episode samples does not depend on the rank that plays it."""
-    return lambda group, member: step_generator(seed, step, ROLLOUT_STREAM, key=(first_prompt + group, member))
-
-
-ROLLOUT_STREAM, SHUFFLE_STREAM, BOOTSTRAP_STREAM = 0, 1, 2
-
-
-@dataclass
-class Collected:
-    """One step's rollout batch, scored: what the update and the diagnostics read."""
-
-    trajectories: list  # B mapo.rollout.Trajectory of this rank, grouped by prompt
-    group: torch.Tensor  # (B,) long prompt id, local to this rank (0 .. prompts on this rank - 1)
-    advantages: torch.Tensor  # (B, T) float, 0 outside the loss
-    metrics: dict[str, float]
-
-
-def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
-    """Rollout of step ``run.step``, outcome rewards, semantic scores, advantages (+ their metrics and times)."""
-    cfg, step = run.cfg, run.step
-    started = time.perf_counter()
-    first, count = dp.rank_span(cfg.prompts_per_step, run.dist)  # whole groups: this rank's prompts of the step
-    samples = run.data.prompts(step * cfg.prompts_per_step + first, count)
-    forced = None if forced_turns is None else (lambda g, m, turn: forced_turns(first + g, m, turn))
-    trajectories = rollout(
-        samples, run.policy, run.rollout_cfg, generator=episode_generators(cfg.seed, step, first), forced_turns=forced,
-    )
-    t_rollout = time.perf_counter()
-    rewards = [outcome_reward(t, cfg.reward) for t in trajectories]
-    metrics = diagnostics.trajectory_metrics(trajectories, rewards)
-    scores = None  # (B, K) s_{i,k}, or None without a verifier
-    if run.verifier is not None:
-        sem = semantic.semantic_scores(
-            trajectories, run.verifier, target=cfg.semantic_target,
-            max_description_chars=run.rollout_cfg.protocol.max_description_chars, batch_size=cfg.verifier_batch_size,
-        )
-        scores = sem.scores
-        metrics.update(semantic.semantic_metrics(sem))
-    t_verifier = time.perf_counter()
-    batch = collate(trajectories, run.policy)
-    outcome = torch.tensor([r.total for r in rewards], dtype=torch.float32)
-    advantages = get_estimator(cfg.advantage.estimator)(
-        outcome, batch["group"], batch["segment_ids"], scores, config=cfg.advantage
-    )  # (B, T)
-    tool_mask = diagnostics.tool_segment_mask(trajectories, batch["segment_ids"])
-    metrics.update(diagnostics.advantage_metrics(advantages, batch["loss_mask"], tool_mask))
-    metrics.update(diagnostics.group_signal_metrics(outcome, batch["group"]))
-    metrics.update({"time_rollout": t_rollout - started, "time_verifier": t_verifier - t_rollout})
-    metrics = dp.mean_metrics(metrics, weight=len(trajectories), info=run.dist, summed=("verifier_pairs",))
-    return Collected(trajectories, batch["group"], advantages, metrics)
-
-
-def rl_step(run: Run, forced_turns: Callable | None = None) -> dict[str, float]:
-    """One step: collect (rollout, rewards, semantic scores, advantages), bootstrap, update. Returns its metrics."""
-    cfg = run.cfg
-    started = time.perf_counter()
-    got = collect(run, forced_turns)
-    metrics = got.metrics
-    t_collected = time.perf_counter()
-    if cfg.bootstrap_every and run.step % cfg.bootstrap_every == 0:
-        metrics.update(gradient_variance(run, got.trajectories, got.advantages, got.group))
-    t_bootstrap = time.perf_counter()
-    metrics.update(update_policy(run, got.trajectories, got.advantages))
-    t_update = time.perf_counter()
-    metrics.update({
-        "time_bootstrap": t_bootstrap - t_collected, "time_update": t_update - t_bootstrap,
-        "time_step": t_update - started, "skipped_updates": float(run.skipped_updates),
-    })
-    return metrics
-
-
-def _autocast(run: Run):
-    if run.cfg.amp == "bf16":
-        return torch.autocast(device_type=run.device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _micro_batches(rows: Sequence[int], size: int) -> list[list[int]]:
-    return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
-
-
-def _loss_denominator(mask: torch.Tensor, agg_mode: str) -> float:
-    """The whole mini-batch's count that :func:`mapo.loss.agg_loss` would use; mask (B, T)."""
-    if agg_mode == "token-mean":
-        return float(mask.sum())
-    return float((mask.sum(dim=1) > 0).sum())
-
-
-def _forward(run: Run, trajectories: Sequence[Any], rows: list[int], advantages: torch.Tensor):
-    """Collate ``rows`` and return (batch, advantages (b, T'), logp (b, T'), entropy, ref_logp or None)."""
-    batch = collate([trajectories[i] for i in rows], run.policy)
-    T = batch["input_ids"].shape[1]  # right padding: the first T columns of the full batch
-    adv = advantages[rows, :T].to(run.device)  # (b, T')
-    temperature = run.rollout_cfg.temperature
-    with _autocast(run):
-        logp, entropy = sequence_logprobs(run.policy.model, batch, temperature=temperature, return_entropy=True)
-    ref_logp = None
-    if run.reference is not None:
-        with torch.no_grad():
-            ref_logp = sequence_logprobs(run.reference.model, batch, temperature=temperature)
-    return batch, adv, logp.float(), entropy.float(), ref_logp
-
-
-def update_policy(run: Run, trajectories: Sequence[Any], advantages: torch.Tensor) -> dict[str, float]:
-    """``ppo_epochs`` x ``minibatches`` optimizer steps on one rollout batch; returns their metrics.
-
-    ``advantages`` is (B, T) for the collated batch of ``trajectories``.
-    """
-    cfg = run.cfg
-    B_local = len(trajectories)
-    B = B_local * run.dist.world_size  # the global batch: every rank holds B_local whole-group rows
-    offset = run.dist.rank * B_local  # global row of local row 0
-    shuffle = step_generator(cfg.seed, run.step, SHUFFLE_STREAM)  # identical on every rank
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    norms, losses = [], []
-    for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=shuffle).tolist() if cfg.minibatches > 1 else list(range(B))
-        size = B // cfg.minibatches
-        for mb in range(cfg.minibatches):
-            # This rank's rows of the global mini-batch (maybe none), in the global order.
-            rows = [i - offset for i in order[mb * size : (mb + 1) * size] if offset <= i < offset + B_local]
-            mask = _rows_mask(trajectories, rows, advantages.shape[1])  # (b, T)
-            denominator = dp.global_denominator(_loss_denominator(mask, cfg.loss.agg_mode), run.dist)
-            run.optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for micro in _micro_batches(rows, cfg.micro_batch_size):
-                batch, adv, logp, entropy, ref_logp = _forward(run, trajectories, micro, advantages)
-                loss, m = policy_loss(
-                    logp, batch["old_logprobs"].to(run.device), adv, batch["loss_mask"].to(run.device),
-                    config=cfg.loss, ref_logp=ref_logp, entropy=entropy, denominator=denominator,
-                )
-                loss.backward()
-                total += float(loss.detach())
-                tokens = float(batch["loss_mask"].sum())
-                for k in METRIC_KEYS:
-                    if k in m:
-                        sums[k] = sums.get(k, 0.0) + m[k] * tokens
-                        weights[k] = weights.get(k, 0.0) + tokens
-            # Each rank's loss is its share of the global loss: summed gradients are the global gradient.
-            dp.allreduce_gradients(run.policy.model, run.dist)
-            total = dp.sum_over_ranks({"loss": total}, run.dist)["loss"]
-            norm, skipped = apply_update(run.policy.model, run.optimizer, cfg.optim.grad_clip, total)
-            run.skipped_updates += int(skipped)
-            norms.append(norm)
-            losses.append(total)
-    lr = run.optimizer.param_groups[0]["lr"]
-    with warnings.catch_warnings():  # after skipped updates torch warns that the optimizer did not step; intended
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-        run.scheduler.step()
-    sums, weights = _sum_metric_parts(sums, weights, run.dist)
-    out = {k: sums[k] / max(weights[k], 1.0) for k in sums}
-    finite_norms = [n for n in norms if math.isfinite(n)]
-    finite_losses = [v for v in losses if math.isfinite(v)]
-    out.update({
-        "loss": float(np.mean(finite_losses)) if finite_losses else 0.0,
-        "grad_norm": float(np.mean(finite_norms)) if finite_norms else 0.0,
-        "lr": lr,
-        "optimizer_steps": float(len(norms)),
-    })
-    return out
-
-
-METRIC_KEYS = ("clip_frac", "ppo_kl", "entropy", "kl", "ratio_mean")  # token-weighted loss metrics
-
-
-def _sum_metric_parts(sums: dict[str, float], weights: dict[str, float], info: dp.DistInfo):
-    """Token-weighted metric sums and weights over ranks (a rank with no tokens reports no key)."""
-    if not info.distributed:
-        return sums, weights
-    flat = {f"s/{k}": sums.get(k, 0.0) for k in METRIC_KEYS} | {f"w/{k}": weights.get(k, 0.0) for k in METRIC_KEYS}
-    total = dp.sum_over_ranks(flat, info)
-    present = [k for k in METRIC_KEYS if total[f"w/{k}"] > 0]
-    return {k: total[f"s/{k}"] for k in present}, {k: total[f"w/{k}"] for k in present}
-
-
-def _rows_mask(trajectories: Sequence[Any], rows: Sequence[int], length: int) -> torch.Tensor:
-    """(len(rows), length) bool loss masks of ``trajectories[rows]``, right-padded; (0, length) for no rows."""
-    mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for r, i in enumerate(rows):
-        mask[r, : len(trajectories[i].loss_mask)] = trajectories[i].loss_mask
-    return mask
-
-
-def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, loss: float) -> tuple[float, bool]:
-    """Clip and step, unless the loss or the gradient norm is not finite; returns (grad norm, skipped).
-
-    A skipped update drops the gradients and leaves the weights and the optimizer's
-    moments untouched, so one bad batch cannot poison the run.
-    """
-    norm = clip_gradients(model, grad_clip)
-    if not (math.isfinite(loss) and math.isfinite(norm)):
-        optimizer.zero_grad(set_to_none=True)
-        return norm, True
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm, False
-
-
-# ----------------------------------------------------------------------------- gradient variance
-
-
-def gradient_variance(run: Run, trajectories: Sequence[Any], advantages: torch.Tensor, group: torch.Tensor) -> dict[str, float]:
-    """Bootstrap variance of the policy gradient projected on a fixed direction (docs/metrics.md).
-
-    ``p_i = ∇l_i · v`` where ``l_i`` is trajectory i's contribution to the policy-gradient
-    loss (same denominator as the update, so ``sum_i l_i`` is the batch loss); one
-    forward and backward per trajectory; then groups are resampled
-    ``bootstrap_resamples`` times. Under data parallelism each rank projects its own
-    trajectories and the projections of all ranks are resampled together (the same
-    numbers as one process). Shapes: advantages (B, T), group (B,), this rank's.
-    """
-    cfg = run.cfg
-    params = [p for p in run.policy.model.parameters() if p.requires_grad]
-    direction = diagnostics.random_direction(params, cfg.bootstrap_seed)
-    mask = _rows_mask(trajectories, range(len(trajectories)), advantages.shape[1])  # (B, T)
-    denominator = dp.global_denominator(_loss_denominator(mask, cfg.loss.agg_mode), run.dist)
-    pg_only = dataclasses.replace(cfg.loss, kl_coef=0.0, entropy_coef=0.0)
-    projections = []
-    for i in range(len(trajectories)):
-        batch, adv, logp, _, _ = _forward(run, trajectories, [i], advantages)
-        loss, _ = policy_loss(
-            logp, batch["old_logprobs"].to(run.device), adv, batch["loss_mask"].to(run.device),
-            config=pg_only, denominator=denominator,
-        )
-        projections.append(diagnostics.projected_gradient(loss, params, direction))
-    p = torch.tensor(projections, dtype=torch.float64)  # (B,)
-    # Every rank resamples the whole batch's groups (prompt ids made global) with the same generator.
-    first, _ = dp.rank_span(cfg.prompts_per_step, run.dist)
-    p = dp.gather_concat(p, run.dist)  # (B * W,) in rank order = the single-process order
-    group = dp.gather_concat(group.cpu() + first, run.dist)  # (B * W,)
-    gen = step_generator(cfg.seed, run.step, BOOTSTRAP_STREAM)
-    variance = diagnostics.bootstrap_variance(p, group, n_resamples=cfg.bootstrap_resamples, generator=gen)
-    return {"grad_var_bootstrap": variance, "grad_proj": float(p.sum())}
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate(run: Run) -> dict[str, float]:
-    """Greedy rollouts (G = 1) on the held-out set: accuracy, hit rate, IoU, semantic mean, ... as ``eval/*``."""
-    samples = run.data.heldout
-    if not samples:
-        return {}
-    rc = dataclasses.replace(
-        run.rollout_cfg, group_size=1, greedy=True, batch_size=max(1, min(run.rollout_cfg.batch_size, len(samples)))
-    )
-    trajectories = rollout(samples, run.policy, rc)
-    metrics = diagnostics.trajectory_metrics(trajectories, [outcome_reward(t, run.cfg.reward) for t in trajectories])
-    if run.verifier is not None:
-        sem = semantic.semantic_scores(
-            trajectories, run.verifier, target=run.cfg.semantic_target,
-            max_description_chars=rc.protocol.max_description_chars, batch_size=run.cfg.verifier_batch_size,
-        )
-        metrics.update(semantic.semantic_metrics(sem))
-    keep = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_box_rate",
-            "turns_mean", "description_missing_rate", "answer_rate")
-    return {f"eval/{k}": metrics[k] for k in keep if k in metrics} | {"eval/n": float(len(trajectories))}
-
-
-# ----------------------------------------------------------------------------- the recipe
-
-
-def _eval_text(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/n")
-
-
-def _save(run: Run) -> None:
-    save_checkpoint(
-        run.run_dir, run.step, save_model=run.policy.save, optimizer=run.optimizer, scheduler=run.scheduler,
-        state={"cursor": run.step * run.cfg.prompts_per_step, "skipped_updates": run.skipped_updates},
-        keep_last=run.cfg.keep_last,
-    )
 
 
 def train(
@@ -714,13 +330,13 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
                 if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and main:
                     run.last_eval = evaluate(run)  # rank 0 alone; the others wait at the next step's first collective
                     run.logger.log(run.step, run.last_eval)
-                    bar.note(f"rl eval step {run.step}: " + _eval_text(run.last_eval))
+                    bar.note(f"rl eval step {run.step}: " + eval_text(run.last_eval))
                 if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps and main:
-                    _save(run)
+                    save(run)
                 bar.update(run.step, {"reward": last["reward_mean"], "acc": last["accuracy"],
                                       "tool": last["tool_call_rate"]})
         if main:
-            _save(run)
+            save(run)
             run.policy.save(run.run_dir / "final")
             run.last_eval = evaluate(run)
             if run.last_eval:
@@ -749,3 +365,4 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
 
 
 __all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "train", "config_from_run_dir"]
+

@@ -1,21 +1,20 @@
-"""The step logic of one zoom-in episode, free of verl, and batched semantic scoring.
+"""The verl side of one zoom-in episode, free of verl, and batched semantic scoring.
 
 :class:`ZoomEpisode` is what the verl agent loop (:mod:`.agent_loop`) delegates to
-after each generated assistant turn: it parses the turn with
-:func:`mapo.protocol.parse_turn`, runs :func:`mapo.tools.zoom_in` (the same
+after each generated assistant turn. It is a :class:`mapo.episode.Episode`, the same
+rules as our own engine (:mod:`mapo.rollout`): it parses the turn with
+:func:`mapo.protocol.parse_turn`, runs the tool on the original image (the same
 view->original mapping as training, evaluation and the report), and builds the
-observation message of :func:`mapo.protocol.observation_message`. It keeps what the
-estimator and the reward need and exposes it as the attributes
-:func:`mapo.semantic.semantic_scores` and :func:`mapo.reward.outcome_reward`
-read from a :class:`mapo.rollout.Trajectory`, so scores and rewards go through the
-very same functions as ``mapo train``.
-
-Rules copied from :mod:`mapo.rollout` (our own engine): an answer ends the episode; a
-turn with neither an answer nor a tool call ends it; a tool call on the last allowed
-turn is not executed; an observation is recorded only once it is known to fit the
-budget (:meth:`ZoomEpisode.add_observation`); an unreadable call or a rejected box
-gives a text error observation and the episode goes on (verl's own tool parser
-drops invalid JSON silently and ends the episode).
+observation message of :func:`mapo.protocol.observation_message`; an answer ends the
+episode, a turn with neither an answer nor a tool call ends it, a tool call on the
+last allowed turn is not executed, an observation is recorded only once it is known
+to fit the budget (:meth:`ZoomEpisode.add_observation`), and an unreadable call or a
+rejected box gives a text error observation and the episode goes on (verl's own tool
+parser drops invalid JSON silently and ends the episode). verl enforces its own turn
+and token limits and says so through ``limit_reason``. The episode exposes what
+:func:`mapo.semantic.semantic_scores` and :func:`mapo.reward.outcome_reward` read
+from a :class:`mapo.trajectory.Trajectory`, so scores and rewards go through the very
+same functions as ``mapo train``; on top it keeps each turn's token span.
 
 :class:`SemanticBatcher` gathers finished episodes from the agent loops running
 concurrently in one verl worker and scores their (description, crop) pairs in one
@@ -32,9 +31,10 @@ from typing import Any
 
 from PIL import Image
 
-from mapo.protocol import ProtocolConfig, Turn, observation_message, parse_turn
-from mapo.rollout import ToolCallRecord, _readable
-from mapo.tools import ToolConfig, view_size, zoom_in
+from mapo.episode import Episode, Observation
+from mapo.protocol import ProtocolConfig
+from mapo.tools import ToolConfig, view_size
+from mapo.trajectory import ToolCallRecord
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class PendingObservation:
     message: dict
 
 
-class ZoomEpisode:
+class ZoomEpisode(Episode):
     """One episode's parsed turns, observations and segment spans.
 
     ``spans[j]`` is the ``[start, end)`` range of assistant turn ``j`` in the response
@@ -69,44 +69,10 @@ class ZoomEpisode:
     ) -> None:
         if not isinstance(image, Image.Image):
             raise ValueError(f"image must be the original PIL image of the sample, got {type(image).__name__}")
-        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-            raise ValueError(f"max_images must be a positive integer (the global view counts), got {max_images!r}")
-        self.image = image.convert("RGB") if image.mode != "RGB" else image
-        self.protocol = protocol
-        self.tool = tool
-        self.max_images = max_images
-        self.view_wh = view_wh if view_wh is not None else view_size(self.image.size, tool)
-        self.turns: list[Turn] = []
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        view_wh = view_wh if view_wh is not None else view_size(image.size, tool)
+        super().__init__(image, view_wh, protocol=protocol, tool=tool, max_images=max_images)
         self.spans: list[tuple[int, int]] = []
-        self.tool_calls: list[ToolCallRecord] = []
-        self.crops: list[Image.Image | None] = []
-        self.finish_reason: str | None = None
-
-    # ---- what semantic_scores / outcome_reward read (Trajectory's attribute names)
-
-    @property
-    def num_observations(self) -> int:
-        return len(self.tool_calls)
-
-    @property
-    def descriptions(self) -> list[str | None]:
-        """The description opening the turn after each observation; None when missing or no turn followed."""
-        return [self.turns[k].description if k < len(self.turns) else None for k in range(1, self.num_observations + 1)]
-
-    @property
-    def used_tool(self) -> bool:
-        return any(c.valid for c in self.tool_calls)
-
-    @property
-    def answer_text(self) -> str | None:
-        return self.turns[-1].answer if self.turns and self.finish_reason == "answer" else None
-
-    @property
-    def num_images(self) -> int:
-        """Images in the context: the global view and every crop."""
-        return 1 + sum(c is not None for c in self.crops)
-
-    # ---- steps
 
     def assistant_turn(self, text: str, span: tuple[int, int], limit_reason: str | None = None) -> PendingObservation | None:
         """Record one generated turn; return the observation to append, or None when the episode ends.
@@ -122,48 +88,9 @@ class ZoomEpisode:
             raise ValueError(f"span must be an increasing [start, end) after {self.spans[-1:]}, got {span!r}")
         if self.finish_reason is not None:
             raise ValueError(f"the episode already ended ({self.finish_reason}); no turn may follow")
-        turn = parse_turn(text, self.protocol)
-        self.turns.append(turn)
         self.spans.append((start, end))
-        if turn.answer is not None:
-            return self.finish("answer")
-        if turn.tool_call is None:
-            return self.finish(limit_reason or "no_tool_call")
-        if limit_reason is not None:
-            return self.finish(limit_reason)
-        return self._run_tool(turn)
-
-    def _run_tool(self, turn: Turn) -> PendingObservation | None:
-        call = turn.tool_call
-        crop = None
-        if call.bbox is None:
-            reason = next((e for e in turn.errors if e.startswith("tool_call_")), "the tool call could not be read")
-            record = ToolCallRecord(None, None, None, call.label, False, reason)
-        else:
-            result = zoom_in(self.image, call.bbox, self.view_wh, self.tool)
-            record = ToolCallRecord(call.bbox, result.box_view, result.box_original, call.label, result.error is None, result.error)
-            crop = result.crop
-        if crop is not None and self.num_images + 1 > self.max_images:
-            return self.finish("max_images")
-        if crop is None:
-            message = observation_message(self.protocol, error=_readable(record.error or "the tool call failed"))
-        else:
-            message = observation_message(self.protocol)
-            message["content"] = [
-                {"type": "image", "image": crop} if part.get("type") == "image" else part for part in message["content"]
-            ]
-        return PendingObservation(record=record, crop=crop, message=message)
-
-    def add_observation(self, pending: PendingObservation) -> None:
-        """Record an observation that was appended to the context."""
-        self.tool_calls.append(pending.record)
-        self.crops.append(pending.crop)
-
-    def finish(self, reason: str) -> None:
-        """End the episode (first reason wins)."""
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        return None
+        observation = super().assistant_turn(text, limit_reason=limit_reason)
+        return None if observation is None else _with_crop(observation)
 
     def extra_fields(self, semantic: Sequence[float | None]) -> dict[str, Any]:
         """What goes into verl's ``AgentLoopOutput.extra_fields`` (plain, picklable data, no images)."""
@@ -181,6 +108,17 @@ class ZoomEpisode:
             "mapo_used_tool": self.used_tool,
             "mapo_invalid_calls": sum(not c.valid for c in self.tool_calls),
         }
+
+
+def _with_crop(observation: Observation) -> PendingObservation:
+    """The observation with its crop embedded in the message's image part (verl's convention)."""
+    message = observation.message
+    if observation.crop is not None:
+        message = dict(message, content=[
+            {"type": "image", "image": observation.crop} if part.get("type") == "image" else part
+            for part in message["content"]
+        ])
+    return PendingObservation(record=observation.record, crop=observation.crop, message=message)
 
 
 ScoreFn = Callable[[Sequence[ZoomEpisode]], Any]

@@ -1,0 +1,131 @@
+"""The episode state machine (mapo.episode) on hand-made turns: no model, no tokens."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from mapo.episode import FINISH_REASONS, Episode, Observation, readable
+from mapo.protocol import ProtocolConfig, render_assistant_turn
+from mapo.tools import ToolConfig
+
+PROTOCOL = ProtocolConfig()
+TOOL = ToolConfig()
+
+
+def _image() -> Image.Image:
+    # 448x448 original, left half red, right half blue; the model's view is 224x224 (scale 2).
+    img = Image.new("RGB", (448, 448), (255, 0, 0))
+    img.paste((0, 0, 255), (224, 0, 448, 448))
+    return img
+
+
+def episode(**overrides) -> Episode:
+    args = dict(protocol=PROTOCOL, tool=TOOL, max_images=5, max_turns=4)
+    args.update(overrides)
+    return Episode(_image(), (224, 224), **args)
+
+
+def zoom(*bbox, description=None, label=None):
+    return render_assistant_turn(description=description, bbox=list(bbox), label=label)
+
+
+def test_answer_ends_the_episode():
+    ep = episode()
+    assert ep.assistant_turn(render_assistant_turn(think="easy", answer="B")) is None
+    assert ep.finish_reason == "answer" and ep.answer_text == "B"
+    assert ep.num_observations == 0 and ep.descriptions == [] and not ep.used_tool
+
+
+def test_zoom_crops_the_original_and_the_next_description_is_kept():
+    ep = episode()
+    obs = ep.assistant_turn(zoom(112, 0, 224, 224, label="blue half"))
+    assert isinstance(obs, Observation) and ep.finish_reason is None
+    # View (224 px) -> original (448 px): every coordinate doubles.
+    assert obs.record.valid and obs.record.box_original == (224.0, 0.0, 448.0, 448.0)
+    assert obs.record.raw_bbox == (112.0, 0.0, 224.0, 224.0) and obs.record.label == "blue half"
+    assert obs.crop.getpixel((3, 3)) == (0, 0, 255)
+    assert [p.get("type") for p in obs.message["content"]] == ["text", "image", "text"]
+    assert ep.num_observations == 0  # recorded only once the engine has appended it
+    ep.add_observation(obs)
+    assert ep.num_images == 2 and ep.used_tool
+    assert ep.assistant_turn(render_assistant_turn(description="a blue area", answer="B")) is None
+    assert ep.finish_reason == "answer" and ep.descriptions == ["a blue area"]
+
+
+def test_bad_json_tool_call_gives_a_readable_error_observation_and_goes_on():
+    ep = episode()
+    obs = ep.assistant_turn('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>')
+    assert obs is not None and obs.crop is None and not obs.record.valid
+    assert obs.record.raw_bbox is None and obs.record.error.startswith("tool_call_json: ")
+    # The model reads the sentence, not the error code.
+    text = obs.message["content"][0]["text"]
+    assert text == f"<tool_response>Error: {readable(obs.record.error)}</tool_response>"
+    assert "tool_call_json" not in text and readable(obs.record.error) == obs.record.error.split(": ", 1)[1]
+    ep.add_observation(obs)
+    assert ep.finish_reason is None and ep.num_images == 1 and not ep.used_tool and ep.crops == [None]
+
+
+def test_box_out_of_range_gives_an_error_observation():
+    ep = episode()
+    obs = ep.assistant_turn(zoom(300, 300, 400, 400))  # the view is 224 x 224
+    assert obs is not None and obs.crop is None and not obs.record.valid
+    assert "outside the image" in obs.record.error and obs.record.box_original is None
+    assert obs.message["content"][0]["text"] == f"<tool_response>Error: {obs.record.error}</tool_response>"
+
+
+def test_tool_call_on_the_last_allowed_turn_is_not_executed():
+    ep = episode(max_turns=2)
+    ep.add_observation(ep.assistant_turn(zoom(0, 0, 100, 100)))
+    assert ep.assistant_turn(zoom(0, 0, 50, 50)) is None
+    assert ep.finish_reason == "max_turns" and ep.num_observations == 1 and len(ep.turns) == 2
+
+
+def test_a_crop_past_max_images_ends_the_episode():
+    ep = episode(max_images=2)
+    ep.add_observation(ep.assistant_turn(zoom(0, 0, 100, 100)))  # image 2 of 2
+    # An error observation has no image: it still fits.
+    ep.add_observation(ep.assistant_turn(zoom(300, 300, 400, 400)))
+    assert ep.assistant_turn(zoom(0, 0, 50, 50)) is None
+    assert ep.finish_reason == "max_images" and ep.num_observations == 2 and ep.num_images == 2
+
+
+def test_token_limits():
+    # A turn cut by the total budget with neither call nor answer: max_tokens; by the turn budget: max_new_tokens.
+    ep = episode()
+    assert ep.assistant_turn("<think>and so on", cut="max_tokens") is None and ep.finish_reason == "max_tokens"
+    ep = episode()
+    assert ep.assistant_turn("<think>and so on", cut="max_new_tokens") is None
+    assert ep.finish_reason == "max_new_tokens"
+    ep = episode()
+    assert ep.assistant_turn("<think>done</think>") is None and ep.finish_reason == "no_tool_call"
+    # An observation that does not fit the engine's budget: the engine ends the episode instead of appending.
+    ep = episode()
+    assert ep.assistant_turn(zoom(0, 0, 100, 100)) is not None
+    ep.finish("max_tokens")
+    assert ep.finish_reason == "max_tokens" and ep.num_observations == 0
+    ep.finish("answer")  # the first reason wins
+    assert ep.finish_reason == "max_tokens"
+
+
+def test_engine_limit_reason_stops_a_tool_call():
+    ep = episode(max_turns=None)
+    assert ep.assistant_turn(zoom(0, 0, 100, 100), limit_reason="max_tokens") is None
+    assert ep.finish_reason == "max_tokens"
+    ep = episode(max_turns=None)
+    assert ep.assistant_turn("no tags", limit_reason="max_turns") is None and ep.finish_reason == "max_turns"
+
+
+def test_refusals():
+    ep = episode()
+    ep.assistant_turn(render_assistant_turn(answer="A"))
+    with pytest.raises(ValueError, match="already ended"):
+        ep.assistant_turn(render_assistant_turn(answer="B"))
+    with pytest.raises(ValueError, match="finish reason"):
+        episode().finish("bored")
+    with pytest.raises(ValueError, match="original PIL image"):
+        Episode("not an image", (224, 224), protocol=PROTOCOL, tool=TOOL, max_images=3)
+    with pytest.raises(ValueError, match="max_images"):
+        episode(max_images=0)
+    assert readable("not a code: keep it") == "not a code: keep it"
+    assert set(FINISH_REASONS) >= {"answer", "no_tool_call", "max_turns", "max_tokens", "max_images", "max_new_tokens"}
