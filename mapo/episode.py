@@ -32,7 +32,7 @@ from PIL import Image
 
 from mapo import protocol as protocol_mod
 from mapo.protocol import ProtocolConfig, Turn
-from mapo.tools import ToolConfig, zoom_in
+from mapo.tools import ToolConfig, args_json, run_tool
 from mapo.trajectory import ToolCallRecord
 
 FINISH_REASONS = (
@@ -160,14 +160,14 @@ class Episode:
         return Observation(record, crop, protocol_mod.observation_message(self.protocol, error=error))
 
     def call_tool(self, turn: Turn) -> tuple[ToolCallRecord, Image.Image | None]:
-        """Run the tool call of ``turn``: its record, and the crop (None for an error observation)."""
+        """Run the tool call of ``turn`` through the registry: its record, and the view (None for an error)."""
         call = turn.tool_call
-        if call.bbox is None:
-            reason = next((e for e in turn.errors if e.startswith("tool_call_")), "the tool call could not be read")
-            return ToolCallRecord(None, None, None, call.label, False, reason), None
-        result = zoom_in(self.image, call.bbox, self.view_wh, self.tool)
-        record = ToolCallRecord(call.bbox, result.box_view, result.box_original, call.label, result.error is None, result.error)
-        return record, result.crop
+        result = run_tool(call, self.image, self.view_wh, self.tool)
+        record = ToolCallRecord(
+            call.bbox, result.box_view, result.box_original, call.label, result.ok, result.error,
+            tool=result.tool, args=args_json(call.args),
+        )
+        return record, result.image
 
     def add_observation(self, observation: Observation) -> None:
         """Record an observation that was appended to the context."""

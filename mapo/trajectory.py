@@ -32,7 +32,10 @@ class ToolCallRecord:
 
     ``raw_bbox`` is the box as the model wrote it (view pixels, None if unreadable);
     ``bbox_view`` the validated box the tool used (view pixels) and
-    ``box_original`` the same box in original pixels; both None when invalid.
+    ``box_original`` the same box in original pixels; both None when invalid, and
+    for a tool that selects no region (rotate). ``tool`` is the registry name
+    ("" for a call that could not be read) and ``args`` the call's arguments as
+    JSON data (:func:`mapo.tools.args_json`), None when unreadable.
     """
 
     raw_bbox: tuple[float, float, float, float] | None
@@ -41,6 +44,13 @@ class ToolCallRecord:
     label: str | None
     valid: bool
     error: str | None
+    tool: str = "image_zoom_in_tool"
+    args: dict | None = None
+
+    @property
+    def region(self) -> tuple[float, float, float, float] | None:
+        """The original-pixel box a valid call showed; None for an error or a tool without a region."""
+        return self.box_original if self.valid else None
 
 
 @dataclass

@@ -129,3 +129,22 @@ def test_refusals():
         episode(max_images=0)
     assert readable("not a code: keep it") == "not a code: keep it"
     assert set(FINISH_REASONS) >= {"answer", "no_tool_call", "max_turns", "max_tokens", "max_images", "max_new_tokens"}
+
+
+def test_a_second_tool_runs_through_the_same_episode_when_enabled():
+    # The rotate tool (off by default) goes through the registry like zoom-in: its record names the tool and
+    # its arguments, carries no region, and the observation is the whole image turned counter-clockwise.
+    call = '<tool_call>{"name": "image_rotate_tool", "arguments": {"angle": 90}}</tool_call>'
+    ep = episode(protocol=ProtocolConfig(extra_tools=("image_rotate_tool",)))
+    obs = ep.assistant_turn(call)
+    assert obs is not None and obs.record.valid and obs.record.error is None
+    assert obs.record.tool == "image_rotate_tool" and obs.record.args == {"angle": 90}
+    assert obs.record.box_original is None and obs.record.region is None
+    # Left half red, right half blue; turned 90 degrees counter-clockwise, blue is on top and red below.
+    w, h = obs.crop.size
+    assert obs.crop.getpixel((w // 2, 2)) == (0, 0, 255) and obs.crop.getpixel((w // 2, h - 3)) == (255, 0, 0)
+    # With the default tool set the same call is an error observation the model can read, and the episode goes on.
+    ep = episode()
+    obs = ep.assistant_turn(call)
+    assert obs is not None and obs.crop is None and not obs.record.valid and obs.record.tool == ""
+    assert ep.finish_reason is None

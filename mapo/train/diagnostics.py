@@ -39,7 +39,7 @@ def crop_ious(trajectory: Any) -> list[float]:
     targets = [b.xyxy for b in getattr(trajectory.sample, "target_boxes", [])]
     if not targets:
         return []
-    return [max(box_iou(c.box_original, b) for b in targets) for c in trajectory.tool_calls if c.valid]
+    return [max(box_iou(c.region, b) for b in targets) for c in trajectory.tool_calls if c.region is not None]
 
 
 def trajectory_metrics(trajectories: Sequence[Any], rewards: Sequence[Any]) -> dict[str, float]:

@@ -54,7 +54,7 @@ from mapo.data import open_image
 from mapo.integrations.verl.episode import SemanticBatcher, ZoomEpisode
 from mapo.integrations.verl.estimator import _plain
 from mapo.protocol import ProtocolConfig, parse_turn, protocol_for_policy
-from mapo.tools import ToolConfig, smart_resize, with_factor
+from mapo.tools import ToolConfig, args_json, smart_resize, with_factor
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,10 @@ _BATCHERS: dict[tuple, SemanticBatcher] = {}
 class ProtocolToolParser:
     """verl's ``ToolParser`` interface on top of :func:`mapo.protocol.parse_turn`.
 
-    Returns one call (named ``protocol.tool_name``) when the turn's action is a tool
-    call, readable or not, so that verl moves to the tool state; the loop then runs
-    it with :class:`ZoomEpisode`.
+    Returns one call (under the name the model wrote, ``protocol.tool_name`` when it
+    wrote none) when the turn's action is a tool call, readable or not, so that verl
+    moves to the tool state; the loop then runs it with :class:`ZoomEpisode`, which
+    takes any registered tool (:func:`mapo.tools.run_tool`).
     """
 
     def __init__(self, protocol: ProtocolConfig, tokenizer: Any) -> None:
@@ -90,12 +91,9 @@ class ProtocolToolParser:
         turn = parse_turn(text, self.protocol)
         if turn.action != "tool_call":
             return text, []
-        raw = turn.tool_call.raw if turn.tool_call.bbox is None else _arguments_json(turn.tool_call.bbox, turn.tool_call.label)
-        return text, [FunctionCall(name=self.protocol.tool_name, arguments=raw)]
-
-
-def _arguments_json(bbox: tuple[float, ...], label: str | None) -> str:
-    return json.dumps({"bbox_2d": list(bbox), "label": label})
+        call = turn.tool_call
+        arguments = call.raw if call.args is None else json.dumps(args_json(call.args))
+        return text, [FunctionCall(name=call.name or self.protocol.tool_name, arguments=arguments)]
 
 
 def original_image(messages: list[dict]) -> Image.Image:
