@@ -168,7 +168,7 @@ _ONE_TARGET = dict(
 _AMONG_DISTRACTORS = {**_ONE_TARGET, "min_objects": 3, "max_objects": 6, "distractor_similarity": 0.0}
 # The letter's *colour* (black, white, cyan or pink; drawn bold), options in one fixed order. Session 3's
 # experiment (docs/warmstart.md): a tiny policy learned to copy the colour word but not to read it from
-# its crop. The colour is also in the view's pixels (python -m mapo.experiments.pixel_probe), so only a
+# its crop. The colour is also in the view's pixels (python research/pixel_probe.py), so only a
 # policy's no-tool accuracy shows it needs the zoom.
 _ASK_INK = dict(asks="ink", fixed_options=True, glyph_stroke=1)
 # The object's surface *pattern* (none, stripes, bands or checks, period 2 px, all averaging to the same
@@ -462,7 +462,7 @@ def _with_patterns(image: Image.Image, objects: list[_Object], glyph_px: int) ->
         mask = np.asarray(mask_image) > 0  # (H, W)
         # The pattern fades in from a plain rim: a pattern cut off sharply at the outline leaves a
         # brightness step whose phase survives the 4x downsampling into the view (a leak a linear
-        # probe reads, python -m mapo.experiments.pixel_probe); a smooth envelope does not.
+        # probe reads, python research/pixel_probe.py); a smooth envelope does not.
         # So does a plain patch around the letter, whose antialiased edge would blend with the pattern.
         keep = mask_image.copy()
         cx, cy = _glyph_centre(o)
