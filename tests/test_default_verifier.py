@@ -129,7 +129,8 @@ def test_the_shipped_verifier_matches_its_manifest_and_its_recipe():
     # The synthetic level it was trained on still generates the same task (else: rebuild it).
     assert manifest["task"] == default.task_of(recipe)
     # The figure docs/verifier.md quotes for the shipped checkpoint (0.881, chance 1/16), to 3 decimals.
-    assert manifest["metrics"]["candidates"] == 16 and manifest["metrics"]["retrieval_top1"] == pytest.approx(0.881, abs=5e-4)
+    metrics = manifest["metrics"]
+    assert metrics["candidates"] == 16 and metrics["retrieval_top1"] == pytest.approx(0.881, abs=5e-4)
 
 
 # ----------------------------------------------------------------------------- the pipeline's verifier_source
