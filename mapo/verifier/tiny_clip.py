@@ -1,4 +1,4 @@
-"""The tiny CLIP the embedded default verifier is: a word-level tokenizer, CLIP's image processor, a small ``CLIPModel``.
+"""The embedded default verifier's tiny CLIP: a word-level tokenizer, CLIP's image processor, a ``CLIPModel``.
 
 Saved like any HF CLIP, so :func:`mapo.verifier.load_verifier` loads it through the same code path as a real one.
 """
