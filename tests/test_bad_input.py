@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from mapo.cli import main
@@ -33,12 +32,6 @@ TOOL = synth.tool_config_for(LEVEL)
 CONFIG = EvalConfig(rollout=RolloutConfig(group_size=1, greedy=True, batch_size=8, max_turns=1, max_new_tokens_per_turn=4),
                     tool_from_samples=False, benchmark="vstar")
 BAD = ("z_trunc", "z_1x1", "z_50x50", "z_3000x10", "z_30_options")
-
-
-@pytest.fixture(scope="module")
-def policy():
-    torch.set_num_threads(1)
-    return build_tiny_policy("tiny", tool_config=TOOL, seed=0)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -160,22 +160,23 @@ def test_bad_compare_config_is_rejected():
         from_dict(CompareConfig, {"seeds": 0})
 
 
-def test_tiny_real_comparison_end_to_end(tmp_path):
+def test_tiny_real_comparison_end_to_end(tmp_path, tiny_policy_dir):
     """One seed, one step each, tiny models: both runs train, are evaluated, and the document is written."""
     import torch
 
-    from test_demo import forced, make_policy_dir, tiny_pipeline_dict
+    from test_demo import forced, tiny_pipeline_dict
 
     from mapo.experiments.compare import CompareConfig, read_run, run_compare, write_results
 
     torch.set_num_threads(1)
-    pipeline = tiny_pipeline_dict(tmp_path, make_policy_dir(tmp_path / "policy0"))
-    pipeline["warmstart"] = {"source": str(tmp_path / "policy0")}
+    pipeline = tiny_pipeline_dict(tmp_path, tiny_policy_dir)
+    pipeline["warmstart"] = {"source": str(tiny_policy_dir)}
     cfg = from_dict(CompareConfig, {"pipeline": pipeline, "seeds": 1, "steps": 1})
     dirs = run_compare(cfg, tmp_path / "runs", progress=False, log=lambda _: None, forced_turns=forced)
     assert [d.relative_to(tmp_path / "runs").as_posix() for d in dirs] == ["grpo/seed0", "mapo/seed0"]
     runs = [read_run(d) for d in dirs]
-    assert runs[0]["config"]["verifier"] is None and runs[1]["config"]["verifier"] is not None
+    # GRPO runs without a verifier (grpo_verifier: false); MAPO's is the pipeline's cached verifier stage
+    assert runs[0]["config"]["verifier"] is None and (Path(runs[1]["config"]["verifier"]) / "config.json").is_file()
     for r in runs:
         assert r["n_eval"] == 2
         assert r["values"]["step_time_s"] > 0 and math.isfinite(r["values"]["grad_var_bootstrap"])

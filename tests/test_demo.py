@@ -18,15 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo import protocol
 from mapo.config import from_dict, to_dict
-from mapo.data import synth
-
-LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
-DESCRIPTION = "a red square with the letter A"
-FORCED_ZOOM = protocol.render_assistant_turn(think="look", bbox=(0, 0, 56, 56), label="red square")
-FORCED_ANSWER = protocol.render_assistant_turn(description=DESCRIPTION, answer="A")
+from tiny_assets import FORCED_ANSWER, FORCED_ZOOM
 
 
 def forced(group: int, member: int, turn: int) -> str | None:
@@ -34,17 +27,6 @@ def forced(group: int, member: int, turn: int) -> str | None:
     if member == 0:
         return [FORCED_ZOOM, FORCED_ANSWER][turn] if turn < 2 else None
     return None
-
-
-def make_policy_dir(path: Path) -> Path:
-    from mapo.policy import build_tiny_policy
-
-    samples = synth.generate(4, seed=0, config=LEVEL)
-    corpus = [protocol.system_prompt()] + [protocol.user_prompt(s.question, s.options) for s in samples]
-    corpus += [FORCED_ZOOM, FORCED_ANSWER]
-    policy = build_tiny_policy("tiny", corpus=corpus, vocab_size=512, tool_config=TOOL, seed=0, text_layers=1, vision_depth=1)
-    policy.save(path)
-    return path
 
 
 def tiny_pipeline_dict(tmp: Path, policy_dir: Path) -> dict:
@@ -84,13 +66,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, tiny_policy_dir):
     """Two runs of the pipeline on the same directories; returns (tmp, cfg, first summary, second summary, logs)."""
     from mapo.pipeline import PipelineConfig, run_pipeline
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("demo")
-    cfg = from_dict(PipelineConfig, tiny_pipeline_dict(tmp, make_policy_dir(tmp / "policy0")))
+    cfg = from_dict(PipelineConfig, tiny_pipeline_dict(tmp, tiny_policy_dir))
     logs: list[list[str]] = [[], []]
     first = run_pipeline(cfg, tmp / "run", progress=False, forced_turns=forced, log=logs[0].append)
     second = run_pipeline(cfg, tmp / "run", progress=False, forced_turns=forced, log=logs[1].append)
@@ -113,7 +95,9 @@ def test_smoke_parameters_change_and_every_metric_is_finite(demo_run):
     for r in summary["table"]:
         for col in ("before", "after", "delta"):
             assert r[col] is None or math.isfinite(r[col]), (r["key"], col, r[col])
-    assert summary["table"][0]["key"] == "accuracy" and summary["table"][0]["before"] is not None
+    before = json.loads((Path(summary["paths"]["eval_before"]) / "metrics.json").read_text())["tools"]
+    assert summary["table"][0]["key"] == "accuracy" and summary["table"][0]["before"] == before["accuracy"]
+    assert before["accuracy"] in (0.0, 0.5, 1.0)  # a share of the 2 held-out samples
     assert summary["n_heldout"] == 2 and summary["rl_steps"] == 2 and summary["algorithm"] == "mapo"
     rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
     assert summary["rl_trend"] == {"key": "reward_mean", "window": 2, "first": pytest.approx(sum(rewards) / 2),

@@ -200,15 +200,14 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_policy_dir, tiny_verifier_dir):
     """Both sides' runs: the 2-rank job (spawned) and the single-process references (meanwhile, here)."""
-    sys.path.insert(0, str(TESTS))
-    import test_train as t
     from mapo.train.rl import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("dp")
-    assets = (t.make_policy_dir(root / "policy"), t.make_verifier_dir(root / "verifier"))
+    # The tests compare each update with the starting weights in root / "policy": a private copy of the shared one.
+    assets = (shutil.copytree(tiny_policy_dir, root / "policy"), tiny_verifier_dir)
     with mp.Manager() as manager:
         out = manager.dict()
         job = mp.spawn(_worker, args=(_free_port(), str(root), assets, out), nprocs=WORLD, join=False)
@@ -358,7 +357,7 @@ def test_dist_info_from_env_and_rank_span():
         D.rank_span(3, D.DistInfo(0, 2, 0))
 
 
-def test_per_episode_streams_make_an_episode_independent_of_its_batch(tmp_path):
+def test_per_episode_streams_make_an_episode_independent_of_its_batch(tiny_policy_dir):
     """The rollout property data parallelism rests on: an episode samples the same tokens alone or in a batch."""
     sys.path.insert(0, str(TESTS))
     import test_train as t
@@ -367,7 +366,7 @@ def test_per_episode_streams_make_an_episode_independent_of_its_batch(tmp_path):
     from mapo.rollout import RolloutConfig, rollout
 
     torch.set_num_threads(1)
-    policy = load_policy(t.make_policy_dir(tmp_path / "policy"))
+    policy = load_policy(tiny_policy_dir)
     samples = synth.generate(2, seed=5, config=t.LEVEL)
     factory = lambda g, m: torch.Generator().manual_seed(1000 * g + m)  # noqa: E731
     played = {}

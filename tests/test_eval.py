@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mapo.cli import main
 from mapo.data import synth
 from mapo.data.oracle import oracle_trajectory
 from mapo.eval import EvalConfig, evaluate, load_eval_samples
-from mapo.policy import build_tiny_policy
 from mapo.records import read_jsonl
 from mapo.report import build_report
 from mapo.rollout import RolloutConfig
@@ -22,24 +20,13 @@ DATA = "synth:4:easy:7"
 
 
 @pytest.fixture(scope="module")
-def policy():
-    torch.set_num_threads(1)
-    return build_tiny_policy("tiny", tool_config=TOOL, seed=0)
-
-
-@pytest.fixture(scope="module")
-def verifier(tmp_path_factory):
+def verifier(tiny_clip, tmp_path_factory):
     """A randomly initialised tiny CLIP saved and loaded like a real one (scores are meaningless but real)."""
     from mapo.verifier.clip import load_verifier
-    from mapo.verifier.train import VerifierTrainConfig, build_image_processor, build_tiny_clip, build_tokenizer
 
-    cfg = VerifierTrainConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2,
-                              projection_dim=16, image_size=32, patch_size=16)
-    tok = build_tokenizer(["a red square with the letter k", "grey background"], cfg.max_text_tokens)
-    path = tmp_path_factory.mktemp("clip")
-    build_tiny_clip(cfg, len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    build_image_processor(cfg.image_size).save_pretrained(path)
+    path = tiny_clip(tmp_path_factory.mktemp("clip"), ["a red square with the letter k", "grey background"],
+                     vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2, projection_dim=16,
+                     image_size=32, patch_size=16)
     return load_verifier(path)
 
 

@@ -21,11 +21,6 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return build_tiny_policy("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def saved(policy, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_policy")
     policy.save(out)

@@ -9,7 +9,6 @@ import torch
 
 from mapo import protocol
 from mapo.data import synth
-from mapo.policy import build_tiny_policy
 from mapo.rollout import (
     FINISH_REASONS,
     RolloutConfig,
@@ -23,12 +22,6 @@ from mapo.sampling import inverse_cdf, top_p_filter
 
 LEVEL = synth.level_config("easy")
 TOOL = synth.tool_config_for(LEVEL)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    torch.set_num_threads(1)
-    return build_tiny_policy("tiny", tool_config=TOOL, seed=0)
 
 
 @pytest.fixture(scope="module")

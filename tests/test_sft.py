@@ -49,13 +49,6 @@ def _cfg(**overrides) -> SFTConfig:
     return from_dict(SFTConfig, data)
 
 
-@pytest.fixture(scope="module")
-def policy():
-    from mapo.policy import build_tiny_policy
-
-    return build_tiny_policy("tiny", seed=0)
-
-
 # ----------------------------------------------------------------------------- masks
 
 

@@ -11,10 +11,7 @@ from mapo.train.sft import SFTConfig, collate, training_transcripts
 torch.set_num_threads(1)
 
 
-def test_localize_only_trains_exactly_the_first_zoom_turn():
-    from mapo.policy import build_tiny_policy
-
-    policy = build_tiny_policy("tiny", seed=0)
+def test_localize_only_trains_exactly_the_first_zoom_turn(policy):
     cfg = from_dict(SFTConfig, {"data": {"localize_only": True, "jitter": 0.0, "wrong_first_zoom": 0.0}})
     batch = training_transcripts(0, 2, policy.processor, cfg)
     inputs, labels = collate(batch, policy, cfg.data.max_length)

@@ -26,48 +26,13 @@ from mapo import protocol
 from mapo.config import from_dict, load_config
 from mapo.data import synth
 from mapo.train.common import read_metrics
+from tiny_assets import FORCED_ANSWER, FORCED_ZOOM, LEVEL, TOOL  # noqa: F401 (test_distributed reads t.LEVEL, t.TOOL)
 
-LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
 TESTS = Path(__file__).parent
 TIME_KEYS = ("time_",)
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-def make_policy_dir(path: Path) -> Path:
-    from mapo.policy import build_tiny_policy
-
-    samples = synth.generate(4, seed=0, config=LEVEL)
-    corpus = [protocol.system_prompt()] + [protocol.user_prompt(s.question, s.options) for s in samples]
-    corpus += [FORCED_ZOOM, FORCED_ANSWER]
-    policy = build_tiny_policy(
-        "tiny", corpus=corpus, vocab_size=512, tool_config=TOOL, seed=0, text_layers=1, vision_depth=1
-    )
-    policy.save(path)
-    return path
-
-
-def make_verifier_dir(path: Path) -> Path:
-    from mapo.verifier.train import VerifierTrainConfig, build_image_processor, build_tiny_clip, build_tokenizer
-
-    vc = VerifierTrainConfig(
-        image_size=28, patch_size=14, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2,
-        projection_dim=16, max_text_tokens=16,
-    )
-    texts = [b.caption for s in synth.generate(4, seed=0, config=LEVEL) for b in s.boxes] + [DESCRIPTION]
-    tokenizer = build_tokenizer(texts, vc.max_text_tokens)
-    model = build_tiny_clip(vc, vocab_size=len(tokenizer))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    build_image_processor(vc.image_size).save_pretrained(path)
-    return path
-
-
-DESCRIPTION = "a red square with the letter A"
-FORCED_ZOOM = protocol.render_assistant_turn(think="look", bbox=(0, 0, 56, 56), label="red square")
-FORCED_ANSWER = protocol.render_assistant_turn(description=DESCRIPTION, answer="A")
 
 
 def forced(group: int, member: int, turn: int) -> str | None:
@@ -95,10 +60,8 @@ def base_config(policy_dir: Path, verifier_dir: Path | None, **overrides) -> dic
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("assets")
-    return make_policy_dir(root / "policy"), make_verifier_dir(root / "verifier")
+def assets(tiny_policy_dir, tiny_verifier_dir):
+    return tiny_policy_dir, tiny_verifier_dir
 
 
 def rl_config(assets, **overrides):

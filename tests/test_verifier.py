@@ -13,36 +13,18 @@ from PIL import Image
 from mapo.verifier import ScoreResult, load_verifier, prepare_image
 from mapo.verifier.base import MAX_ASPECT, MAX_SIDE_FACTOR, MIN_SIDE
 from mapo.verifier.inspect import auroc
-from mapo.verifier.train import (
-    BOS,
-    EOS,
-    PAD,
-    CropPair,
-    CropTensor,
-    VerifierTrainConfig,
-    build_image_processor,
-    build_tiny_clip,
-    build_tokenizer,
-    contrastive_loss,
-)
+from mapo.verifier.pairs import CropPair
+from mapo.verifier.tiny_clip import BOS, EOS, PAD, build_image_processor, build_tokenizer
+from mapo.verifier.train import CropTensor, VerifierTrainConfig, contrastive_loss
 
 CAPTIONS = ["a red circle with the letter A", "a blue square with the letter B", "empty background"]
 TINY = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2,
             projection_dim=16, max_text_tokens=12)
 
 
-def _save_tiny_clip(path, **overrides):
-    config = VerifierTrainConfig(**{**TINY, **overrides})
-    tokenizer = build_tokenizer(CAPTIONS, config.max_text_tokens)
-    build_tiny_clip(config, len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    build_image_processor(config.image_size).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return _save_tiny_clip(tmp_path_factory.mktemp("clip"))
+def clip_dir(tiny_clip, tmp_path_factory):
+    return tiny_clip(tmp_path_factory.mktemp("clip"), CAPTIONS, **TINY)
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def test_negative_kind_names_the_changed_attribute():
 
 def test_pattern_captions_only_where_the_crop_shows_the_pattern(monkeypatch):
     """A 2 px pattern survives only an unshrunk crop: shrunk crops are captioned without it."""
-    from mapo.verifier import train as vt
+    from mapo.verifier import pairs as vt  # where synth_pairs looks crop_scale up
 
     assert vt.without_patterns(
         "a red circle with the letter K and stripes and a blue square with the letter P and no pattern"

@@ -166,9 +166,9 @@ _ONE_TARGET = dict(
     texture_strength=0.0,
 )
 _AMONG_DISTRACTORS = {**_ONE_TARGET, "min_objects": 3, "max_objects": 6, "distractor_similarity": 0.0}
-# The letter's *colour* (black, white, cyan or pink; drawn bold), options in one fixed order. Session 3's
+# The letter's *colour* (black, white, cyan or pink; drawn bold), options in one fixed order. An
 # experiment (docs/warmstart.md): a tiny policy learned to copy the colour word but not to read it from
-# its crop. The colour is also in the view's pixels (python -m mapo.experiments.pixel_probe), so only a
+# its crop. The colour is also in the view's pixels (python research/pixel_probe.py), so only a
 # policy's no-tool accuracy shows it needs the zoom.
 _ASK_INK = dict(asks="ink", fixed_options=True, glyph_stroke=1)
 # The object's surface *pattern* (none, stripes, bands or checks, period 2 px, all averaging to the same
@@ -187,7 +187,7 @@ LEVELS: dict[str, dict[str, Any]] = {
     "distractors": _AMONG_DISTRACTORS,
     # The target among distractors that share its colour or shape: bind both words to a location.
     "medium": {**_AMONG_DISTRACTORS, "distractor_similarity": 0.6},
-    # The same first two stages asking the letter's colour, then the surface pattern (session 3).
+    # The same first two stages asking the letter's colour, then the surface pattern (docs/warmstart.md).
     "ink": {**_ONE_TARGET, **_ASK_INK},
     "ink_distractors": {**_AMONG_DISTRACTORS, **_ASK_INK},
     "pattern": {**_ONE_TARGET, **_ASK_PATTERN},

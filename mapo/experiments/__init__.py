@@ -1,1 +1,1 @@
-"""Small, seeded experiments that check claims of the method (run with ``python -m mapo.experiments.<name>``)."""
+"""GRPO vs MAPO over seeds (``mapo experiment compare``): run the arms, compare them, write the results document."""

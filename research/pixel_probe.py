@@ -15,7 +15,7 @@ colour). A high ``view`` accuracy means a policy *could* answer
 without zooming; whether a trained policy does is the no-tool accuracy of
 ``warmstart_sweep goals``. Command::
 
-    python -m mapo.experiments.pixel_probe --level easy [--synth '{"glyphs": "LSTX"}'] [--n 600]
+    python research/pixel_probe.py --level easy [--synth '{"glyphs": "LSTX"}'] [--n 600]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def pixel_probe(level: str, n: int = 600, synth: dict | None = None, seed: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mapo.experiments.pixel_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python research/pixel_probe.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--level", default="easy")
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--synth", default="{}", help="SynthConfig overrides as JSON, e.g. '{\"glyphs\": \"LSTX\"}'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapo.experiments.pixel_probe import main, pixel_probe, ridge_accuracy
+from pixel_probe import main, pixel_probe, ridge_accuracy
 
 
 def test_ridge_reads_a_separable_signal_and_not_noise():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mapo.advantage import AdvantageConfig, get_estimator
-from mapo.experiments.variance_toy import (
+from variance_toy import (
     ToyConfig,
     gradient_estimates,
     initial_logits,

@@ -1,18 +1,19 @@
 """Warm-start sweep and goal evaluation for the embedded default policy.
 
-Issue "Make the embedded default learn": a randomly initialised tiny Qwen2.5-VL
-must come out of ``mapo sft`` able to *localise* (first zoom on the target),
-*read* (describe the crop) and *answer*. This module
+Research code, not part of the installed package; run from the repository root.
+A randomly initialised tiny Qwen2.5-VL must come out of ``mapo sft`` able to
+*localise* (first zoom on the target), *read* (describe the crop) and *answer*.
+This script
 
 - runs named SFT variants through the project's own recipe
   (:func:`mapo.train.sft.run_sft` on ``configs/warmstart_letters.yaml``, stage 1 of the
   shipped recipe, plus overrides),
   each in ``ROOT/NAME``;
-- measures the issue's goals on held-out samples (:func:`evaluate_goals`);
+- measures these goals on held-out samples (:func:`evaluate_goals`);
 - writes the sweep table of ``docs/warmstart.md`` from the run directories
   (:func:`sweep_table`), and the figure of the policy's zooms (:func:`zoom_figure`).
 
-Commands (``python -m mapo.experiments.warmstart_sweep ...``)::
+Commands (``python research/warmstart_sweep.py ...``)::
 
     run NAME [NAME ...] [--root runs/warmstart]   # train listed variants (VARIANTS, FIRST_VARIANTS)
     goals RUN_DIR [--level easy] [--n 200]         # held-out goal metrics -> RUN_DIR/goals_<level>.json
@@ -61,21 +62,21 @@ from mapo.data.synth import PATTERNS
 
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
 BASE_CONFIG = "configs/warmstart_letters.yaml"  # stage 1 of the shipped recipe (localise): the base of VARIANTS
-FIRST_CONFIG = "configs/warmstart_v1.yaml"  # session 1's recipe: long system prompt, textured background
+FIRST_CONFIG = "research/configs/warmstart_v1.yaml"  # the first recipe: long system prompt, textured background
 
 # name -> overrides of configs/warmstart_letters.yaml: the rows of the sweep tables in docs/warmstart.md.
 # "fromS1" rows start from stage 1's policy (train it first:
-# `mapo sft --config configs/warmstart_letters.yaml --out runs/warmstart/letters`; sessions 2-3 ran it
-# as runs/warmstart/default, the shipped default then); the docs rows marked fromP4 started from the
+# `mapo sft --config configs/warmstart_letters.yaml --out runs/warmstart/letters`; the runs in runs/ws2 and
+# runs/ws3 read it from runs/warmstart/default, the shipped default then); the docs rows marked fromP4 started from the
 # probe's P4 run, the same recipe.
 _FROM_STAGE1 = "policy.init_from=runs/warmstart/letters/final"
-# Session 4: the answer word weighted 20x (what made the policy read) and the runs the stages start from.
+# The answer word weighted 20x (what made the policy read) and the runs the stages start from.
 _READ = ["letter_loss_weight=5", "word_loss_weight=20"]
 _FROM_Q1B = "policy.init_from=runs/ws3/Q1b_closeup_fromS1_lr1e3/final"
 _FROM_SHIPPED = "policy.init_from=runs/warmstart/default/final"
 _LSTX = ["steps=400", "optim.lr=1e-3", "letter_loss_weight=5", "data.synth.glyphs=LSTX", "data.synth.fixed_options=true"]
 VARIANTS: dict[str, list[str]] = {
-    # Session 3 (runs/ws3): four very different letters, options in a fixed order (the answer letter
+    # runs/ws3: four very different letters, options in a fixed order (the answer letter
     # follows from the glyph), bold, fewer crop tokens; then the letter's colour instead of its shape.
     "R1_lstx_fromS1": [*_LSTX, _FROM_STAGE1],
     "R2_lstx_bold_fromS1": [*_LSTX, "data.synth.glyph_stroke=1", _FROM_STAGE1],
@@ -110,7 +111,7 @@ VARIANTS: dict[str, list[str]] = {
         "letter_loss_weight=5", "word_loss_weight=20", "data.level=pattern", "data.synth.canvas_size=112",
         "data.synth.grid=1", "data.synth.require_zoom=false",
     ],
-    # Session 4: reading and localising in one policy.
+    # Reading and localising in one policy.
     "P6_pattern_word20_scratch": [*_READ, "data.level=pattern"],
     "P7_pattern_fromCU2": [*_READ, "data.level=pattern", "policy.init_from=runs/ws3/CU2_closeup_pattern_word20/final"],
     # Stage 2 of the shipped recipe (configs/warmstart_closeup.yaml): stage 1 -> read on the close-up.
@@ -157,7 +158,7 @@ VARIANTS: dict[str, list[str]] = {
         _FROM_STAGE1,
     ],
 }
-# name -> overrides of configs/warmstart_v1.yaml (session 1; the first shipped recipe).
+# name -> overrides of research/configs/warmstart_v1.yaml (the first shipped recipe).
 # a_base, b_clean_lr3, c_bs8_cw5 and L1_cw5_600 ran before the 448 px levels' objects grew from
 # 70% to 75% of a cell (docs/warmstart.md, "Geometry fix"); rerunning them now uses 75%.
 FIRST_VARIANTS: dict[str, list[str]] = {
@@ -165,7 +166,7 @@ FIRST_VARIANTS: dict[str, list[str]] = {
     "b_clean_lr3": ["steps=120", "coord_loss_weight=1.0"],
     "c_bs8_cw5": ["batch_size=8", "steps=300"],
     "L1_cw5_600": ["steps=600"],
-    "L2_cw5_900": [],  # = configs/warmstart_v1.yaml: the first shipped default
+    "L2_cw5_900": [],  # = research/configs/warmstart_v1.yaml: the first shipped default
     "S1_short_prompt": ["steps=600", "protocol.system_template=You can zoom in on the image with $tool_name."],
     # Sanity: can the pipeline carry position at all? Memorise 64 images (training coord accuracy).
     "M_memorise64": ["steps=200", "data.n_train=64", "eval.n_rollout=0", "save_every=0"],
@@ -252,7 +253,7 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
 
 
 def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: int = 4, batch_size: int = 32) -> dict[str, float]:
-    """The issue's goal metrics on ``samples`` (module docstring has the formulas)."""
+    """The goal metrics on ``samples`` (module docstring has the formulas)."""
     from mapo import tools
     from mapo.data.oracle import tool_config_for_sample
     from mapo.data.scoring import extract_choice
@@ -728,7 +729,7 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mapo.experiments.warmstart_sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python research/warmstart_sweep.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="train sweep variants")
     p.add_argument("names", nargs="+", help=f"variants: {', '.join([*VARIANTS, *FIRST_VARIANTS])}")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
 import torch
 
@@ -184,7 +183,7 @@ def format_table(results: list[GradientStats], config: ToyConfig, adv_config: Ad
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mapo.experiments.variance_toy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python research/variance_toy.py", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=ToyConfig.seeds, help="independent groups per estimator")
     parser.add_argument("--group-size", type=int, default=ToyConfig.group_size, help="episodes per group (G)")
     parser.add_argument("--seed", type=int, default=ToyConfig.seed, help="seed of logits and sampling")

@@ -1,0 +1,201 @@
+"""Reading finished compare runs and comparing their arms: means over seeds, paired differences, goals.
+
+A run directory is what ``mapo train`` then ``mapo eval`` wrote (``config.yaml``, ``metrics.jsonl``,
+``summary.json``, ``eval/metrics.json``, ``eval/predictions.jsonl``) plus :data:`ARM_FILE`. The metric
+definitions are in :mod:`mapo.experiments.compare`'s docstring and ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# (key, label, source, higher is better; None: neither, context): the RESULTS table, in order.
+RESULT_METRICS = (
+    ("accuracy", "held-out accuracy", "eval", True),
+    ("crop_iou_mean", "crop IoU", "eval", True),
+    ("crop_hit_rate", "crop hit rate (IoU ≥ 0.5)", "eval", True),
+    ("first_crop_hit_rate", "first-zoom hit rate (no crop = miss)", "eval", True),
+    ("tool_calls_per_sample", "tool calls / sample", "eval", None),
+    ("semantic_score_mean", "semantic score", "eval", True),
+    ("grad_var_bootstrap", "gradient variance (bootstrap)", "train", False),
+    ("grad_noise_to_signal", "gradient noise-to-signal (var / proj², median)", "train", False),
+    ("step_time_s", "step time (s, excl. bootstrap)", "train", False),
+    ("response_tokens", "generated tokens / trajectory (training)", "train", None),
+    ("verifier_time_s", "verifier time per step (s)", "train", False),
+)
+# Training curves drawn in the PNG: (metrics.jsonl key, panel title).
+CURVES = (
+    ("reward_mean", "training reward"),
+    ("accuracy", "training accuracy"),
+    ("hit_rate", "training first-zoom hit rate"),
+    ("eval/accuracy", "held-out accuracy (periodic greedy eval)"),
+    ("grad_var_bootstrap", "gradient variance (bootstrap)"),
+    ("step_time_s", "step time excl. bootstrap (s)"),
+)
+
+STEP_TIME_GOAL = 1.15  # MAPO's step may cost at most this times GRPO's
+
+START_DIR = "start"  # OUT/start/eval: the warm start evaluated on the held-out set
+ARM_FILE = "arm.json"  # {"arm", "overrides"}, written into a run directory once it is trained and evaluated
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """What the results need from one finished run: arm, seed, final eval metrics, per-step means, curves.
+
+    Raises ValueError naming the missing file when ``run_dir`` is not a finished, evaluated run.
+    """
+    import yaml
+
+    from mapo.train.common import read_metrics
+
+    run_dir = Path(run_dir)
+    needed = ("config.yaml", "metrics.jsonl", "summary.json", "eval/metrics.json")
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"{run_dir} is not a finished, evaluated compare run: missing {', '.join(missing)}")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train_rows = [r for r in rows if "time_step" in r]
+    tools = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))["tools"]
+    values = {key: tools.get(key) for key, _, source, _ in RESULT_METRICS if source == "eval"}
+    values["grad_var_bootstrap"] = _mean([r.get("grad_var_bootstrap") for r in train_rows])
+    values["grad_noise_to_signal"] = _median([r["grad_var_bootstrap"] / r["grad_proj"] ** 2 for r in train_rows
+                                              if "grad_var_bootstrap" in r and r.get("grad_proj")])
+    values["step_time_s"] = _mean([r["time_step"] - r.get("time_bootstrap", 0.0) for r in train_rows])
+    values["verifier_time_s"] = _mean([r.get("time_verifier") for r in train_rows])
+    values["response_tokens"] = _mean([r.get("response_tokens_mean") for r in train_rows])
+    for r in train_rows:  # a derived per-step series, for the step-time curve
+        r["step_time_s"] = r["time_step"] - r.get("time_bootstrap", 0.0)
+    curves = {key: [(r["step"], r[key]) for r in rows if key in r] for key, _ in CURVES}
+    arm_file = run_dir / ARM_FILE
+    arm = json.loads(arm_file.read_text(encoding="utf-8"))["arm"] if arm_file.is_file() else config["advantage"]["estimator"]
+    return {
+        "run_dir": str(run_dir), "arm": arm, "seed": int(config["seed"]),
+        "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
+        "config": config, "per_sample": per_sample_outcomes(run_dir / "eval" / "predictions.jsonl"),
+    }
+
+
+def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool]]:
+    """Held-out sample id -> (answered right, first valid crop hits a target at IoU >= 0.5); {} without the file."""
+    from mapo.records import read_jsonl
+
+    if not path.is_file():
+        return {}
+    out = {}
+    for r in read_jsonl(path):
+        first = r.iou[0] if r.iou else None
+        out[r.id] = (bool(r.correct), first is not None and first >= 0.5)
+    return out
+
+
+def check_same_heldout(runs: Sequence[dict[str, Any]]) -> None:
+    """Refuse runs whose held-out sample ids differ: their numbers would not compare."""
+    reference = runs[0]
+    for r in runs[1:]:
+        if set(r["per_sample"]) != set(reference["per_sample"]):
+            only = sorted(set(r["per_sample"]) ^ set(reference["per_sample"]))[:3]
+            raise ValueError(
+                f"{r['run_dir']} and {reference['run_dir']} were evaluated on different held-out sets "
+                f"(e.g. {only}); re-run the compare so every arm uses the same one"
+            )
+
+
+# (index in a per-sample tuple, label): the differences tested against the baseline.
+PAIRED_METRICS = ((0, "held-out accuracy"), (1, "first-zoom hit rate"))
+
+
+def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
+    """Each arm minus the baseline, paired by seed, for :data:`PAIRED_METRICS`.
+
+    Two intervals: ``seed_ci`` is the 95% t-interval of the per-seed differences
+    (df = seeds - 1: the between-run noise, wide with 3 seeds) and ``sample_ci``
+    the 95% normal interval over every (seed, held-out sample) pair (the
+    evaluation noise given these runs). ``p`` is the paired t-test over seeds.
+    """
+    from scipy import stats
+
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        if arm == baseline:
+            continue
+        seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
+        for index, label in PAIRED_METRICS:
+            per_seed, per_sample = [], []
+            for s in seeds:
+                a, b = by[(arm, s)]["per_sample"], by[(baseline, s)]["per_sample"]
+                d = [float(a[i][index]) - float(b[i][index]) for i in sorted(a) if i in b]
+                if d:
+                    per_seed.append(float(np.mean(d)))
+                    per_sample += d
+            if not per_seed:
+                continue
+            mean = float(np.mean(per_seed))
+            row = {"arm": arm, "metric": label, "diff": mean, "seeds": len(per_seed), "pairs": len(per_sample),
+                   "seed_ci": None, "sample_ci": None, "p": None}
+            if len(per_seed) > 1:
+                sd = float(np.std(per_seed, ddof=1))
+                row["seed_ci"] = float(stats.t.ppf(0.975, len(per_seed) - 1) * sd / math.sqrt(len(per_seed)))
+                flat = sd < 1e-12  # identical per-seed differences: the t statistic is undefined
+                row["p"] = (1.0 if abs(mean) < 1e-12 else 0.0) if flat else float(stats.ttest_1samp(per_seed, 0.0).pvalue)
+            if len(per_sample) > 1:
+                row["sample_ci"] = float(1.96 * np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
+            out.append(row)
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(kept)) if kept else None
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """``{arm: {metric: {"mean", "std", "n"}}}`` over seeds; std is the sample std (ddof 1), None for one seed."""
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        per = {}
+        for key, *_ in RESULT_METRICS:
+            vals = [r["values"][key] for r in runs if r["arm"] == arm and r["values"][key] is not None]
+            per[key] = {
+                "mean": float(np.mean(vals)) if vals else None,
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                "n": len(vals),
+            }
+        out[arm] = per
+    return out
+
+
+def goals(agg: dict[str, Any], baseline: str = "grpo", method: str = "mapo") -> list[tuple[str, str, bool | None]]:
+    """The four goals, checked on the means: (goal, measured, met); met is None when undefined."""
+    if baseline not in agg or method not in agg:
+        return []
+
+    def m(arm: str, key: str) -> float | None:
+        return agg[arm][key]["mean"]
+
+    out = []
+    for key, text, better in (
+        ("accuracy", "held-out accuracy ≥ GRPO's", lambda a, b: a >= b),
+        ("crop_iou_mean", "crops better grounded (IoU above GRPO's)", lambda a, b: a > b),
+        ("grad_var_bootstrap", "gradient-variance estimate below GRPO's", lambda a, b: a < b),
+        ("step_time_s", f"step time ≤ {STEP_TIME_GOAL} × GRPO's", lambda a, b: a <= STEP_TIME_GOAL * b),
+    ):
+        a, b = m(method, key), m(baseline, key)
+        if a is None or b is None:
+            out.append((text, "undefined (no data)", None))
+            continue
+        ratio = f" (ratio {a / b:.2f})" if b else ""
+        out.append((text, f"{method} {a:.4g} vs {baseline} {b:.4g}{ratio}", bool(better(a, b))))
+    return out
