@@ -75,7 +75,9 @@ def test_metrics_agree_with_the_records(eval_dir):
     assert metrics["official"]["overall"] == pytest.approx(sum(r.correct for r in records) / 4)
     assert set(metrics["official"]["per_category"]) <= {"direct_attributes", "relative_position"}
     assert metrics["tools"]["n"] == 4 and metrics["broken_rows"] == 0
-    assert metrics["tools"]["crop_hit_rate"] is not None
+    ious = [v for r in records for v in r.iou]
+    assert ious, "the oracle's zooms must give crops with target boxes"
+    assert metrics["tools"]["crop_hit_rate"] == pytest.approx(sum(v >= 0.5 for v in ious) / len(ious))
 
 
 def test_resume_skips_finished_samples_and_redoes_a_cut_line(eval_dir, policy, verifier):
