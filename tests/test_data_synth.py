@@ -128,7 +128,7 @@ def test_ink_questions_ask_the_letters_colour():
     for s in generate(20, 2, config):
         target = s.target_boxes[0]
         assert s.question == f"What colour is the letter on the {target.label}?"
-        assert s.category == "direct_attributes" and s.meta["family"] == "ink"
+        assert s.category == "direct_attributes" and s.task.family == "ink"
         assert set(s.options) <= set(INKS) and len(set(s.options)) == 4
         assert target.caption.endswith(f"in {s.answer_text}")
         # The letter really is drawn in that colour: the target's centre holds ink-coloured pixels.
@@ -149,7 +149,7 @@ def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     for s in generate(12, 4, "pattern_distractors"):
         target = s.target_boxes[0]
         assert s.question == f"What pattern is on the {target.label}?"
-        assert sorted(s.options) == sorted(synth.PATTERNS) and s.meta["family"] == "pattern"
+        assert sorted(s.options) == sorted(synth.PATTERNS) and s.task.family == "pattern"
         # The options are shuffled per sample by the V* reader's seeded shuffle (one order in every format).
         assert shuffle_options(correct_first(s.options, s.answer, key=s.id), key=s.id) == (s.options, s.answer)
         assert target.caption.endswith(f" and {s.answer_text}")

@@ -280,7 +280,8 @@ def test_sft_tokens_match_the_rollout(policy):
     (The SFT text ends with the template's newline after the last <|im_end|>; it is unlabelled.)
     """
     from mapo.data import synth
-    from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.data.task import tool_config_for
     from mapo.rollout import RolloutConfig, rollout
 
     cfg = _cfg()
@@ -288,7 +289,7 @@ def test_sft_tokens_match_the_rollout(policy):
     demo = oracle_trajectory(sample, rng_or_seed=0)
     transcript = make_transcript(sample, policy.processor, seed=0, data=cfg.data, protocol=cfg.protocol)
     inputs, labels = collate([transcript], policy, 4096)
-    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, tool=tool_config_for_sample(sample))
+    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, tool=tool_config_for(sample))
     forced = lambda g, m, k: demo.assistant_texts[k] if k < len(demo.assistant_texts) else None  # noqa: E731
     (traj,) = rollout([sample], policy, rc, forced_turns=forced)
     ids = inputs["input_ids"][0].tolist()

@@ -57,6 +57,7 @@ from mapo.data.sample import (
     restore_option_order,
     shuffle_options,
 )
+from mapo.data.task import TaskSpec
 
 FORMATS = ("vstar", "hrbench", "mme", "deepeyes")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -224,11 +225,38 @@ def _boxes_from_extras(extras: dict[str, Any]) -> list[Box] | None:
     return [Box.from_dict(b) for b in extras["boxes"]]
 
 
-def _meta(base: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
+def _meta_fields(base: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
+    """The sample's ``meta`` (``base`` updated by the extra field's) and ``task`` (its spec, if the file has one)."""
+    meta, task = _meta_and_task(base, extras)
+    return {"meta": meta, "task": task}
+
+
+def _meta_and_task(base: dict[str, Any], extras: dict[str, Any]) -> tuple[dict[str, Any], TaskSpec | None]:
     extra_meta = extras.get("meta", {})
     if not isinstance(extra_meta, dict):
         raise BadRecord(f"{EXTRA_KEY}.meta must be a mapping")
-    return {**base, **extra_meta}
+    meta = {**base, **extra_meta}
+    if "task" in extras:
+        try:
+            return meta, TaskSpec.from_dict(extras["task"])
+        except (TypeError, ValueError) as e:
+            raise BadRecord(f"{EXTRA_KEY}.task: {e}") from None
+    return _legacy_task(meta)
+
+
+_LEGACY_TASK_KEYS = ("view_side", "obs_side", "grid", "family")
+
+
+def _legacy_task(meta: dict[str, Any]) -> tuple[dict[str, Any], TaskSpec | None]:
+    """Files written before samples had a task spec kept its facts in ``meta``: move them to a spec."""
+    if not (isinstance(meta.get("view_side"), int) and isinstance(meta.get("obs_side"), int)):
+        return meta, None
+    known = {k: meta[k] for k in _LEGACY_TASK_KEYS if k in meta}
+    try:
+        task = TaskSpec(**known)
+    except (TypeError, ValueError) as e:
+        raise BadRecord(f"{EXTRA_KEY}.meta task fields: {e}") from None
+    return {k: v for k, v in meta.items() if k not in _LEGACY_TASK_KEYS}, task
 
 
 def _letter_answer(answer: str, options: list[str]) -> str:
@@ -303,7 +331,7 @@ def _vstar_sample(root: Path, json_path: Path, category: str, seed: int) -> Samp
         answer=answer,
         category=category,
         boxes=boxes,
-        meta=_meta({"source": "vstar", "file": str(json_path.relative_to(root))}, extras),
+        **_meta_fields({"source": "vstar", "file": str(json_path.relative_to(root))}, extras),
     )
 
 
@@ -422,7 +450,7 @@ def _hrbench_sample(row: dict[str, str], letters: list[str]) -> Sample:
         answer=_letter_answer(row["answer"], options),
         category=row.get("category", "") or "",
         boxes=boxes or [],
-        meta=_meta(
+        **_meta_fields(
             {"source": "hrbench", "index": row["index"], "cycle_category": row.get("cycle_category", "") or ""}, extras
         ),
     )
@@ -480,7 +508,7 @@ def _mme_sample(record: Any, root: Path) -> Sample:
         answer=_letter_answer(_text(record["Ground truth"], "Ground truth"), options),
         category=_text(record.get("Category", ""), "Category"),
         boxes=boxes or [],
-        meta=_meta(
+        **_meta_fields(
             {
                 "source": "mme",
                 "task": _text(record.get("Task", ""), "Task"),
@@ -560,7 +588,7 @@ def _deepeyes_sample(record: dict, row_no: int, root: Path) -> Sample:
         answer=answer,
         category=_text(extras.get("category", record.get("ability") or ""), "ability"),
         boxes=boxes or [],
-        meta=_meta(
+        **_meta_fields(
             {
                 "source": "deepeyes",
                 "data_source": record.get("data_source") or "",

@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from mapo.config import knob
 from mapo.data.sample import Box, Sample, shuffle_options
+from mapo.data.task import TaskSpec, tool_config_for  # noqa: F401  (tool_config_for: the budgets of a SynthConfig)
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -229,14 +230,6 @@ def resolution_check(config: SynthConfig) -> dict[str, float]:
     }
 
 
-def tool_config_for(config: SynthConfig):
-    """The zoom tool's pixel budgets this task is designed for (a ``mapo.tools.ToolConfig``)."""
-    from mapo import tools
-
-    view, obs = config.view_side**2, config.obs_side**2
-    return tools.ToolConfig(view_min_pixels=view, view_max_pixels=view, obs_min_pixels=obs, obs_max_pixels=obs)
-
-
 # ----------------------------------------------------------------------------- generation
 
 
@@ -308,17 +301,8 @@ def generate_one(config: SynthConfig, seed: int, index: int) -> Sample:
         answer=answer,
         category=CATEGORY_OF_FAMILY[family],
         boxes=boxes,
-        meta={
-            "source": "synth",
-            "level": config.level,
-            "family": family,
-            "seed": seed,
-            "index": index,
-            "glyph_px": config.glyph_px,
-            "view_side": config.view_side,
-            "obs_side": config.obs_side,
-            "grid": config.grid,
-        },
+        meta={"source": "synth", "level": config.level, "seed": seed, "index": index, "glyph_px": config.glyph_px},
+        task=TaskSpec(view_side=config.view_side, obs_side=config.obs_side, grid=config.grid, family=family),
     )
 
 

@@ -311,10 +311,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     policy.protocol = protocol
     rollout_cfg = dataclasses.replace(cfg.rollout, protocol=protocol)
     first = data.prompts(0, 1)[0]
-    if cfg.tool_from_data and "view_side" in first.meta and "obs_side" in first.meta:  # a synthetic sample
-        from mapo.data.oracle import tool_config_for_sample
+    if cfg.tool_from_data and first.task is not None:  # a generated sample: the budgets its task was made for
+        from mapo.data.task import tool_config_for
 
-        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for_sample(first))
+        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
     # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
     data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
     data.prepare_heldout()

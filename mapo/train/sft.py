@@ -187,12 +187,13 @@ class Transcript:
 
 def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protocol: ProtocolConfig) -> Transcript:
     """The oracle transcript of ``sample`` as chat text plus the images the model sees."""
-    from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.data.task import tool_config_for
 
     from mapo.policy.processor import processor_factor
 
     # The oracle writes boxes in the view the policy will see: smart-resized with its own factor.
-    tool_config = tools.with_factor(tool_config_for_sample(sample), processor_factor(processor))
+    tool_config = tools.with_factor(tool_config_for(sample), processor_factor(processor))
     demo = oracle_trajectory(
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
         tool_config=tool_config, protocol_config=protocol, option_scan=data.option_scan,
@@ -216,7 +217,7 @@ def with_glyph_hint(messages: list[dict], sample) -> list[dict]:
     lookup among the options (answer letter): a stage that teaches those two operations
     without reading the crop.
     """
-    if sample.meta.get("family") != "glyph" or not sample.answer:
+    if sample.task is None or sample.task.family != "glyph" or not sample.answer:
         return messages
     glyph = sample.options[ord(sample.answer) - ord("A")]
     out = [dict(m) for m in messages]
@@ -488,15 +489,15 @@ def rollout_eval(policy, cfg: SFTConfig, samples: list) -> dict[str, float]:
         mean_iou = mean over valid calls of max_target IoU(crop box, target box), original pixels
         first_zoom_hit = mean_i [IoU(first valid crop_i, target) >= 0.5] (0 without a valid call)
     """
-    from mapo.data.oracle import tool_config_for_sample
     from mapo.data.scoring import extract_choice
+    from mapo.data.task import tool_config_for
     from mapo.rollout import RolloutConfig, rollout, rollout_stats
 
     if not samples:
         return {}
     rc = RolloutConfig(
         group_size=1, greedy=True, max_turns=cfg.eval.max_turns, max_new_tokens_per_turn=cfg.eval.max_new_tokens_per_turn,
-        batch_size=max(1, min(32, len(samples))), tool=tool_config_for_sample(samples[0]), protocol=cfg.protocol,
+        batch_size=max(1, min(32, len(samples))), tool=tool_config_for(samples[0]), protocol=cfg.protocol,
     )
     trajectories = rollout(samples, policy, rc)
     correct, ious, hits, calls, valid = [], [], [], 0, 0
