@@ -73,7 +73,7 @@ import torch
 import torch.distributed
 
 from mapo import semantic
-from mapo.advantage import AdvantageConfig, get_estimator
+from mapo.advantage import AdvantageConfig, estimator_facts, get_estimator
 from mapo.config import knob, to_dict
 from mapo.data.prepare import pixel_range, prepare_sample
 from mapo.loss import LossConfig, policy_loss
@@ -175,19 +175,8 @@ class RLConfig:
 
 
 def needs_semantic(advantage: AdvantageConfig) -> bool:
-    """Whether the configured estimator refuses to run without semantic scores.
-
-    Probed on a two-trajectory group rather than by name, so a newly registered
-    estimator is classified by what it does (the trainer never branches on names).
-    """
-    estimator = get_estimator(advantage.estimator)
-    probe = dict(outcome=torch.tensor([0.0, 1.0]), group=torch.zeros(2, dtype=torch.long),
-                 segment_ids=torch.zeros((2, 1), dtype=torch.long))
-    try:
-        estimator(**probe, semantic=None, config=advantage)
-    except ValueError:
-        return True
-    return False
+    """Whether the configured estimator refuses to run without semantic scores (a fact of its registration)."""
+    return estimator_facts(advantage.estimator).needs_semantic
 
 
 # ----------------------------------------------------------------------------- setup
