@@ -36,9 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo.config import from_dict, knob, to_dict
+from mapo.config import from_dict, knob, partial, to_dict
+from mapo.train.rl import RLConfig
 from mapo.train.sft import SFTConfig
 from mapo.verifier.train import VerifierTrainConfig
+
+# The RL stage's keys (`mapo train --show-config`), typed and checked like RLConfig's; unset ones keep
+# RLConfig's defaults, and policy, verifier and data.eval_source are filled in by the pipeline.
+RLOverrides = partial(RLConfig)
 
 # Bump when a stage's code changes what it writes, so old cache entries stop matching.
 STAGE_VERSION = 1
@@ -116,8 +121,8 @@ class PipelineConfig:
     )
     verifier: VerifierTrainConfig = knob(factory=VerifierTrainConfig, help="the tiny CLIP verifier (`mapo verifier train`)")
     warmstart: WarmStartConfig = knob(factory=WarmStartConfig, help="the policy RL starts from")
-    rl: dict = knob(
-        factory=dict, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
+    rl: RLOverrides = knob(
+        factory=RLOverrides, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
         "data.eval_source are filled in by the pipeline"
     )
     eval_batch_size: int = knob(16, "held-out episodes generated together")
@@ -127,8 +132,8 @@ class PipelineConfig:
             raise ValueError("verifier_source must be 'default', 'train' or a verifier directory, got an empty string")
         if self.threads < 0 or self.eval_batch_size < 1:
             raise ValueError(f"threads must be >= 0 and eval_batch_size >= 1, got {self.threads}, {self.eval_batch_size}")
-        taken = sorted(k for k in ("policy", "verifier") if k in self.rl)
-        if taken or "eval_source" in self.rl.get("data", {}):
+        taken = [k for k in ("policy", "verifier") if getattr(self.rl, k) is not None]
+        if taken or self.rl.data.eval_source is not None:
             raise ValueError(f"rl.{(taken or ['data.eval_source'])[0]} is set by the pipeline; leave it out of rl")
         rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
 
@@ -137,8 +142,8 @@ class PipelineConfig:
 
         ``task`` is the resolved SynthConfig, so a change of a level's defaults in the code is a new cache key.
         """
-        rl_data = self.rl.get("data", {})
-        level, synth = str(rl_data.get("synth_level", "easy")), dict(rl_data.get("synth", {}))
+        rl_data = rl_config(self, policy="default", verifier="v", heldout="h").data
+        level, synth = rl_data.synth_level, rl_data.synth.set_keys()
         return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
                 "task": task_fingerprint(level, synth)}
 
@@ -153,11 +158,11 @@ def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dic
 def rl_config(cfg: PipelineConfig, *, policy: str, verifier: str | None, heldout: str, **overrides: Any):
     """The :class:`mapo.train.rl.RLConfig` of the RL stage, with the pipeline's stages filled in."""
     from mapo.config import apply_overrides
-    from mapo.train.rl import RLConfig
 
     # The periodic evaluation inside `mapo train` reads the same held-out set (all of it unless rl.data.n_eval says).
-    data = {"n_eval": cfg.data.n, **cfg.rl.get("data", {}), "eval_source": heldout}
-    base = {**cfg.rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
+    rl = to_dict(cfg.rl)  # the keys the pipeline config sets
+    data = {"n_eval": cfg.data.n, **to_dict(cfg.rl.data), "eval_source": heldout}
+    base = {**rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
     return from_dict(RLConfig, apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
 
 
@@ -345,7 +350,7 @@ def warmstart_stage(
 
         run_sft(dataclasses.replace(sft, threads=cfg.threads), tmp / "run", progress=progress)
 
-    key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth)}
+    key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth.set_keys())}
     path, reused = cached_stage("sft", key, build, cfg.cache_dir, log)
     return path / "run" / "final", "sft", reused
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from mapo.config import knob
+from mapo.config import knob, partial
 from mapo.data.sample import Box, Sample, shuffle_options
 from mapo.data.task import TaskSpec, tool_config_for  # noqa: F401  (tool_config_for: the budgets of a SynthConfig)
 
@@ -155,6 +155,11 @@ class SynthConfig:
                     f"< {MAX_GLYPH_VIEW_PX:g} so the question needs zooming. Lower glyph_px or view_side, "
                     "raise canvas_size, or set require_zoom=false"
                 )
+
+
+# Knobs set on top of a level preset (``data.synth`` of the SFT and RL configs): typed and checked
+# like SynthConfig's, unset ones (None) keep the level's value; ``level_config(level, **o.set_keys())``.
+SynthOverrides = partial(SynthConfig)
 
 
 # object_frac 0.75 on the 448 px levels: the tool's smallest crop (28 view px = one 112 px cell)

@@ -42,6 +42,7 @@ from PIL import Image
 
 from mapo import tools
 from mapo.config import knob, to_dict
+from mapo.data.synth import SynthOverrides
 from mapo.progress import StepProgress, say
 from mapo.protocol import ProtocolConfig
 from mapo.train.common import (
@@ -81,7 +82,7 @@ class SFTDataConfig:
     """Where the oracle transcripts come from."""
 
     level: str = knob("easy", "synthetic task level (mapo.data.synth.LEVELS)")
-    synth: dict = knob(factory=dict, help="SynthConfig knob overrides on top of the level, e.g. {tint_strength: 0.5}")
+    synth: SynthOverrides = knob(factory=SynthOverrides, help="SynthConfig knobs on top of the level, e.g. {tint_strength: 0.5}")
     seed: int = knob(0, "seed of the training samples")
     n_train: int = knob(0, "distinct training samples (0 = a fresh sample for every example)")
     jitter: float = knob(0.1, "oracle box-corner jitter (fraction of the box side); misses teach re-zooming")
@@ -173,7 +174,7 @@ class SFTConfig:
 def synth_config(cfg: SFTDataConfig):
     from mapo.data import synth
 
-    return synth.level_config(cfg.level, **cfg.synth)
+    return synth.level_config(cfg.level, **cfg.synth.set_keys())
 
 
 @dataclass
