@@ -109,13 +109,15 @@ def test_masked_loss_matches_full_logits(policy):
 
 def test_coordinate_and_letter_weights_by_hand(policy):
     """Numbers weigh coord_weight, single capital letters letter_weight, the rest 1 (a weighted mean)."""
-    from mapo.train.sft import mark_number_tokens
+    from mapo.train.sft_metrics import TokenClasses
 
     cfg = _cfg()
-    mark_number_tokens(policy.model, policy.tokenizer)
+    classes = TokenClasses.of(policy.tokenizer)
     inputs, labels = collate(training_transcripts(0, 2, policy.processor, cfg), policy, 4096)
     with torch.no_grad():
-        loss, stats = masked_lm_loss(policy.model, inputs, labels, coord_weight=3.0, letter_weight=7.0)
+        loss, stats = masked_lm_loss(
+            policy.model, inputs, labels, coord_weight=3.0, letter_weight=7.0, token_classes=classes
+        )
         logits = policy.model(**inputs).logits[:, :-1]  # (B, T-1, V)
     targets = labels[:, 1:]
     valid = targets != -100

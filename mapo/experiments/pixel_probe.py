@@ -68,7 +68,7 @@ def pixel_probe(level: str, n: int = 600, synth: dict | None = None, seed: int =
     if n < 40:
         raise ValueError(f"n must be at least 40 (a quarter is held out), got {n}")
     config = synth_module.level_config(level, **(synth or {}))
-    samples = [s for s in synth_module.generate(n, seed, config) if s.meta.get("family") != "relative"]
+    samples = [s for s in synth_module.generate(n, seed, config) if s.task.family != "relative"]
     answers = sorted({s.answer_text for s in samples})
     y = np.array([answers.index(s.answer_text) for s in samples])
     views, crops = zip(*(pixel_features(s) for s in samples))

@@ -635,7 +635,7 @@ def context_effects(run_dir: str | Path, n: int = 16) -> dict[str, float]:
     effects: dict[str, list[float]] = {"question_colour_effect": [], "hint_letter_effect": []}
     for i, sample in enumerate(heldout_samples(cfg, n)):
         match = re.search(r"on the (\w+) \w+\?", sample.question)
-        if sample.meta.get("family") != "glyph" or match is None:
+        if sample.task.family != "glyph" or match is None:
             continue
         colour = match.group(1)
         glyph = sample.options[ord(sample.answer) - ord("A")]
