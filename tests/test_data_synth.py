@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 from mapo import tools
 from mapo.data import Box
 from mapo.data.sample import correct_first, shuffle_options
+from mapo.data import synth_render
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.synth import (
     COLORS,
@@ -160,11 +161,11 @@ def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     font = synth.glyph_font(11)
     full, views = {}, {}
     for pattern in synth.PATTERNS:
-        o = synth._Object("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)
+        o = synth_render.SceneObject("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)
         img = Image.new("RGB", (112, 112), (150, 150, 150))
-        synth._draw_shape(ImageDraw.Draw(img), o)
-        img = synth._with_patterns(img, [o], 11)
-        synth._draw_glyph(ImageDraw.Draw(img), o, font)
+        synth_render.draw_shape(ImageDraw.Draw(img), o)
+        img = synth_render.with_patterns(img, [o], 11)
+        synth_render.draw_glyph(ImageDraw.Draw(img), o, font)
         full[pattern] = np.asarray(img).astype(int)
         views[pattern] = np.asarray(img.resize((28, 28), Image.BICUBIC)).astype(int)
     for pattern in synth.PATTERNS[1:]:
