@@ -129,6 +129,7 @@ def test_coordinate_and_letter_weights_by_hand(policy):
     letters = (weight == 7.0).sum()
     assert letters >= 6 and stats["letter_token_count"] == float(letters)  # glyph twice + answer letter, per transcript
     assert 0.0 <= stats["letter_token_acc"] <= 1.0 and stats["coord_token_count"] == float((weight == 3.0).sum())
+    assert not hasattr(policy.model, "_mapo_number_ids")  # the classes travel explicitly, not on the model
 
 
 def test_answer_word_tokens_are_found_and_weighted(policy):
