@@ -48,27 +48,49 @@ from mapo.config import knob
 
 Estimator = Callable[..., torch.Tensor]
 
-_ESTIMATORS: dict[str, Estimator] = {}
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorFacts:
+    """What callers need to know about an estimator, recorded when it is registered.
+
+    The trainer, the config check and the verl adapter read these instead of
+    branching on estimator names.
+    """
+
+    fn: Estimator
+    needs_semantic: bool  # refuses to run without (B, K) semantic scores (a verifier must be configured)
+    max_beta: float | None = None  # largest beta the estimator is defined for (None: no upper limit)
+    beta_limit_reason: str = ""  # why beta is limited, said in the config error
+
+
+_ESTIMATORS: dict[str, EstimatorFacts] = {}
 BASELINES = ("group", "batch")
 
 
-def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
-    """Register ``fn`` under ``name``; registering a second function under one name is an error."""
+def register_estimator(
+    name: str, *, needs_semantic: bool, max_beta: float | None = None, beta_limit_reason: str = ""
+) -> Callable[[Estimator], Estimator]:
+    """Register ``fn`` under ``name`` with its facts; registering a second function under one name is an error."""
 
     def decorator(fn: Estimator) -> Estimator:
-        if name in _ESTIMATORS and _ESTIMATORS[name] is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered ({_ESTIMATORS[name].__name__})")
-        _ESTIMATORS[name] = fn
+        if name in _ESTIMATORS and _ESTIMATORS[name].fn is not fn:
+            raise ValueError(f"advantage estimator {name!r} is already registered ({_ESTIMATORS[name].fn.__name__})")
+        _ESTIMATORS[name] = EstimatorFacts(fn, needs_semantic, max_beta, beta_limit_reason)
         return fn
 
     return decorator
 
 
-def get_estimator(name: str) -> Estimator:
-    """The estimator registered under ``name``; unknown names raise ``ValueError`` listing the known ones."""
+def estimator_facts(name: str) -> EstimatorFacts:
+    """The facts of the estimator registered under ``name``; unknown names raise ``ValueError`` listing the known ones."""
     if name not in _ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {name!r}; registered: {', '.join(list_estimators())}")
     return _ESTIMATORS[name]
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered under ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    return estimator_facts(name).fn
 
 
 def list_estimators() -> list[str]:
@@ -98,10 +120,10 @@ class AdvantageConfig:
             raise ValueError(f"estimator must be one of {list_estimators()}, got {self.estimator!r}")
         if not self.beta >= 0.0:
             raise ValueError(f"beta must be >= 0 (it weights the semantic term), got {self.beta}")
-        if self.estimator in ("mapo_gated", "reward_mix") and self.beta > 1.0:
+        facts = _ESTIMATORS[self.estimator]
+        if facts.max_beta is not None and self.beta > facts.max_beta:
             raise ValueError(
-                f"beta must be <= 1 for {self.estimator}: reward_mix weights R by (1 - beta) and mapo_gated's "
-                f"gate 1 + beta*tanh(C) must stay positive; got {self.beta}"
+                f"beta must be <= {facts.max_beta:g} for {self.estimator}: {facts.beta_limit_reason}; got {self.beta}"
             )
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1] (a discount), got {self.lam}")
@@ -295,7 +317,7 @@ def _to_tokens(per_trajectory: torch.Tensor, segment_ids: torch.Tensor) -> torch
 # estimators
 
 
-@register_estimator("grpo")
+@register_estimator("grpo", needs_semantic=False)
 def grpo(
     outcome: torch.Tensor,
     group: torch.Tensor,
@@ -314,7 +336,7 @@ def grpo(
     return _to_tokens(a_hat, segment_ids)
 
 
-@register_estimator("mapo")
+@register_estimator("mapo", needs_semantic=True)
 def mapo(
     outcome: torch.Tensor,
     group: torch.Tensor,
@@ -337,7 +359,9 @@ def mapo(
     return _to_tokens(a_hat, segment_ids) + config.beta * credit
 
 
-@register_estimator("mapo_gated")
+@register_estimator(
+    "mapo_gated", needs_semantic=True, max_beta=1.0, beta_limit_reason="its gate 1 + beta*tanh(C) must stay positive"
+)
 def mapo_gated(
     outcome: torch.Tensor,
     group: torch.Tensor,
@@ -360,7 +384,9 @@ def mapo_gated(
     return _to_tokens(a_hat, segment_ids) * (1.0 + config.beta * torch.tanh(credit))
 
 
-@register_estimator("reward_mix")
+@register_estimator(
+    "reward_mix", needs_semantic=True, max_beta=1.0, beta_limit_reason="it weights R by (1 - beta), which must not turn negative"
+)
 def reward_mix(
     outcome: torch.Tensor,
     group: torch.Tensor,

@@ -30,8 +30,51 @@ def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = d
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def partial(cls: type) -> type:
+    """A frozen dataclass with the fields of config ``cls``, each optional: ``None`` means "not set".
+
+    For a section that overrides part of another config (the synthetic task's
+    knobs on top of a level preset, the RL stage's keys on top of the pipeline's):
+    keys are checked and typed like ``cls``'s (an unknown key is an error with a
+    "did you mean"), and :func:`to_dict` keeps only the keys that are set, so the
+    section serialises as the mapping the user wrote. ``cls``'s own checks run
+    when the receiver builds the full config. Nested config fields become partials too.
+    """
+    if hasattr(cls, "partial_of"):
+        return cls
+    if cls in _PARTIALS:
+        return _PARTIALS[cls]
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        inner, _ = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(inner):  # a nested section: an empty partial of it, so nested keys read directly
+            specs.append((f.name, partial(inner), knob(factory=partial(inner), help=f.metadata.get("help", ""))))
+            continue
+        specs.append((f.name, tp | None, knob(None, f.metadata.get("help", ""))))
+    made = dataclasses.make_dataclass(f"Partial{cls.__name__}", specs, frozen=True, namespace={
+        "__doc__": f"Keys of {cls.__name__} to set; unset keys (None) keep the receiver's values.",
+        "partial_of": cls,
+        "set_keys": lambda self: to_dict(self),
+    })
+    _PARTIALS[cls] = made
+    return made
+
+
+_PARTIALS: dict[type, type] = {}
+
+
+def is_partial(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a :func:`partial` config class."""
+    return dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(type(obj), "partial_of")
+
+
 def to_dict(obj: Any) -> Any:
-    """Recursively turn a config dataclass into plain YAML-safe data."""
+    """Recursively turn a config dataclass into plain YAML-safe data (a :func:`partial` keeps its set keys only)."""
+    if is_partial(obj):
+        values = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {k: v for k, v in values.items() if v is not None and not (v == {} and is_partial(getattr(obj, k)))}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

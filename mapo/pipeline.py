@@ -6,14 +6,14 @@
 Stages whose output is a pure function of their config (held-out data, verifier,
 SFT warm start) are cached under ``cache_dir/<stage>-<hash>``, where ``hash`` is the
 sha256 of the stage's config (keys that change speed only, such as thread counts,
-left out) and :data:`STAGE_VERSION`. A stage is built in a temporary directory and
+left out) and :data:`~mapo.stage_cache.STAGE_VERSION` (:mod:`mapo.stage_cache`). A stage is built in a temporary directory and
 renamed into place, so an interrupted build never leaves a directory that looks
 finished. The verifier and the warm start are first looked for among the checkpoints
 shipped in the package (``verifier_source`` / ``warmstart.source``: ``default``); the
 shipped verifier is used only when its recorded training config is ``cfg.verifier``.
 The RL run and the evaluations live in the run directory; run again on the same
 directory they resume (a finished RL run and finished evaluations are read back,
-not recomputed).
+not recomputed). The summary's before/after table and verdict are :mod:`mapo.pipeline_summary`'s.
 
 Choices that are ours, not the paper's: the demo's budgets (steps, group size,
 held-out size) are sized for two CPU cores, not for a result; the "before" policy
@@ -25,10 +25,7 @@ a target box), a stand-in for the paper's unpublished definition.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,27 +33,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo.config import from_dict, knob, to_dict
+from mapo.config import from_dict, knob, partial, to_dict
+from mapo.pipeline_summary import (  # noqa: F401  (importable from here as before)
+    SUMMARY_METRICS,
+    before_after,
+    print_summary,
+    summary_markdown,
+    training_trend,
+    verdict,
+)
+from mapo.stage_cache import SPEED_ONLY_KEYS, STAGE_VERSION, _drop_keys, cached_stage, config_key  # noqa: F401
+from mapo.train.rl import RLConfig
 from mapo.train.sft import SFTConfig
 from mapo.verifier.train import VerifierTrainConfig
 
-# Bump when a stage's code changes what it writes, so old cache entries stop matching.
-STAGE_VERSION = 1
-# Config keys that change how fast a stage runs, never what it produces: left out of cache keys.
-SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", "tensorboard", "wandb", "eval_every",
-                             "save_every", "keep_last"})
+# The RL stage's keys (`mapo train --show-config`), typed and checked like RLConfig's; unset ones keep
+# RLConfig's defaults, and policy, verifier and data.eval_source are filled in by the pipeline.
+RLOverrides = partial(RLConfig)
+
 DEMO_MARKER = ".mapo-demo"  # marks a run directory the pipeline wrote, so --fresh never wipes a stranger's files
-# Metrics of the before/after table: (key in eval metrics.json["tools"], label, what it means).
-SUMMARY_METRICS = (
-    ("accuracy", "accuracy", "answer correct (greedy, held-out)"),
-    ("crop_hit_rate", "tool precision", "valid crops with IoU >= 0.5 against a target box"),
-    ("first_crop_hit_rate", "first-zoom hit rate", "samples whose first valid crop hits a target"),
-    ("crop_iou_mean", "crop IoU", "mean IoU of valid crops with the nearest target box"),
-    ("semantic_score_mean", "semantic score", "mean verifier cosine of description vs crop (s_missing = -1)"),
-    ("tool_calls_per_sample", "tool calls / sample", "executed tool calls per sample"),
-    ("invalid_call_rate", "invalid call rate", "rejected or unparsable calls / calls"),
-    ("no_answer_rate", "no-answer rate", "samples that never gave an <answer>"),
-)
 
 
 # ----------------------------------------------------------------------------- config
@@ -116,8 +111,8 @@ class PipelineConfig:
     )
     verifier: VerifierTrainConfig = knob(factory=VerifierTrainConfig, help="the tiny CLIP verifier (`mapo verifier train`)")
     warmstart: WarmStartConfig = knob(factory=WarmStartConfig, help="the policy RL starts from")
-    rl: dict = knob(
-        factory=dict, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
+    rl: RLOverrides = knob(
+        factory=RLOverrides, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
         "data.eval_source are filled in by the pipeline"
     )
     eval_batch_size: int = knob(16, "held-out episodes generated together")
@@ -127,8 +122,8 @@ class PipelineConfig:
             raise ValueError("verifier_source must be 'default', 'train' or a verifier directory, got an empty string")
         if self.threads < 0 or self.eval_batch_size < 1:
             raise ValueError(f"threads must be >= 0 and eval_batch_size >= 1, got {self.threads}, {self.eval_batch_size}")
-        taken = sorted(k for k in ("policy", "verifier") if k in self.rl)
-        if taken or "eval_source" in self.rl.get("data", {}):
+        taken = [k for k in ("policy", "verifier") if getattr(self.rl, k) is not None]
+        if taken or self.rl.data.eval_source is not None:
             raise ValueError(f"rl.{(taken or ['data.eval_source'])[0]} is set by the pipeline; leave it out of rl")
         rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
 
@@ -137,8 +132,8 @@ class PipelineConfig:
 
         ``task`` is the resolved SynthConfig, so a change of a level's defaults in the code is a new cache key.
         """
-        rl_data = self.rl.get("data", {})
-        level, synth = str(rl_data.get("synth_level", "easy")), dict(rl_data.get("synth", {}))
+        rl_data = rl_config(self, policy="default", verifier="v", heldout="h").data
+        level, synth = rl_data.synth_level, rl_data.synth.set_keys()
         return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
                 "task": task_fingerprint(level, synth)}
 
@@ -153,62 +148,12 @@ def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dic
 def rl_config(cfg: PipelineConfig, *, policy: str, verifier: str | None, heldout: str, **overrides: Any):
     """The :class:`mapo.train.rl.RLConfig` of the RL stage, with the pipeline's stages filled in."""
     from mapo.config import apply_overrides
-    from mapo.train.rl import RLConfig
 
     # The periodic evaluation inside `mapo train` reads the same held-out set (all of it unless rl.data.n_eval says).
-    data = {"n_eval": cfg.data.n, **cfg.rl.get("data", {}), "eval_source": heldout}
-    base = {**cfg.rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
+    rl = to_dict(cfg.rl)  # the keys the pipeline config sets
+    data = {"n_eval": cfg.data.n, **to_dict(cfg.rl.data), "eval_source": heldout}
+    base = {**rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
     return from_dict(RLConfig, apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
-
-
-# ----------------------------------------------------------------------------- the cache
-
-
-def config_key(config: Any) -> str:
-    """12 hex digits of the sha256 of ``config`` (a dataclass or mapping), speed-only keys left out."""
-    data = _drop_keys(to_dict(config), SPEED_ONLY_KEYS)
-    text = json.dumps({"version": STAGE_VERSION, "config": data}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def _drop_keys(data: Any, keys: frozenset) -> Any:
-    if isinstance(data, dict):
-        return {k: _drop_keys(v, keys) for k, v in data.items() if k not in keys}
-    if isinstance(data, list):
-        return [_drop_keys(v, keys) for v in data]
-    return data
-
-
-def cached_stage(
-    name: str, config: Any, build: Callable[[Path], None], cache_dir: str | Path, log: Callable[[str], None] = print
-) -> tuple[Path, bool]:
-    """``cache_dir/<name>-<config_key>``, built by ``build(tmp_dir)`` unless it exists; returns (path, reused).
-
-    ``build`` writes into a fresh temporary directory next to the target, which is
-    renamed into place only when ``build`` returns: a crash leaves no half-built stage.
-    """
-    cache_dir = Path(cache_dir)
-    target = cache_dir / f"{name}-{config_key(config)}"
-    if target.is_dir():
-        log(f"reusing {name}: {target}")
-        return target, True
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    log(f"building {name}: {target}")
-    try:
-        build(tmp)
-        (tmp / "stage.json").write_text(json.dumps({"stage": name, "config": to_dict(config)}, indent=1, default=str) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            log(f"{name} was built concurrently by another process: using {target}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target, False
 
 
 # ----------------------------------------------------------------------------- stages
@@ -345,7 +290,7 @@ def warmstart_stage(
 
         run_sft(dataclasses.replace(sft, threads=cfg.threads), tmp / "run", progress=progress)
 
-    key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth)}
+    key = {"sft": to_dict(sft), "task": task_fingerprint(sft.data.level, sft.data.synth.set_keys())}
     path, reused = cached_stage("sft", key, build, cfg.cache_dir, log)
     return path / "run" / "final", "sft", reused
 
@@ -383,100 +328,6 @@ def evaluate_stage(policy_dir: Path, heldout: Path, verifier_dir: Path, out: Pat
     result = evaluate(str(heldout), out, policy=policy, verifier=verifier, config=config,
                       run_info={"policy": str(policy_dir), "verifier": str(verifier_dir)})
     return result.metrics
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per :data:`SUMMARY_METRICS` key: before, after, delta (None where undefined)."""
-    rows = []
-    for key, label, meaning in SUMMARY_METRICS:
-        b, a = before["tools"].get(key), after["tools"].get(key)
-        delta = a - b if a is not None and b is not None else None
-        rows.append({"key": key, "label": label, "meaning": meaning, "before": b, "after": a, "delta": delta})
-    return rows
-
-
-def verdict(rows: list[dict[str, Any]], n: int) -> str:
-    """An honest one-line reading of the accuracy change: beyond noise or not (two binomial standard errors)."""
-    acc = next(r for r in rows if r["key"] == "accuracy")
-    b, a = acc["before"], acc["after"]
-    if a is None or b is None:
-        return "accuracy undefined (no held-out samples)"
-    # Standard error of a difference of two proportions on n samples each (not paired; conservative enough).
-    se = math.sqrt(max(b * (1 - b) + a * (1 - a), 1e-12) / n)
-    if a - b > 2 * se:
-        return f"RL improved held-out accuracy by {a - b:+.3f} (more than 2 standard errors, {2 * se:.3f}, on n={n})"
-    if b - a > 2 * se:
-        return f"RL made held-out accuracy worse by {a - b:+.3f} (more than 2 standard errors, {2 * se:.3f}, on n={n})"
-    return (f"no accuracy change beyond noise: {a - b:+.3f} is within 2 standard errors ({2 * se:.3f}) on n={n}; "
-            "a longer RL budget or a larger held-out set is needed to tell")
-
-
-def training_trend(metrics_path: Path, key: str = "reward_mean", window: int = 5) -> dict[str, float] | None:
-    """Mean of ``key`` over the first and the last ``window`` logged training steps (None if never logged)."""
-    from mapo.train.common import read_metrics
-
-    values = [r[key] for r in read_metrics(metrics_path) if key in r] if metrics_path.is_file() else []
-    if not values:
-        return None
-    w = min(window, len(values))
-    return {"key": key, "window": w, "first": float(sum(values[:w]) / w), "last": float(sum(values[-w:]) / w)}
-
-
-def _trend_text(trend: dict[str, float] | None) -> str:
-    if trend is None:
-        return "no training reward logged"
-    return (f"training {trend['key']} (sampled rollouts), mean of the first {trend['window']} steps "
-            f"{trend['first']:.3f} -> last {trend['window']} steps {trend['last']:.3f}")
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.3f}" if isinstance(value, float) and value < 0 else f"{value:.3f}"
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """``summary.md``: the before/after table, the verdict, stage times and where everything is."""
-    lines = [
-        "# mapo demo summary", "",
-        f"Written by `{summary['command']}`. Held-out set: {summary['n_heldout']} synthetic samples "
-        f"(`{summary['paths']['heldout']}`), greedy decoding, the same budgets before and after RL.", "",
-        "| metric | before RL (warm start) | after RL | change | meaning |", "|---|---|---|---|---|",
-    ]
-    for r in summary["table"]:
-        delta = "n/a" if r["delta"] is None else f"{r['delta']:+.3f}"
-        lines.append(f"| {r['label']} | {_fmt(r['before'])} | {_fmt(r['after'])} | {delta} | {r['meaning']} |")
-    lines += ["", f"**Verdict:** {summary['verdict']}", "", f"RL ({summary['algorithm']}, {summary['rl_steps']} steps): "
-              f"{_trend_text(summary['rl_trend'])}.", "", "| stage | seconds | how |", "|---|---|---|"]
-    for stage, info in summary["stages"].items():
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {info['how']} |")
-    lines += ["", "| what | where |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in summary["paths"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """The before/after table with rich, then the verdict and the run directory."""
-    from rich.table import Table
-
-    from mapo.progress import console as mapo_console
-
-    table = Table(title=f"held-out ({summary['n_heldout']} samples): warm start vs after {summary['rl_steps']} RL steps")
-    for col in ("metric", "before RL", "after RL", "change"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for r in summary["table"]:
-        table.add_row(r["label"], _fmt(r["before"]), _fmt(r["after"]), "n/a" if r["delta"] is None else f"{r['delta']:+.3f}")
-    console = mapo_console()  # full width in a log file: no wrapping at 80 columns
-    console.print(table)
-    console.print(f"[bold]verdict:[/bold] {summary['verdict']}")
-    console.print(f"RL: {_trend_text(summary['rl_trend'])}")
-    times = ", ".join(f"{k} {v['seconds']:.0f}s{'' if v['how'] == 'ran' else ' (' + v['how'] + ')'}"
-                      for k, v in summary["stages"].items())
-    console.print(f"stage times: {times}; total {summary['wall_s']:.0f}s")
-    console.print(f"run directory: [bold]{summary['paths']['run_dir']}[/bold] (summary.md, report/index.html)")
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -33,11 +33,12 @@ RIDGE = (1.0, 100.0, 1000.0)  # regularisation strengths tried; the best held-ou
 def pixel_features(sample) -> tuple[np.ndarray, np.ndarray]:
     """(view pixels around the target, crop pixels) of one synthetic sample, each flat in [0, 1]."""
     from mapo import tools
-    from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.data.task import tool_config_for
 
     demo = oracle_trajectory(sample, rng_or_seed=0)
     image = demo.images[0]
-    view_wh = tools.view_size(image.size, tool_config_for_sample(sample))
+    view_wh = tools.view_size(image.size, tool_config_for(sample))
     view = image.resize(view_wh, Image.BICUBIC)
     x1, y1, x2, y2 = tools.original_to_view(sample.target_boxes[0].xyxy, view_wh, image.size)
     cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
@@ -68,7 +69,7 @@ def pixel_probe(level: str, n: int = 600, synth: dict | None = None, seed: int =
     if n < 40:
         raise ValueError(f"n must be at least 40 (a quarter is held out), got {n}")
     config = synth_module.level_config(level, **(synth or {}))
-    samples = [s for s in synth_module.generate(n, seed, config) if s.meta.get("family") != "relative"]
+    samples = [s for s in synth_module.generate(n, seed, config) if s.task.family != "relative"]
     answers = sorted({s.answer_text for s in samples})
     y = np.array([answers.index(s.answer_text) for s in samples])
     views, crops = zip(*(pixel_features(s) for s in samples))

@@ -226,7 +226,7 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
     """For each sample, the option letter whose answer turn the policy finds most likely given
     only the prompt and the global view (no zoom). Sum of log-probs over the turn's tokens."""
     from mapo import protocol
-    from mapo.data.oracle import tool_config_for_sample
+    from mapo.data.task import tool_config_for
     from mapo.train.sft import IGNORE, Transcript, collate, global_view
 
     letters = []
@@ -234,7 +234,7 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
     was_training = model.training
     model.eval()
     for s in samples:
-        view = global_view(s.load_image(), tool_config_for_sample(s))
+        view = global_view(s.load_image(), tool_config_for(s))
         options = protocol.option_letters(len(s.options))
         transcripts = []
         for letter in options:
@@ -255,7 +255,7 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
 def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: int = 4, batch_size: int = 32) -> dict[str, float]:
     """The goal metrics on ``samples`` (module docstring has the formulas)."""
     from mapo import tools
-    from mapo.data.oracle import tool_config_for_sample
+    from mapo.data.task import tool_config_for
     from mapo.data.scoring import extract_choice
     from mapo.data.synth import caption_for_crop
     from mapo.protocol import DEFAULT_CONFIG
@@ -266,7 +266,7 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
     pc = protocol_config or DEFAULT_CONFIG
     rc = RolloutConfig(
         group_size=1, greedy=True, max_turns=max_turns, max_new_tokens_per_turn=96,
-        batch_size=min(batch_size, len(samples)), tool=tool_config_for_sample(samples[0]), protocol=pc,
+        batch_size=min(batch_size, len(samples)), tool=tool_config_for(samples[0]), protocol=pc,
     )
     trajectories = rollout(samples, policy, rc)
     hits, correct, obj_ok, glyph_ok, detail_ok, ious = [], [], [], [], [], []
@@ -636,7 +636,7 @@ def context_effects(run_dir: str | Path, n: int = 16) -> dict[str, float]:
     effects: dict[str, list[float]] = {"question_colour_effect": [], "hint_letter_effect": []}
     for i, sample in enumerate(heldout_samples(cfg, n)):
         match = re.search(r"on the (\w+) \w+\?", sample.question)
-        if sample.meta.get("family") != "glyph" or match is None:
+        if sample.task.family != "glyph" or match is None:
             continue
         colour = match.group(1)
         glyph = sample.options[ord(sample.answer) - ord("A")]
@@ -688,13 +688,13 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
     each above the first crop it got back and its description/answer."""
     from PIL import Image, ImageDraw
 
-    from mapo.data.oracle import tool_config_for_sample
+    from mapo.data.task import tool_config_for
     from mapo.policy import load_policy
     from mapo.rollout import RolloutConfig, rollout
 
     policy = load_policy(policy_dir)
     samples = heldout(level, n)
-    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, batch_size=n, tool=tool_config_for_sample(samples[0]))
+    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, batch_size=n, tool=tool_config_for(samples[0]))
     if policy.protocol is not None:  # prompt it as it was trained
         rc = dataclasses.replace(rc, protocol=policy.protocol)
     trajectories = rollout(samples, policy, rc)

@@ -9,6 +9,7 @@ import torch
 
 from mapo.advantage import (
     AdvantageConfig,
+    estimator_facts,
     get_estimator,
     group_normalize,
     list_estimators,
@@ -311,7 +312,28 @@ def test_registry_lists_and_rejects_unknown():
     with pytest.raises(ValueError, match="unknown advantage estimator 'gae'; registered: .*grpo.*mapo"):
         get_estimator("gae")
     with pytest.raises(ValueError, match="already registered"):
-        register_estimator("grpo")(lambda *a, **k: None)
+        register_estimator("grpo", needs_semantic=False)(lambda *a, **k: None)
+
+
+def test_registry_records_each_estimators_facts():
+    facts = {name: estimator_facts(name) for name in list_estimators()}
+    assert {n: f.needs_semantic for n, f in facts.items() if n in ("grpo", "mapo", "mapo_gated", "reward_mix")} == {
+        "grpo": False, "mapo": True, "mapo_gated": True, "reward_mix": True,
+    }
+    assert facts["mapo"].max_beta is None and facts["grpo"].max_beta is None
+    assert facts["mapo_gated"].max_beta == facts["reward_mix"].max_beta == 1.0
+    AdvantageConfig(estimator="mapo", beta=3.0)  # mapo's beta has no upper limit
+    # The fact matches what the estimator does: without semantic scores it refuses exactly when it says so.
+    outcome, group, seg = torch.tensor([0.0, 1.0]), torch.zeros(2, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long)
+    for name, f in facts.items():
+        try:
+            f.fn(outcome, group, seg, None, config=cfg(name))
+            refused = False
+        except ValueError:
+            refused = True
+        assert refused == f.needs_semantic, name
+    with pytest.raises(ValueError, match="unknown advantage estimator 'gae'"):
+        estimator_facts("gae")
 
 
 @pytest.mark.parametrize(
@@ -319,7 +341,8 @@ def test_registry_lists_and_rejects_unknown():
     [
         ({"estimator": "nope"}, "estimator must be one of"),
         ({"beta": -0.1}, "beta must be >= 0"),
-        ({"estimator": "reward_mix", "beta": 1.5}, "beta must be <= 1"),
+        ({"estimator": "reward_mix", "beta": 1.5}, r"beta must be <= 1 for reward_mix: it weights R by \(1 - beta\)"),
+        ({"estimator": "mapo_gated", "beta": 1.01}, r"beta must be <= 1 for mapo_gated: its gate .* positive; got 1.01"),
         ({"lam": 1.2}, r"lam must be in \[0, 1\]"),
         ({"eps": 0.0}, "eps must be > 0"),
     ],
@@ -375,3 +398,18 @@ def test_batch_baseline_credits_what_differs_between_prompts():
     assert torch.equal(batch[:, 0], torch.zeros(4))
     with pytest.raises(ValueError, match="baseline must be one of"):
         AdvantageConfig(baseline="prompt")
+
+
+def test_trainer_and_verl_adapter_read_the_registered_facts():
+    """The trainer's verifier check and the verl adapter classify estimators by their facts, not their names."""
+    from mapo.integrations.verl import estimator as verl_estimator
+    from mapo.train.rl import needs_semantic
+
+    for name in list_estimators():
+        assert needs_semantic(AdvantageConfig(estimator=name)) == estimator_facts(name).needs_semantic
+    assert verl_estimator.VERL_ESTIMATORS == {
+        "mapo": "mapo", "mapo_gated": "mapo_gated", "mapo_reward_mix": "reward_mix", "mapo_grpo": "grpo",
+    }
+    assert [n for n in verl_estimator.VERL_ESTIMATORS if verl_estimator.needs_semantic(n)] == [
+        "mapo", "mapo_gated", "mapo_reward_mix",
+    ]

@@ -10,7 +10,7 @@ import torch
 
 from mapo import protocol
 from mapo.data import synth
-from mapo.data.oracle import tool_config_for_sample
+from mapo.data.task import tool_config_for
 from mapo.policy import build_tiny_policy, load_policy
 from mapo.policy.backend import Qwen3VLBackend, QwenVLBackend, backend_for
 from mapo.rollout import RolloutConfig, rollout
@@ -19,7 +19,7 @@ from mapo.trajectory import collate, sequence_logprobs
 torch.set_num_threads(1)
 
 SAMPLES = synth.generate(2, seed=0, config="easy")
-TOOL = tool_config_for_sample(SAMPLES[0])  # 112 px view budget, 224 px observations
+TOOL = tool_config_for(SAMPLES[0])  # 112 px view budget, 224 px observations
 ZOOM = protocol.render_assistant_turn(think="look", bbox=(8, 8, 60, 60), label="the corner")
 ANSWER = protocol.render_assistant_turn(description="a square", answer="A")
 

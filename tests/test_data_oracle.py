@@ -5,7 +5,8 @@ import pytest
 
 from mapo import protocol, tools
 from mapo.data import Sample
-from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+from mapo.data.oracle import oracle_trajectory
+from mapo.data.task import tool_config_for
 from mapo.data.synth import caption_for_crop, generate
 
 
@@ -63,7 +64,7 @@ def test_oracle_is_deterministic_and_crops_match_the_tool():
     a = oracle_trajectory(sample, rng_or_seed=11, jitter=0.2, wrong_first_zoom=0.5)
     b = oracle_trajectory(sample, rng_or_seed=np.random.default_rng(11), jitter=0.2, wrong_first_zoom=0.5)
     assert a.assistant_texts == b.assistant_texts
-    tc = tool_config_for_sample(sample)
+    tc = tool_config_for(sample)
     image = sample.load_image()
     assert a.images[0].size == image.size  # the global image is the original; the processor resizes it
     for crop, box in zip(a.images[1:], a.boxes_view):

@@ -252,12 +252,12 @@ def test_hrbench_non_utf8_byte_skips_only_its_row(tmp_path):
 
 def test_a_reader_keeps_going_on_any_error_type_inside_a_record(tmp_path, monkeypatch):
     """An unforeseen TypeError/IndexError in one record skips that row with its type named."""
-    from mapo.data import readers
+    from mapo.data.formats import vstar as vstar_format
 
     for i in range(3):
         _vstar_record(tmp_path, name=f"sa_{i}")
-    real = readers._vstar_boxes
-    monkeypatch.setattr(readers, "_vstar_boxes", lambda r: [][0] if r["question"] == "boom" else real(r))
+    real = vstar_format._vstar_boxes
+    monkeypatch.setattr(vstar_format, "_vstar_boxes", lambda r: [][0] if r["question"] == "boom" else real(r))
     (tmp_path / "direct_attributes" / "sa_1.json").write_text(json.dumps(
         {"question": "boom", "options": ["a", "b"], "bbox": [1, 1, 2, 2]}))
     result = read_vstar(tmp_path)

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 from mapo import tools
 from mapo.data import Box
 from mapo.data.sample import correct_first, shuffle_options
+from mapo.data import synth_render
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.synth import (
     COLORS,
@@ -128,7 +129,7 @@ def test_ink_questions_ask_the_letters_colour():
     for s in generate(20, 2, config):
         target = s.target_boxes[0]
         assert s.question == f"What colour is the letter on the {target.label}?"
-        assert s.category == "direct_attributes" and s.meta["family"] == "ink"
+        assert s.category == "direct_attributes" and s.task.family == "ink"
         assert set(s.options) <= set(INKS) and len(set(s.options)) == 4
         assert target.caption.endswith(f"in {s.answer_text}")
         # The letter really is drawn in that colour: the target's centre holds ink-coloured pixels.
@@ -149,7 +150,7 @@ def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     for s in generate(12, 4, "pattern_distractors"):
         target = s.target_boxes[0]
         assert s.question == f"What pattern is on the {target.label}?"
-        assert sorted(s.options) == sorted(synth.PATTERNS) and s.meta["family"] == "pattern"
+        assert sorted(s.options) == sorted(synth.PATTERNS) and s.task.family == "pattern"
         # The options are shuffled per sample by the V* reader's seeded shuffle (one order in every format).
         assert shuffle_options(correct_first(s.options, s.answer, key=s.id), key=s.id) == (s.options, s.answer)
         assert target.caption.endswith(f" and {s.answer_text}")
@@ -160,11 +161,11 @@ def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     font = synth.glyph_font(11)
     full, views = {}, {}
     for pattern in synth.PATTERNS:
-        o = synth._Object("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)
+        o = synth_render.SceneObject("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)
         img = Image.new("RGB", (112, 112), (150, 150, 150))
-        synth._draw_shape(ImageDraw.Draw(img), o)
-        img = synth._with_patterns(img, [o], 11)
-        synth._draw_glyph(ImageDraw.Draw(img), o, font)
+        synth_render.draw_shape(ImageDraw.Draw(img), o)
+        img = synth_render.with_patterns(img, [o], 11)
+        synth_render.draw_glyph(ImageDraw.Draw(img), o, font)
         full[pattern] = np.asarray(img).astype(int)
         views[pattern] = np.asarray(img.resize((28, 28), Image.BICUBIC)).astype(int)
     for pattern in synth.PATTERNS[1:]:

@@ -102,13 +102,15 @@ def test_masked_loss_matches_full_logits(policy):
 
 def test_coordinate_and_letter_weights_by_hand(policy):
     """Numbers weigh coord_weight, single capital letters letter_weight, the rest 1 (a weighted mean)."""
-    from mapo.train.sft import mark_number_tokens
+    from mapo.train.sft_metrics import TokenClasses
 
     cfg = _cfg()
-    mark_number_tokens(policy.model, policy.tokenizer)
+    classes = TokenClasses.of(policy.tokenizer)
     inputs, labels = collate(training_transcripts(0, 2, policy.processor, cfg), policy, 4096)
     with torch.no_grad():
-        loss, stats = masked_lm_loss(policy.model, inputs, labels, coord_weight=3.0, letter_weight=7.0)
+        loss, stats = masked_lm_loss(
+            policy.model, inputs, labels, coord_weight=3.0, letter_weight=7.0, token_classes=classes
+        )
         logits = policy.model(**inputs).logits[:, :-1]  # (B, T-1, V)
     targets = labels[:, 1:]
     valid = targets != -100
@@ -120,6 +122,7 @@ def test_coordinate_and_letter_weights_by_hand(policy):
     letters = (weight == 7.0).sum()
     assert letters >= 6 and stats["letter_token_count"] == float(letters)  # glyph twice + answer letter, per transcript
     assert 0.0 <= stats["letter_token_acc"] <= 1.0 and stats["coord_token_count"] == float((weight == 3.0).sum())
+    assert not hasattr(policy.model, "_mapo_number_ids")  # the classes travel explicitly, not on the model
 
 
 def test_answer_word_tokens_are_found_and_weighted(policy):
@@ -273,7 +276,8 @@ def test_sft_tokens_match_the_rollout(policy):
     (The SFT text ends with the template's newline after the last <|im_end|>; it is unlabelled.)
     """
     from mapo.data import synth
-    from mapo.data.oracle import oracle_trajectory, tool_config_for_sample
+    from mapo.data.oracle import oracle_trajectory
+    from mapo.data.task import tool_config_for
     from mapo.rollout import RolloutConfig, rollout
 
     cfg = _cfg()
@@ -281,7 +285,7 @@ def test_sft_tokens_match_the_rollout(policy):
     demo = oracle_trajectory(sample, rng_or_seed=0)
     transcript = make_transcript(sample, policy.processor, seed=0, data=cfg.data, protocol=cfg.protocol)
     inputs, labels = collate([transcript], policy, 4096)
-    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, tool=tool_config_for_sample(sample))
+    rc = RolloutConfig(group_size=1, greedy=True, max_turns=4, tool=tool_config_for(sample))
     forced = lambda g, m, k: demo.assistant_texts[k] if k < len(demo.assistant_texts) else None  # noqa: E731
     (traj,) = rollout([sample], policy, rc, forced_turns=forced)
     ids = inputs["input_ids"][0].tolist()

@@ -184,7 +184,7 @@ def render(
         inner, value = _dataclass_of(hints[f.name]), values[f.name]
         if key in expand:
             inner, value = type(expand[key]), to_dict(expand[key])
-        if inner is not None and isinstance(value, dict):
+        if inner is not None and isinstance(value, dict) and value:  # an empty section stays `{}`, not null
             lines.append(f"{depth}{f.name}:{comment}")
             lines.extend(render(inner, value, expand=expand, skip=skip, prefix=key + "."))
         else:

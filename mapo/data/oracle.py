@@ -33,6 +33,8 @@ from PIL import Image
 from mapo import protocol, tools
 from mapo.data.sample import Box, Sample
 from mapo.data.synth import caption_for_crop
+from mapo.data.task import tool_config_for
+
 
 RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 
@@ -56,16 +58,6 @@ class OracleTrajectory:
     boxes_view: list[tuple[int, int, int, int]]
     boxes_original: list[tuple[float, float, float, float]] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
-
-
-def tool_config_for_sample(sample: Sample) -> tools.ToolConfig:
-    """The tool budgets a synthetic sample was designed for (``meta`` view_side/obs_side), else the default."""
-    view, obs = sample.meta.get("view_side"), sample.meta.get("obs_side")
-    if isinstance(view, int) and isinstance(obs, int):
-        return tools.ToolConfig(
-            view_min_pixels=view * view, view_max_pixels=view * view, obs_min_pixels=obs * obs, obs_max_pixels=obs * obs
-        )
-    return tools.DEFAULT_TOOL_CONFIG
 
 
 def oracle_trajectory(
@@ -93,7 +85,7 @@ def oracle_trajectory(
     if not (0.0 <= jitter <= 1.0 and 0.0 <= wrong_first_zoom <= 1.0):
         raise ValueError(f"jitter and wrong_first_zoom must be in [0, 1], got {jitter}, {wrong_first_zoom}")
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
-    tc = tool_config or tool_config_for_sample(sample)
+    tc = tool_config or tool_config_for(sample)
     pc = protocol_config or protocol.DEFAULT_CONFIG
     image = sample.load_image(max_pixels=tc.max_image_pixels)
     builder = _Builder(sample, image, tools.view_size(image.size, tc), tc, pc)
@@ -179,7 +171,7 @@ class _Builder:
 
 def _final_thought(sample: Sample) -> str:
     targets = sample.target_boxes
-    family = sample.meta.get("family")
+    family = sample.task.family if sample.task else None
     if family == "glyph":
         return f"The letter on the {targets[0].label} is {sample.answer_text}."
     if family == "pattern":
@@ -228,7 +220,7 @@ def _decoy_box(builder: _Builder, rng: np.random.Generator) -> Box:
     """A plausible wrong place: a distractor object if any, else an empty cell; its crop holds no target."""
     sample = builder.sample
     w, h = builder.image.size
-    grid = int(sample.meta.get("grid", 4))
+    grid = sample.task.grid if sample.task else 4
     cw, ch = w / grid, h / grid
     cells = [Box(c * cw, r * ch, (c + 1) * cw, (r + 1) * ch) for r in range(grid) for c in range(grid)]
     for candidates in ([b for b in sample.boxes if not b.is_target], cells):

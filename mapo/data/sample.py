@@ -24,6 +24,8 @@ from typing import Any
 
 from PIL import Image
 
+from mapo.data.task import TaskSpec
+
 # 8K HR-Bench images are 7680x4320 = 33 MP; allow 3x that. PIL's own guard
 # (2 x Image.MAX_IMAGE_PIXELS = 179 MP) still applies above this.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -86,7 +88,9 @@ class Sample:
     only by :meth:`load_image`. ``answer`` is a letter ("A", "B", ...) when
     ``options`` is non-empty, else free text. ``boxes`` are in original pixels.
     ``meta`` holds the source name and anything benchmark-specific
-    (``cycle_category``, ``task``, ``level``, ...).
+    (``cycle_category``, ``task``, ``level``, ...). ``task`` is the typed
+    :class:`~mapo.data.task.TaskSpec` of a generated sample (question family,
+    grid, pixel budgets), ``None`` for benchmark samples.
     """
 
     id: str
@@ -97,8 +101,11 @@ class Sample:
     category: str = ""
     boxes: list[Box] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    task: TaskSpec | None = None
 
     def __post_init__(self) -> None:
+        if self.task is not None and not isinstance(self.task, TaskSpec):
+            raise ValueError(f"Sample {self.id}: task must be a TaskSpec or None, got {type(self.task).__name__}")
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"Sample.id must be a non-empty string, got {self.id!r}")
         if not isinstance(self.options, list) or not all(isinstance(o, str) for o in self.options):

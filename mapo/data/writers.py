@@ -1,7 +1,8 @@
 """Writers of the benchmark and training formats (the layouts :mod:`mapo.data.readers` reads).
 
 Each writer stores what the real format has a field for, plus an extra
-``mapo`` field (sample id, every ground-truth box with its caption, ``meta``)
+``mapo`` field (sample id, every ground-truth box with its caption, ``meta``,
+the :class:`~mapo.data.task.TaskSpec`)
 that the official tools ignore; the readers use it, so ``write -> read``
 returns the same samples. Images are written as they are held (encoded bytes
 keep their encoding; in-memory images become PNG).
@@ -65,7 +66,10 @@ def _check_samples(samples: Sequence[Sample], need_options: bool, fmt: str) -> N
 
 
 def _extras(sample: Sample) -> dict[str, Any]:
-    return {"id": sample.id, "boxes": [b.to_dict() for b in sample.boxes], "meta": sample.meta}
+    extras = {"id": sample.id, "boxes": [b.to_dict() for b in sample.boxes], "meta": sample.meta}
+    if sample.task is not None:
+        extras["task"] = sample.task.to_dict()
+    return extras
 
 
 def _encoded(sample: Sample) -> tuple[bytes, str]:

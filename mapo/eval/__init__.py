@@ -37,7 +37,7 @@ Decisions and departures:
   ``mapo.reward.answer_matches`` (normalised exact match). There is no official
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
-  (``meta`` view_side/obs_side); with ``tool_from_samples`` those budgets are used,
+  (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_samples`` those budgets are used,
   as in SFT and RL. Real benchmarks use ``rollout.tool``.
 - The ``deepeyes`` preset reproduces DeepEyes' prompts and observation text
   (``eval/eval_vstar.py`` of Visual-Agent/DeepEyes) and its pixel budgets

@@ -63,7 +63,7 @@ class EvalConfig:
 
     preset: Literal["mapo", "deepeyes"] = knob("mapo", "protocol preset: mapo's own, or DeepEyes' prompts and budgets")
     rollout: RolloutConfig = knob(factory=_default_rollout, help="agent loop: greedy, one episode per sample")
-    tool_from_samples: bool = knob(True, "use the pixel budgets synthetic samples were made for (meta view_side/obs_side)")
+    tool_from_samples: bool = knob(True, "use the pixel budgets generated samples were made for (their task spec)")
     benchmark: str | None = knob(None, "scorer (vstar, hrbench, mme, synth); None: from the samples' meta source")
     image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")

@@ -165,10 +165,10 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
     if config.tool_from_samples and config.preset == "mapo":
-        from mapo.data.oracle import tool_config_for_sample
+        from mapo.data.task import tool_config_for
 
-        if "view_side" in sample.meta and "obs_side" in sample.meta:
-            return tool_config_for_sample(sample)
+        if sample.task is not None:
+            return tool_config_for(sample)
     return base.tool
 
 

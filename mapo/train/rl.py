@@ -69,7 +69,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed
 
-from mapo.advantage import AdvantageConfig, get_estimator
+from mapo.advantage import AdvantageConfig, estimator_facts
 from mapo.config import knob, to_dict
 from mapo.data.prepare import pixel_range, prepare_sample
 from mapo.loss import LossConfig
@@ -180,19 +180,8 @@ class RLConfig:
 
 
 def needs_semantic(advantage: AdvantageConfig) -> bool:
-    """Whether the configured estimator refuses to run without semantic scores.
-
-    Probed on a two-trajectory group rather than by name, so a newly registered
-    estimator is classified by what it does (the trainer never branches on names).
-    """
-    estimator = get_estimator(advantage.estimator)
-    probe = dict(outcome=torch.tensor([0.0, 1.0]), group=torch.zeros(2, dtype=torch.long),
-                 segment_ids=torch.zeros((2, 1), dtype=torch.long))
-    try:
-        estimator(**probe, semantic=None, config=advantage)
-    except ValueError:
-        return True
-    return False
+    """Whether the configured estimator refuses to run without semantic scores (a fact of its registration)."""
+    return estimator_facts(advantage.estimator).needs_semantic
 
 
 # ----------------------------------------------------------------------------- setup
@@ -244,10 +233,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     policy.protocol = protocol
     rollout_cfg = dataclasses.replace(cfg.rollout, protocol=protocol)
     first = data.prompts(0, 1)[0]
-    if cfg.tool_from_data and "view_side" in first.meta and "obs_side" in first.meta:  # a synthetic sample
-        from mapo.data.oracle import tool_config_for_sample
+    if cfg.tool_from_data and first.task is not None:  # a generated sample: the budgets its task was made for
+        from mapo.data.task import tool_config_for
 
-        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for_sample(first))
+        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
     # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
     data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
     data.prepare_heldout()

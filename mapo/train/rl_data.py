@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mapo.config import knob
+from mapo.data.synth import SynthOverrides
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class RLDataConfig:
         "null = the embedded synthetic task"
     )
     synth_level: str = knob("easy", "synthetic task level when source is null (mapo.data.synth.LEVELS)")
-    synth: dict = knob(factory=dict, help="SynthConfig overrides on top of the level, e.g. {tint_strength: 0.5}")
+    synth: SynthOverrides = knob(factory=SynthOverrides, help="SynthConfig knobs on top of the level, e.g. {tint_strength: 0.5}")
     n: int = knob(0, "training samples: synthetic, 0 = a fresh sample per prompt, else cycle over n; source, first n (0 = all)")
     seed: int = knob(0, "seed of the synthetic training samples and of the order prompts are drawn in")
     eval_source: str | None = knob(
@@ -112,7 +113,7 @@ def load_data(cfg: RLDataConfig) -> Data:
     from mapo.data import synth
 
     if cfg.source is None:
-        level = synth.level_config(cfg.synth_level, **cfg.synth)
+        level = synth.level_config(cfg.synth_level, **cfg.synth.set_keys())
         train = None if cfg.n == 0 else [synth.generate_one(level, cfg.seed, i) for i in range(cfg.n)]
         heldout = [] if cfg.eval_source else synth.generate(cfg.n_eval, cfg.eval_seed, level)
         data = Data(train, heldout, level, cfg.seed)

@@ -319,10 +319,8 @@ def load_training_samples(config: VerifierTrainConfig) -> tuple[list, object]:
     samples = [s for s in samples if s.boxes]
     if not samples:
         raise ValueError(f"{config.data} holds no samples with object boxes; the verifier needs captioned boxes")
-    meta = samples[0].meta
-    if "view_side" in meta and "obs_side" in meta:  # written by the synthetic task: reuse its budgets
-        level = synth.SynthConfig(view_side=int(meta["view_side"]), obs_side=int(meta["obs_side"]), require_zoom=False)
-        return samples, synth.tool_config_for(level)
+    if samples[0].task is not None:  # written by the synthetic task: reuse its budgets
+        return samples, synth.tool_config_for(samples[0])
     from mapo.tools import DEFAULT_TOOL_CONFIG
 
     return samples, DEFAULT_TOOL_CONFIG

@@ -46,19 +46,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.advantage import AdvantageConfig, get_estimator
+from mapo.advantage import AdvantageConfig, estimator_facts, get_estimator, list_estimators
 from mapo.config import from_dict
 
-# verl registry name -> mapo.advantage name. Prefixed so they never collide with verl's own.
-VERL_ESTIMATORS: dict[str, str] = {
-    "mapo": "mapo",
-    "mapo_gated": "mapo_gated",
-    "mapo_reward_mix": "reward_mix",
-    "mapo_grpo": "grpo",
-}
+def verl_name_of(name: str) -> str:
+    """The verl registry name of mapo estimator ``name``: prefixed so it never collides with verl's own."""
+    return name if name.startswith("mapo") else f"mapo_{name}"
+
+
+# verl registry name -> mapo.advantage name, for every registered estimator (mapo, mapo_gated,
+# mapo_reward_mix, mapo_grpo for the built-in ones).
+VERL_ESTIMATORS: dict[str, str] = {verl_name_of(name): name for name in list_estimators()}
 SEMANTIC_KEY = "mapo_semantic"
 SPANS_KEY = "mapo_segment_spans"
-_NEEDS_SEMANTIC = {"mapo", "mapo_gated", "mapo_reward_mix"}
+
+
+def needs_semantic(name: str) -> bool:
+    """Whether verl estimator ``name`` needs per-observation semantic scores (its registered fact)."""
+    return estimator_facts(VERL_ESTIMATORS[name]).needs_semantic
 
 
 def advantage_config(name: str, config: Any) -> AdvantageConfig:
@@ -187,7 +192,7 @@ def _make_adapter(verl_name: str):
         semantic = None
         if SEMANTIC_KEY in extras:
             semantic = semantic_matrix(extras[SEMANTIC_KEY], B)
-        elif verl_name in _NEEDS_SEMANTIC:
+        elif needs_semantic(verl_name):
             raise ValueError(
                 f"advantage estimator {verl_name!r} got no per-observation semantic scores "
                 f"(non_tensor_batch[{SEMANTIC_KEY!r}]). Roll out with the mapo agent loop "

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from mapo.integrations.verl import VERL_ESTIMATORS, require_verl
-from mapo.integrations.verl.estimator import _NEEDS_SEMANTIC, advantage_config
+from mapo.integrations.verl.estimator import advantage_config, needs_semantic
 
 AGENT_NAME = "mapo_zoom_agent"
 
@@ -40,7 +40,7 @@ def check_launch_config(config: Any) -> list[str]:
     except ValueError as err:
         problems.append(str(err))
     rollout = config.actor_rollout_ref.rollout
-    if name in _NEEDS_SEMANTIC:
+    if needs_semantic(name):
         agent = rollout.get("agent", {}) or {}
         if agent.get("default_agent_loop") != AGENT_NAME:
             problems.append(

@@ -1,0 +1,1 @@
+"""One reader per benchmark format (:mod:`mapo.data.readers` picks one); shared plumbing in :mod:`.common`."""
