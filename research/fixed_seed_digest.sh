@@ -27,11 +27,18 @@ for log in sorted(out.glob("*/metrics.jsonl")):
     for row in map(json.loads, log.read_text().splitlines()):
         keep = {k: v for k, v in row.items() if not any(t in k for t in volatile)}
         lines.append(f"{log.relative_to(out)} {json.dumps(keep, sort_keys=True)}")
+# Records may gain fields (e.g. each call's tool and arguments); the digest compares the fields every
+# version of the record has, so a new field is not a changed number.
+TURN_KEYS = ("bbox_original", "bbox_view", "crop", "description", "error", "label", "semantic_score", "text", "tool_call", "valid")
 for row in map(json.loads, (out / "eval/predictions.jsonl").read_text().splitlines()):
-    keep = {k: row.get(k) for k in ("id", "prediction", "correct", "turns", "semantic")}
+    keep = {k: row.get(k) for k in ("id", "prediction", "correct", "semantic")}
+    keep["turns"] = [{k: t.get(k) for k in TURN_KEYS} for t in row.get("turns", [])]
     lines.append("eval " + json.dumps(keep, sort_keys=True, default=str))
 metrics = json.loads((out / "eval/metrics.json").read_text())
 metrics.get("run", {}).pop("model", None)  # the output path
+# A setting added at its default (zoom-in alone) changes no number; the config fingerprint still covers the rest.
+for protocol in (metrics.get("run", {}).get("protocol", {}), metrics.get("run", {}).get("config", {}).get("rollout", {}).get("protocol", {})):
+    protocol.pop("extra_tools", None)
 lines.append("eval/metrics " + json.dumps({k: v for k, v in metrics.items() if not any(t in k for t in volatile)}, sort_keys=True, default=str))
 (out / "digest.txt").write_text("\n".join(lines) + "\n")
 print(f"{len(lines)} lines -> {out / 'digest.txt'}")

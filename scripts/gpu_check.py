@@ -22,7 +22,6 @@ Usage (see ``scripts/gpu_check.sh`` and ``docs/scale_out.md``):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys

@@ -11,7 +11,6 @@ from mapo.data import synth_render
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.synth import (
     COLORS,
-    GLYPHS,
     LEVELS,
     MAX_GLYPH_VIEW_PX,
     MIN_GLYPH_OBS_PX,

@@ -60,14 +60,19 @@ from mapo.tools.base import ToolCall
 from mapo.tools.zoom import MAX_ABS_COORDINATE
 
 __all__ = [
+    "DEFAULT_ANSWER_INSTRUCTION",
     "DEFAULT_CONFIG",
+    "DEFAULT_OBSERVATION_INSTRUCTION",
+    "DEFAULT_SYSTEM_TEMPLATE",
     "ERROR_CODES",
     "MAX_ABS_COORDINATE",
+    "MAX_ERRORS",
     "ProtocolConfig",
     "ToolCall",
     "Turn",
     "enabled_tools",
     "initial_messages",
+    "note_to_stderr",
     "observation_message",
     "protocol_for_policy",
     "option_letters",

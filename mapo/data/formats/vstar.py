@@ -8,7 +8,6 @@ or restored from ``mapo.options`` in a file mapo wrote.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from mapo.data.formats.common import (
     BadRecord,

@@ -1,0 +1,133 @@
+"""The settings of ``mapo demo``'s pipeline (:class:`PipelineConfig`) and the RL stage's config built from them.
+
+Every stage's config is a section here: the held-out set, the verifier recipe (or the
+shipped one), the warm start, and the RL stage's keys (:data:`RLOverrides`, checked
+like :class:`~mapo.train.rl.RLConfig`'s). :mod:`mapo.pipeline` runs the stages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mapo.config import from_dict, knob, partial, to_dict
+from mapo.train.rl import RLConfig
+from mapo.train.sft import SFTConfig
+from mapo.verifier.train import VerifierTrainConfig
+
+# The RL stage's keys (`mapo train --show-config`), typed and checked like RLConfig's; unset ones keep
+# RLConfig's defaults, and policy, verifier and data.eval_source are filled in by the pipeline.
+RLOverrides = partial(RLConfig)
+
+
+@dataclass(frozen=True)
+class HeldoutConfig:
+    """The held-out evaluation set (written once, read by every evaluation).
+
+    Its task level and synthetic overrides are the RL stage's (``rl.data.synth_level``,
+    ``rl.data.synth``), so the held-out samples come from the training distribution.
+    """
+
+    n: int = knob(48, "held-out samples")
+    seed: int = knob(1_000_003, "seed of the held-out samples (must differ from the training seeds)")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"data.n must be >= 1 held-out sample, got {self.n}")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Where the RL stage starts from."""
+
+    source: str = knob(
+        "default", "'default': the shipped warm start (mapo.policy.load_default), or SFT with the recipe below when "
+        "none is shipped; 'shipped:NAME': the checkpoint mapo/assets/NAME, checked against its manifest; 'sft': "
+        "always train it with the recipe below (cached); or a local policy checkpoint directory"
+    )
+    sft_config: str | None = knob(
+        "configs/warmstart.yaml", "YAML of the SFT recipe used when source is 'sft' or no default is shipped "
+        "(the recipe of the shipped default); null = the `sft` mapping below"
+    )
+    sft: SFTConfig = knob(factory=SFTConfig, help="the SFT recipe when sft_config is null")
+
+    def recipe(self) -> SFTConfig:
+        """The SFT recipe: ``sft_config`` loaded, else ``sft``."""
+        from mapo.config import find_config_file, load_config
+
+        if not self.sft_config:
+            return self.sft
+        return load_config(SFTConfig, find_config_file(self.sft_config) or self.sft_config)  # works from any folder
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``mapo demo``: every stage of the embedded default pipeline."""
+
+    cache_dir: str = knob("runs/cache", "where cached stages live: <cache_dir>/<stage>-<hash of its config>")
+    threads: int = knob(1, "torch CPU threads (on 2 shared cores one thread is fastest)")
+    data: HeldoutConfig = knob(factory=HeldoutConfig, help="held-out evaluation set")
+    verifier_source: str = knob(
+        "default", "'default': the shipped verifier (mapo/assets/verifier) when the training config in its manifest "
+        "equals `verifier` below (speed-only keys aside), else trained with `verifier` (cached), saying why; "
+        "'train': always trained with `verifier` (cached); or a local CLIP/SigLIP directory"
+    )
+    verifier: VerifierTrainConfig = knob(factory=VerifierTrainConfig, help="the tiny CLIP verifier (`mapo verifier train`)")
+    warmstart: WarmStartConfig = knob(factory=WarmStartConfig, help="the policy RL starts from")
+    rl: RLOverrides = knob(
+        factory=RLOverrides, help="RLConfig keys of the RL stage (`mapo train --show-config`); policy, verifier and "
+        "data.eval_source are filled in by the pipeline"
+    )
+    eval_batch_size: int = knob(16, "held-out episodes generated together")
+
+    def __post_init__(self) -> None:
+        if not self.verifier_source:
+            raise ValueError("verifier_source must be 'default', 'train' or a verifier directory, got an empty string")
+        if self.threads < 0 or self.eval_batch_size < 1:
+            raise ValueError(f"threads must be >= 0 and eval_batch_size >= 1, got {self.threads}, {self.eval_batch_size}")
+        taken = [k for k in ("policy", "verifier") if getattr(self.rl, k) is not None]
+        if taken or self.rl.data.eval_source is not None:
+            raise ValueError(f"rl.{(taken or ['data.eval_source'])[0]} is set by the pipeline; leave it out of rl")
+        rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
+
+    def heldout_spec(self) -> dict[str, Any]:
+        """What the held-out set is a function of: its size and seed, the RL stage's level and overrides.
+
+        ``task`` is the resolved SynthConfig, so a change of a level's defaults in the code is a new cache key.
+        """
+        rl_data = rl_config(self, policy="default", verifier="v", heldout="h").data
+        level, synth = rl_data.synth_level, rl_data.synth.set_keys()
+        return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
+                "task": task_fingerprint(level, synth)}
+
+
+def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved synthetic-task config of ``level`` (what cached stages built from the task depend on)."""
+    from mapo.data import synth
+
+    return to_dict(synth.level_config(level, **(overrides or {})))
+
+
+def rl_config(cfg: PipelineConfig, *, policy: str, verifier: str | None, heldout: str, **overrides: Any):
+    """The :class:`mapo.train.rl.RLConfig` of the RL stage, with the pipeline's stages filled in."""
+    from mapo.config import apply_overrides
+
+    # The periodic evaluation inside `mapo train` reads the same held-out set (all of it unless rl.data.n_eval says).
+    rl = to_dict(cfg.rl)  # the keys the pipeline config sets
+    data = {"n_eval": cfg.data.n, **to_dict(cfg.rl.data), "eval_source": heldout}
+    base = {**rl, "policy": policy, "verifier": verifier, "data": data, "threads": cfg.threads}
+    return from_dict(RLConfig, apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    from mapo.config import load_config
+
+    return load_config(PipelineConfig, path, overrides)
+
+
+__all__ = [
+    "HeldoutConfig", "PipelineConfig", "RLOverrides", "WarmStartConfig", "load_pipeline_config", "rl_config",
+    "task_fingerprint",
+]
