@@ -413,3 +413,14 @@ def test_trainer_and_verl_adapter_read_the_registered_facts():
     assert [n for n in verl_estimator.VERL_ESTIMATORS if verl_estimator.needs_semantic(n)] == [
         "mapo", "mapo_gated", "mapo_reward_mix",
     ]
+
+
+def test_the_estimator_help_text_names_every_registered_estimator():
+    # The help text is written by hand; this keeps it from drifting when an estimator is registered.
+    import dataclasses
+
+    from mapo.advantage import AdvantageConfig, list_estimators
+
+    field = next(f for f in dataclasses.fields(AdvantageConfig) if f.name == "estimator")
+    named = field.metadata["help"].split(":")[-1].replace(" ", "").split(",")
+    assert sorted(named) == list_estimators()
