@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo.config import from_dict, knob, partial, to_dict
+from mapo.data.synth import task_fingerprint
 from mapo.train.rl import RLConfig
 from mapo.train.sft import SFTConfig
 from mapo.verifier.train import VerifierTrainConfig
@@ -102,12 +103,6 @@ class PipelineConfig:
         return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
                 "task": task_fingerprint(level, synth)}
 
-
-def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved synthetic-task config of ``level`` (what cached stages built from the task depend on)."""
-    from mapo.data import synth
-
-    return to_dict(synth.level_config(level, **(overrides or {})))
 
 
 def rl_config(cfg: PipelineConfig, *, policy: str, verifier: str | None, heldout: str, **overrides: Any):

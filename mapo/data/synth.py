@@ -205,6 +205,14 @@ def level_config(name: str, **overrides: Any) -> SynthConfig:
     return SynthConfig(level=name, **{**LEVELS[name], **overrides})
 
 
+def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved config of ``level`` with ``overrides`` as plain data: what a cached stage built from the task
+    depends on (a change of a level's defaults in the code is a new key)."""
+    from mapo.config import to_dict
+
+    return to_dict(level_config(level, **(overrides or {})))
+
+
 def resolution_check(config: SynthConfig) -> dict[str, float]:
     """How many pixels the glyph spans in the global view and in the oracle's crop.
 

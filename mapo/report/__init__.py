@@ -365,7 +365,7 @@ def _comparison(pair: tuple[dict[str, Any], dict[str, Any]] | None) -> H.Compari
     if pair is None:
         return None
     # Imported here: mapo.pipeline pulls in torch, which only a demo directory's report needs.
-    from mapo.pipeline import before_after, verdict
+    from mapo.pipeline_summary import before_after, verdict
 
     before, after = pair
     by_key = {r["key"]: r for r in before_after(before, after)}

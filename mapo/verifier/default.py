@@ -129,7 +129,7 @@ def ship(run_dir: str | Path, out: str | Path = DEFAULT_DIR, *, command: str = T
 
 def task_of(config) -> dict[str, Any] | None:
     """The resolved synthetic-task config ``config`` generates its data from; None when it reads files."""
-    from mapo.pipeline import task_fingerprint
+    from mapo.data.synth import task_fingerprint
 
     return None if config.data is not None else task_fingerprint(config.synth_level)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from mapo.verifier.base import Verifier
-from mapo.verifier.train import negative_kind
+from mapo.verifier.pairs import negative_kind
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -53,7 +53,7 @@ def evaluate(verifier: Verifier, pairs: Sequence, *, candidates: int = 16, seed:
         ``gap_mean``: mean over crops of s(correct) − mean s(hallucinated);
         ``gap_positive``: fraction of crops whose correct caption outscores every hallucinated one;
         ``hard_win``: {kind: fraction of (crop, hallucinated caption) pairs of that kind scored below
-        the correct caption}, kinds from :func:`mapo.verifier.train.negative_kind` (colour, shape,
+        the correct caption}, kinds from :func:`mapo.verifier.pairs.negative_kind` (colour, shape,
         glyph, empty, absent): which attribute the verifier cannot see;
         ``s_correct``/``s_hallucinated``/``s_random``: mean scores.
     """
