@@ -35,6 +35,7 @@ from mapo.advantage import AdvantageConfig, get_estimator
 from mapo.data import synth
 from mapo.loss import LossConfig, policy_loss
 from mapo.policy import LoraOptions, Policy, apply_lora
+from mapo.policy.families import family_of
 from mapo.policy.processor import build_processor
 from mapo.policy.real_shapes import SHAPES, build_tokenizer_for, model_config
 from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
@@ -71,8 +72,6 @@ def build_policy(shape: str, device: torch.device, dtype: torch.dtype, *, layers
                  side: int, narrow: bool = False) -> Policy:
     """The real-shape model with random weights built on ``device``, its tokenizer and processor
     (``narrow``: widths of 64 for the dry run)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
     spec = SHAPES[shape]
     tokenizer = build_tokenizer_for(shape, [protocol.system_prompt(), ZOOM_1, ZOOM_2] * 4)
     tokenizer.chat_template = spec.chat_template
@@ -85,7 +84,7 @@ def build_policy(shape: str, device: torch.device, dtype: torch.dtype, *, layers
     config = model_config(shape, text_layers=layers, vision_depth=blocks)
     if narrow:
         _narrow(config)
-    cls = Qwen3VLForConditionalGeneration if spec.model_type == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+    cls = family_of(spec.model_type).model_cls()
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)

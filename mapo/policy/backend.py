@@ -24,7 +24,8 @@ Two backends:
   cache carries them with the main features, so a cached image is fed exactly as a
   fresh one.
 
-:func:`backend_for` picks the backend from ``model.config.model_type`` and refuses other
+:func:`backend_for` picks the backend class that the model family registry
+(:mod:`mapo.policy.families`) names for ``model.config.model_type`` and refuses other
 types with the list of supported ones. The patch factor (``factor``) comes from the
 model's vision config; the tool's view<->original mapping uses it
 (:func:`mapo.tools.with_factor`).
@@ -37,8 +38,7 @@ from typing import Any
 
 import torch
 
-# model_type (config.json) -> backend class name; the first group is Qwen2-VL/2.5-VL.
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+from mapo.policy.families import SUPPORTED_MODEL_TYPES, family_of, unsupported_message
 
 
 @dataclass
@@ -78,25 +78,14 @@ def model_type_of(model: Any) -> str | None:
     return getattr(getattr(_unwrap(model), "config", None), "model_type", None)
 
 
-def unsupported_message(model_type: Any, where: str) -> str:
-    return (
-        f"{where} is a {model_type!r} model; mapo supports the model types "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)} (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"
-    )
-
-
 def backend_for(model: Any) -> QwenVLBackend:
     """The backend of ``model`` (a Qwen-VL ``...ForConditionalGeneration``, possibly peft-wrapped).
 
     Raises:
         ValueError: the model type is not supported (the message lists those that are).
     """
-    model_type = model_type_of(model)
-    if model_type == "qwen3_vl":
-        return Qwen3VLBackend(model)
-    if model_type in ("qwen2_5_vl", "qwen2_vl"):
-        return QwenVLBackend(model)
-    raise ValueError(unsupported_message(model_type, f"policy.model ({type(model).__name__})"))
+    family = family_of(model_type_of(model), f"policy.model ({type(model).__name__})")
+    return family.backend_cls()(model)
 
 
 def _left_pad(t: torch.Tensor | None, length: int, like: torch.Tensor) -> torch.Tensor:
@@ -297,4 +286,5 @@ __all__ = [
     "QwenVLBackend",
     "VisionFeatures",
     "backend_for",
+    "unsupported_message",
 ]

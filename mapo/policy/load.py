@@ -1,7 +1,8 @@
 """The :class:`Policy` bundle and loading of local checkpoints.
 
 :func:`load_policy` loads any local Qwen2-VL, Qwen2.5-VL or Qwen3-VL directory
-(``model_type`` in :data:`mapo.policy.backend.SUPPORTED_MODEL_TYPES`) with an
+(``model_type`` in :data:`mapo.policy.families.SUPPORTED_MODEL_TYPES`; the model and
+processor classes come from that registry) with an
 image-only processor (:mod:`mapo.policy.processor`; no torchvision needed).
 Nothing is ever downloaded: the path must be a local directory and loading runs
 with ``local_files_only=True``.
@@ -34,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from mapo.config import from_dict, to_dict
-from mapo.policy.backend import SUPPORTED_MODEL_TYPES, unsupported_message
+from mapo.policy.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
 from mapo.policy.tokenizer import VISION_TOKENS
 from mapo.protocol import ProtocolConfig
 
@@ -95,8 +96,6 @@ class Policy:
 def _use_standard_processor_class(out: Path) -> None:
     """Name Qwen's processor class in ``processor_config.json`` so other tools (vLLM, plain
     ``AutoProcessor`` with torchvision) read the directory as a standard Qwen-VL checkpoint."""
-    from mapo.policy.processor import PROCESSOR_CLASSES
-
     cfg_path = out / "processor_config.json"
     if not cfg_path.is_file():
         return
@@ -104,9 +103,9 @@ def _use_standard_processor_class(out: Path) -> None:
     model_type = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") if (
         out / "config.json"
     ).is_file() else None
-    image_only, standard = PROCESSOR_CLASSES.get(model_type, PROCESSOR_CLASSES["qwen2_5_vl"])
-    if cfg.get("processor_class") == image_only.__name__:
-        cfg["processor_class"] = standard
+    family = FAMILIES.get(model_type, FAMILIES["qwen2_5_vl"])
+    if cfg.get("processor_class") == family.processor_cls().__name__:
+        cfg["processor_class"] = family.standard_processor
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
@@ -266,11 +265,10 @@ def load_policy(
 
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(unsupported_message(model_type, f"checkpoint {root}"))
+    family = family_of(model_type, f"checkpoint {root}")
     torch_dtype = resolve_dtype(dtype, config.get("dtype", config.get("torch_dtype")))
-    processor = _load_processor(root, model_type)
-    model = _load_model(root, model_type, torch_dtype)
+    processor = _load_processor(root, family.processor_cls())
+    model = family.model_cls().from_pretrained(root, dtype=torch_dtype, local_files_only=True)
     from mapo.policy.processor import check_matches_model
 
     check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")
@@ -282,20 +280,9 @@ def load_policy(
     return apply_lora(policy, lora) if lora is not None else policy
 
 
-def _load_model(root: Path, model_type: str, torch_dtype: torch.dtype):
-    if model_type == "qwen3_vl":
-        from transformers import Qwen3VLForConditionalGeneration as cls
-    elif model_type == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLForConditionalGeneration as cls
-    else:
-        from transformers import Qwen2VLForConditionalGeneration as cls
-    return cls.from_pretrained(root, dtype=torch_dtype, local_files_only=True)
-
-
-def _load_processor(root: Path, model_type: str):
+def _load_processor(root: Path, cls: type):
+    """The image-only processor ``cls`` of the checkpoint ``root`` (tokenizer, image processor, chat template)."""
     from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-
-    from mapo.policy.processor import PROCESSOR_CLASSES
 
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(root, local_files_only=True)
@@ -304,7 +291,6 @@ def _load_processor(root: Path, model_type: str):
         raise ValueError(f"the checkpoint {root} has no chat template; mapo needs one to render conversations")
     if tokenizer.chat_template is None:
         tokenizer.chat_template = template
-    cls = PROCESSOR_CLASSES[model_type][0]
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 

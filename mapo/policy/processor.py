@@ -24,6 +24,8 @@ from __future__ import annotations
 from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from mapo.policy.families import FAMILIES, HALF_MEAN_STD, family_of  # noqa: F401 (HALF_MEAN_STD: importable here too)
+
 # Qwen2.5-VL's own defaults (preprocessor_config.json of the 3B/7B checkpoints).
 QWEN_MIN_PIXELS = 3136
 QWEN_MAX_PIXELS = 12845056
@@ -74,16 +76,12 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
         return super().__call__(images=images, text=text, **kwargs)
 
 
-# model_type -> (image-only processor class, the standard processor class named in processor_config.json)
-PROCESSOR_CLASSES = {
-    "qwen2_vl": (ImageOnlyQwen2_5_VLProcessor, "Qwen2VLProcessor"),
-    "qwen2_5_vl": (ImageOnlyQwen2_5_VLProcessor, "Qwen2_5_VLProcessor"),
-    "qwen3_vl": (ImageOnlyQwen3VLProcessor, "Qwen3VLProcessor"),
-}
+# model_type -> (image-only processor class, the standard processor class named in processor_config.json),
+# read from the family registry (the classes above are defined by now, so this module resolves them).
+PROCESSOR_CLASSES = {t: (f.processor_cls(), f.standard_processor) for t, f in FAMILIES.items()}
 
-# Normalisation of the Qwen2-VL / Qwen2.5-VL (CLIP's) and Qwen3-VL (0.5) image processors.
+# Normalisation of the Qwen2-VL / Qwen2.5-VL (CLIP's) and Qwen3-VL (HALF_MEAN_STD: 0.5) image processors.
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-HALF_MEAN_STD = (0.5, 0.5, 0.5)
 
 
 def build_image_processor(
@@ -111,9 +109,7 @@ def build_image_processor(
 def build_processor(tokenizer, *, model_type: str = "qwen2_5_vl", **image_kwargs):
     """Assemble the image-only processor of ``model_type`` from ``tokenizer`` (with its chat
     template) and a PIL image processor (``image_kwargs``: :func:`build_image_processor`)."""
-    if model_type not in PROCESSOR_CLASSES:
-        raise ValueError(f"no processor for model type {model_type!r}; supported: {sorted(PROCESSOR_CLASSES)}")
-    cls = PROCESSOR_CLASSES[model_type][0]
+    cls = family_of(model_type, "build_processor(model_type=...)").processor_cls()
     return cls(
         image_processor=build_image_processor(**image_kwargs),
         tokenizer=tokenizer,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mapo.policy.families import family_of
 from mapo.policy.tokenizer import QWEN2_VL_CHAT_TEMPLATE
 
 QWEN_BASE_VOCAB = 151643  # id of <|endoftext|>: the ordinary tokens come before it
@@ -120,22 +121,19 @@ def _remap_blocks(indexes: list[int], depth: int, real_depth: int) -> list[int]:
 
 def model_config(name: str, *, text_layers: int | None = None, vision_depth: int | None = None):
     """The HF config of shape ``name`` (``SHAPES``), optionally with fewer text layers / vision blocks."""
-    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
-
     if name not in SHAPES:
         raise ValueError(f"unknown shape {name!r}; choose from {sorted(SHAPES)}")
     shape = SHAPES[name]
     text, vision = dict(shape.text), dict(shape.vision)
     if text_layers is not None:
-        text["num_hidden_layers"] = text["max_window_layers"] = text_layers
-        if shape.model_type != "qwen2_5_vl":
-            text.pop("max_window_layers")
+        text["num_hidden_layers"] = text_layers
+        if "max_window_layers" in text:  # Qwen2.5-VL's text config has it; it must not exceed the layers
+            text["max_window_layers"] = text_layers
     if vision_depth is not None:
         for key in shape.full_depth_keys:
             vision[key] = _remap_blocks(vision[key], vision_depth, vision["depth"])
         vision["depth"] = vision_depth
-    cls = Qwen3VLConfig if shape.model_type == "qwen3_vl" else Qwen2_5_VLConfig
-    return cls(
+    return family_of(shape.model_type).config_cls()(
         text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
         vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False,
     )
@@ -169,9 +167,7 @@ def write_weights(config, out: Path, *, seed: int = 0, dtype: torch.dtype = torc
     memory); tensors are drawn one at a time and a shard is written when it reaches
     ``shard_bytes``, so memory stays near one shard. Returns the number of parameters.
     """
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
-
-    cls = Qwen3VLForConditionalGeneration if config.model_type == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+    cls = family_of(config.model_type).model_cls()
     with torch.device("meta"):
         skeleton = cls(config)
     names = [(n, p.shape) for n, p in skeleton.state_dict().items()]

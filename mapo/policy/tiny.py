@@ -34,8 +34,9 @@ from collections.abc import Iterable
 
 import torch
 
+from mapo.policy.families import TINY_ARCHS, family_of
 from mapo.policy.load import Policy
-from mapo.policy.processor import HALF_MEAN_STD, build_processor
+from mapo.policy.processor import build_processor
 from mapo.policy.tokenizer import build_tokenizer
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +71,9 @@ class TinyPreset:
             raise ValueError(f"vision_hidden={self.vision_hidden} must be divisible by vision_heads={self.vision_heads}")
 
 
-# Architectures the tiny builder makes (config.json model_type); sizes come from the preset.
-ARCHS = ("qwen2_5_vl", "qwen3_vl")
+# Architectures the tiny builder makes (config.json model_type): the registered families with a
+# ``tiny_config`` (mapo.policy.families); sizes come from the preset.
+ARCHS = TINY_ARCHS
 
 PRESETS: dict[str, TinyPreset] = {
     "tiny": TinyPreset(96, 4, 4, 2, 256, (4, 4, 4), 64, 2, 2, 128),
@@ -94,13 +96,16 @@ def resolve_preset(preset: str, **overrides) -> TinyPreset:
 
 
 def model_config(p: TinyPreset, tokenizer, arch: str = "qwen2_5_vl"):
-    """``Qwen2_5_VLConfig`` (or ``Qwen3VLConfig``) for preset ``p`` with the special-token ids of ``tokenizer``."""
-    from transformers import Qwen2_5_VLConfig
-
+    """The HF config of family ``arch`` (its registry ``tiny_config``) for preset ``p`` with the
+    special-token ids of ``tokenizer``."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose from {list(ARCHS)}")
-    if arch == "qwen3_vl":
-        return _qwen3_vl_config(p, tokenizer)
+    return family_of(arch).tiny_config_fn()(p, tokenizer)
+
+
+def qwen2_5_vl_config(p: TinyPreset, tokenizer):
+    """``Qwen2_5_VLConfig`` of preset ``p``: patch 14, a 112-px vision window, the last block full attention."""
+    from transformers import Qwen2_5_VLConfig
 
     text = _text_config(p, tokenizer, rope={})
     vision = _vision_config(
@@ -109,7 +114,8 @@ def model_config(p: TinyPreset, tokenizer, arch: str = "qwen2_5_vl"):
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_token_ids(p, tokenizer))
 
 
-def _qwen3_vl_config(p: TinyPreset, tokenizer):
+def qwen3_vl_config(p: TinyPreset, tokenizer):
+    """``Qwen3VLConfig`` of preset ``p``: patch 16, learned vision positions, deepstack blocks."""
     from transformers import Qwen3VLConfig
 
     # Qwen3 sets head_dim explicitly (default 128) and interleaves the M-RoPE sections.
@@ -165,16 +171,6 @@ def _token_ids(p: TinyPreset, tokenizer) -> dict:
     )
 
 
-def _model_class(arch: str):
-    if arch == "qwen3_vl":
-        from transformers import Qwen3VLForConditionalGeneration
-
-        return Qwen3VLForConditionalGeneration
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    return Qwen2_5_VLForConditionalGeneration
-
-
 def pixel_range(tool_config=None, factor: int = 28) -> tuple[int, int]:
     """(min_pixels, max_pixels) of the processor: the span of the tool's view and observation
     budgets, so that images the rollout has already smart-resized pass through unchanged.
@@ -213,7 +209,8 @@ def build_tiny_policy(
         max_number: integers ``0..max_number`` are single tokens (``None``: digit by digit).
         tool_config: ``mapo.tools.ToolConfig`` whose pixel budgets the processor must not
             alter (default ``ToolConfig()``).
-        arch: ``qwen2_5_vl`` (default) or ``qwen3_vl`` (:data:`ARCHS`).
+        arch: ``qwen2_5_vl`` (default) or ``qwen3_vl``: a registered family with a tiny
+            builder (:data:`ARCHS`, :mod:`mapo.policy.families`).
         **overrides: fields of :class:`TinyPreset` (e.g. ``text_layers=2``, ``vocab_size=1024``).
     """
     from transformers import GenerationConfig
@@ -227,16 +224,19 @@ def build_tiny_policy(
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("corpus must be a non-empty iterable of strings")
     tokenizer = build_tokenizer(texts, vocab_size=p.vocab_size, max_number=max_number, extra_tokens=protocol_tags())
-    patch = 16 if arch == "qwen3_vl" else 14
-    min_pixels, max_pixels = pixel_range(tool_config, factor=patch * 2)
-    norm = {"image_mean": HALF_MEAN_STD, "image_std": HALF_MEAN_STD} if arch == "qwen3_vl" else {}
-    processor = build_processor(
-        tokenizer, model_type=arch, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch, **norm
-    )
+    family = family_of(arch)
     config = model_config(p, tokenizer, arch)
+    # The processor's patch and merge sizes follow the model's vision config (check_matches_model).
+    patch, merge = int(config.vision_config.patch_size), int(config.vision_config.spatial_merge_size)
+    min_pixels, max_pixels = pixel_range(tool_config, factor=patch * merge)
+    norm = {} if family.image_norm is None else dict(zip(("image_mean", "image_std"), family.image_norm))
+    processor = build_processor(
+        tokenizer, model_type=arch, min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch, merge_size=merge,
+        **norm,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(arch)(config)
+        model = family.model_cls()(config)
     model.generation_config = GenerationConfig(
         eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id],
         pad_token_id=config.text_config.pad_token_id,
@@ -254,15 +254,14 @@ def count_params(model: torch.nn.Module) -> int:
 
 def preset_table() -> list[tuple[str, int, int, int]]:
     """(preset, total params, vision params, vocab size) with the default tokenizer; meta device, no memory."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     from mapo.policy.tokenizer import default_corpus, protocol_tags
 
     tokenizer = build_tokenizer(default_corpus(), extra_tokens=protocol_tags())
+    model_cls = family_of("qwen2_5_vl").model_cls()
     rows = []
     for name, p in PRESETS.items():
         with torch.device("meta"):
-            model = Qwen2_5_VLForConditionalGeneration(model_config(p, tokenizer))
+            model = model_cls(model_config(p, tokenizer))
         rows.append((name, count_params(model), count_params(model.model.visual), len(tokenizer)))
     return rows
 
