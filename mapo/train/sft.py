@@ -75,7 +75,7 @@ class PolicySpec:
 
     init_from: str | None = knob(None, "local checkpoint directory to fine-tune; null = build a tiny policy")
     preset: str = knob("tiny", "tiny-policy size preset when init_from is null: tiny, small or base")
-    arch: str = knob("qwen2_5_vl", "tiny-policy architecture when init_from is null: qwen2_5_vl or qwen3_vl")
+    arch: str = knob("qwen2_5_vl", "tiny-policy architecture when init_from is null: a model type with a tiny builder (qwen2_5_vl, qwen3_vl; mapo.policy.families)")
     seed: int = knob(0, "weight-initialisation seed of the tiny policy")
     max_number: int | None = knob(1024, "integers 0..max_number are single tokens in the tiny tokenizer (null: digits)")
     dtype: str = knob("float32", "dtype to train in: float32 or bfloat16 (auto: the checkpoint's)")
