@@ -26,7 +26,8 @@ Conventions:
   for rotate). The zoom fields (``bbox_view``, ``bbox_original``, ``label``) stay,
   and records written before ``tool``/``args`` existed still read.
 - ``iou`` has one entry per *valid* zoom-in crop, in turn order: the IoU of its
-  ``bbox_original`` with the best-matching target box (empty without targets).
+  ``bbox_original`` with the best-matching target box (empty without targets),
+  as :func:`mapo.heldout.crop_ious` defines it for training too.
 
 Writing is line-atomic (one ``write`` of a full line, then flush and fsync), so
 an interrupted eval leaves at most one truncated final line; :func:`read_jsonl`
