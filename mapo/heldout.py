@@ -71,10 +71,10 @@ def first_zoom_hit(ious: Sequence[float], hit_iou: float = HIT_IOU) -> bool:
 class ZoomSummary:
     """Crop IoU and hit rates over a set of samples; None where the denominator is empty."""
 
-    iou_mean: float | None  # mean over every crop of every sample
+    iou_mean: float | None  # mean over every crop of every sample (np.mean, float64)
     crop_hit_rate: float | None  # share of those crops with IoU >= hit_iou
     first_zoom_hit_rate: float | None  # share of samples whose first crop hits
-    crops: int  # crops counted
+    ious: tuple[float, ...]  # every crop's IoU, sample by sample in call order
     samples: int  # samples counted
 
 
@@ -88,7 +88,7 @@ def zoom_summary(per_sample: Sequence[Sequence[float]], hit_iou: float = HIT_IOU
         iou_mean=float(np.mean(flat)) if flat else None,
         crop_hit_rate=sum(v >= hit_iou for v in flat) / len(flat) if flat else None,
         first_zoom_hit_rate=float(np.mean([first_zoom_hit(row, hit_iou) for row in per_sample])) if per_sample else None,
-        crops=len(flat),
+        ious=tuple(flat),
         samples=len(per_sample),
     )
 

@@ -347,7 +347,8 @@ def record_statistics(records: list[PredictionRecord], hit_iou: float = 0.5) -> 
         "invalid_call_rate": _ratio(invalid, calls),
         "no_answer_rate": _ratio(sum(r.prediction is None for r in records), n),
         "semantic_score_mean": _ratio(sum(scores), len(scores)),
-        "crop_iou_mean": zoom.iou_mean,
+        # A left-to-right sum, as metrics.json has always had; zoom.iou_mean (np.mean) can differ in the last bit.
+        "crop_iou_mean": _ratio(sum(zoom.ious), len(zoom.ious)),
         "crop_hit_rate": zoom.crop_hit_rate,
         "first_crop_hit_rate": zoom.first_zoom_hit_rate,
         "finish_reasons": dict(sorted(finish.items())),

@@ -60,7 +60,7 @@ def test_zoom_summary_by_hand():
     assert s.iou_mean == pytest.approx(1.8 / 3)  # (1.0 + 0.2 + 0.6) / 3
     assert s.crop_hit_rate == pytest.approx(2 / 3)  # 1.0 and 0.6
     assert s.first_zoom_hit_rate == pytest.approx(1 / 3)  # only the first sample's first crop hits
-    assert (s.crops, s.samples) == (3, 3)
+    assert s.ious == (1.0, 0.2, 0.6) and s.samples == 3
     empty = H.zoom_summary([])
     assert empty.iou_mean is None and empty.crop_hit_rate is None and empty.first_zoom_hit_rate is None
 
