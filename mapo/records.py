@@ -26,7 +26,8 @@ Conventions:
   for rotate). The zoom fields (``bbox_view``, ``bbox_original``, ``label``) stay,
   and records written before ``tool``/``args`` existed still read.
 - ``iou`` has one entry per *valid* zoom-in crop, in turn order: the IoU of its
-  ``bbox_original`` with the best-matching target box (empty without targets).
+  ``bbox_original`` with the best-matching target box (empty without targets),
+  as :func:`mapo.heldout.crop_ious` defines it for training too.
 
 Writing is line-atomic (one ``write`` of a full line, then flush and fsync), so
 an interrupted eval leaves at most one truncated final line; :func:`read_jsonl`
@@ -42,6 +43,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mapo.heldout import zoom_summary
 
 BoxList = list[float]  # [x1, y1, x2, y2]
 
@@ -323,19 +326,17 @@ def record_statistics(records: list[PredictionRecord], hit_iou: float = 0.5) -> 
     - ``invalid_call_rate`` = rejected or unparsable calls / attempted calls.
     - ``no_answer_rate`` = records with ``prediction is None`` / n.
     - ``semantic_score_mean`` over every scored observation.
-    - ``crop_iou_mean`` over every valid crop of samples with target boxes;
-      ``crop_hit_rate`` = share of those crops with IoU >= ``hit_iou``;
-      ``first_crop_hit_rate`` = share of samples with targets whose first valid
-      crop hits.
+    - Over the samples with target boxes (:func:`mapo.heldout.zoom_summary` of their
+      ``iou`` lists, the IoU definition training logs): ``crop_iou_mean`` over every
+      valid crop; ``crop_hit_rate`` = share of those crops with IoU >= ``hit_iou``;
+      ``first_crop_hit_rate`` = share of samples whose first valid crop hits.
     Keys whose denominator is zero are ``None``.
     """
     n = len(records)
     calls = sum(r.tool_calls for r in records)
     invalid = sum(r.invalid_calls for r in records)
     scores = [s for r in records for s in r.semantic_scores]
-    ious = [v for r in records for v in r.iou]
-    with_targets = [r for r in records if r.target_boxes]
-    first_hits = [bool(r.iou) and r.iou[0] >= hit_iou for r in with_targets]
+    zoom = zoom_summary([r.iou for r in records if r.target_boxes], hit_iou)
     finish: dict[str, int] = {}
     for r in records:
         finish[r.finish_reason] = finish.get(r.finish_reason, 0) + 1
@@ -346,9 +347,10 @@ def record_statistics(records: list[PredictionRecord], hit_iou: float = 0.5) -> 
         "invalid_call_rate": _ratio(invalid, calls),
         "no_answer_rate": _ratio(sum(r.prediction is None for r in records), n),
         "semantic_score_mean": _ratio(sum(scores), len(scores)),
-        "crop_iou_mean": _ratio(sum(ious), len(ious)),
-        "crop_hit_rate": _ratio(sum(v >= hit_iou for v in ious), len(ious)),
-        "first_crop_hit_rate": _ratio(sum(first_hits), len(first_hits)),
+        # A left-to-right sum, as metrics.json has always had; zoom.iou_mean (np.mean) can differ in the last bit.
+        "crop_iou_mean": _ratio(sum(zoom.ious), len(zoom.ious)),
+        "crop_hit_rate": zoom.crop_hit_rate,
+        "first_crop_hit_rate": zoom.first_zoom_hit_rate,
         "finish_reasons": dict(sorted(finish.items())),
     }
 

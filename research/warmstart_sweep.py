@@ -254,7 +254,7 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
 
 def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: int = 4, batch_size: int = 32) -> dict[str, float]:
     """The goal metrics on ``samples`` (module docstring has the formulas)."""
-    from mapo import tools
+    from mapo import heldout
     from mapo.data.task import tool_config_for
     from mapo.data.scoring import extract_choice
     from mapo.data.synth import caption_for_crop
@@ -274,23 +274,20 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
         s = t.sample
         letter = extract_choice(t.answer_text, s.options) if t.answer_text is not None else None
         correct.append(letter == s.answer)
-        first = None
+        row = heldout.crop_ious(t, untargeted_iou=0.0)  # the held-out definition SFT logs
+        ious.extend(row)
+        hits.append(heldout.first_zoom_hit(row))
         for call, description in zip(t.tool_calls, t.descriptions):
-            if not call.valid:
+            if call.region is None or description is None:
                 continue
-            iou = max((tools.box_iou(call.box_original, b.xyxy) for b in s.target_boxes), default=0.0)
-            first = iou if first is None else first
-            ious.append(iou)
-            if description is not None:
-                caption = caption_for_crop(s, call.box_original)
-                o, g = description_matches(description, caption)
-                obj_ok.append(o)
-                glyph_ok.append(g)
-                details = frozenset(d.strip() for d in _DETAIL.findall(caption)) - {""}
-                if details:  # the letters' colours or the patterns, where the level draws and asks them
-                    said = frozenset(d.strip() for d in _DETAIL.findall(description)) - {""}
-                    detail_ok.append(said == details)
-        hits.append(first is not None and first >= 0.5)
+            caption = caption_for_crop(s, call.region)
+            o, g = description_matches(description, caption)
+            obj_ok.append(o)
+            glyph_ok.append(g)
+            details = frozenset(d.strip() for d in _DETAIL.findall(caption)) - {""}
+            if details:  # the letters' colours or the patterns, where the level draws and asks them
+                said = frozenset(d.strip() for d in _DETAIL.findall(description)) - {""}
+                detail_ok.append(said == details)
     no_tool = no_tool_choices(policy, samples, pc)
     return {
         "n": float(len(samples)),

@@ -1,4 +1,7 @@
-"""mapo.train.diagnostics: hand-computed metrics, semantic-score layout, and the gradient-variance estimate."""
+"""mapo.train.diagnostics: advantage metrics, semantic-score layout, and the gradient-variance estimate.
+
+Trajectory metrics (reward, accuracy, IoU, hit) are tested with their module in tests/test_heldout.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import torch
 from PIL import Image
 
 from mapo import semantic
-from mapo.reward import RewardBreakdown
 from mapo.rollout import ToolCallRecord
 from mapo.train import diagnostics as D
 
@@ -77,25 +79,6 @@ def test_semantic_target_label_and_both():
     assert both.scores[0, 0].item() == pytest.approx((0.04 + 0.10) / 2)
     with pytest.raises(ValueError, match="target must be one of"):
         semantic.semantic_scores(trajectories, LengthVerifier(), target="caption")
-
-
-def test_trajectory_metrics_by_hand():
-    trajectories = [
-        traj([call(box=(0.0, 0.0, 10.0, 20.0)), call()], ["a", "b"], turns=3),  # first crop IoU 0.5 -> hit
-        traj([call(valid=False)], [None], turns=2, errors=("tool_call_json",)),
-        traj([], [], turns=1, finish="no_tool_call"),
-    ]
-    rewards = [RewardBreakdown(2.0, 1.0, 0.0, 1.0), RewardBreakdown(-0.2, 0.0, -1.0, 0.0), RewardBreakdown(0.0, 0.0, 0.0, 0.0)]
-    m = D.trajectory_metrics(trajectories, rewards)
-    assert m["reward_mean"] == pytest.approx(0.6)
-    assert m["reward_std"] == pytest.approx(((1.4**2 + 0.8**2 + 0.6**2) / 3) ** 0.5)
-    assert m["accuracy"] == pytest.approx(1 / 3)
-    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_box_rate"] == pytest.approx(1 / 3)
-    assert m["turns_mean"] == pytest.approx(2.0) and m["format_error_rate"] == pytest.approx(1 / 3)
-    assert m["iou_mean"] == pytest.approx((0.5 + 1.0) / 2)  # valid crops only
-    assert m["hit_rate"] == pytest.approx(1 / 3)  # first valid crop IoU >= 0.5, over all three
-    t = traj([call()], ["a"], targets=())
-    assert "iou_mean" not in D.trajectory_metrics([t], rewards[:1])
 
 
 def test_tool_segment_mask_and_advantage_variance():

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from mapo import tools
+from mapo import heldout, tools
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import judge
 from mapo.records import PredictionRecord, TurnRecord
@@ -36,7 +36,6 @@ def trajectory_record(
     _save_image_copy(sample.load_image(), out / image_rel, config.image_max_side)
     targets = [list(b.xyxy) for b in sample.target_boxes]
     turns: list[TurnRecord] = []
-    ious: list[float] = []
     K = len(trajectory.tool_calls)
     for j, text in enumerate(trajectory.assistant_texts):
         parsed = trajectory.turns[j] if j < len(trajectory.turns) else None
@@ -59,8 +58,6 @@ def trajectory_record(
                 crop.save(out / turn.crop)
             turn.description = trajectory.descriptions[j]
             turn.semantic_score = scores[j]
-            if turn.valid and turn.bbox_original is not None and targets:
-                ious.append(max(tools.box_iou(turn.bbox_original, t) for t in targets))
         elif parsed is not None and parsed.tool_call is not None:
             # A call the loop did not execute (no turn left, or budget): shown, not counted as a call.
             turn.label = parsed.tool_call.label
@@ -83,7 +80,7 @@ def trajectory_record(
         view_size=list(trajectory.view_size),
         target_boxes=targets,
         turns=turns,
-        iou=ious,
+        iou=heldout.crop_ious(trajectory),  # one per valid zoom-in crop, the definition training logs
         meta={"answer_text": trajectory.answer_text,
               **({"image_adjusted": sample.meta["image_adjusted"]} if "image_adjusted" in sample.meta else {})},
     )

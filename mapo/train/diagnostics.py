@@ -1,9 +1,11 @@
-"""What the RL trainer measures: trajectory metrics and gradient-variance estimates.
+"""What the RL trainer measures beyond the trajectories: advantage statistics and gradient-variance estimates.
 
-Semantic scores have their own module, :mod:`mapo.semantic` (shared with eval, the report and verl).
+Trajectory metrics (reward, accuracy, tool use, crop IoU, first-zoom hit) live in
+:mod:`mapo.heldout`, shared with the held-out evaluations, ``mapo eval`` and the report;
+semantic scores in :mod:`mapo.semantic` (shared with eval, the report and verl).
 
-Every function here is pure given its inputs (no trainer state), so the trainer,
-the held-out evaluation and the tests call the same code. Formulas of every
+Every function here is pure given its inputs (no trainer state), so the trainer
+and the tests call the same code. Formulas of every
 metric: ``docs/metrics.md``.
 
 Gradient variance (DESIGN §4, "the theoretical claim, made measurable"): the
@@ -19,65 +21,14 @@ it measured gradient variance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from mapo.tools import box_iou
 
-HIT_IOU = 0.5
-
-
-# ----------------------------------------------------------------------------- trajectory metrics
-
-
-def crop_ious(trajectory: Any) -> list[float]:
-    """IoU of each valid crop (original pixels) with the best-matching target box of its sample."""
-    targets = [b.xyxy for b in getattr(trajectory.sample, "target_boxes", [])]
-    if not targets:
-        return []
-    return [max(box_iou(c.region, b) for b in targets) for c in trajectory.tool_calls if c.region is not None]
-
-
-def trajectory_metrics(trajectories: Sequence[Any], rewards: Sequence[Any]) -> dict[str, float]:
-    """Reward, accuracy and tool-use metrics of B trajectories (formulas: docs/metrics.md).
-
-    Args:
-        trajectories: B ``mapo.rollout.Trajectory``.
-        rewards: B ``mapo.reward.RewardBreakdown`` (``total``, ``acc``, ``fmt``), same order.
-    Returns:
-        floats; a rate whose denominator is empty is 0; ``iou_mean``/``hit_rate`` only when
-        some sample has a target box (synthetic, V*).
-    """
-    if len(trajectories) != len(rewards) or not trajectories:
-        raise ValueError(
-            f"need one reward per trajectory and at least one of each, got {len(trajectories)} and {len(rewards)}"
-        )
-    total = np.array([r.total for r in rewards], dtype=np.float64)
-    calls = [t.num_observations for t in trajectories]
-    invalid = sum(not c.valid for t in trajectories for c in t.tool_calls)
-    out = {
-        "reward_mean": float(total.mean()),
-        "reward_std": float(total.std()),
-        "accuracy": float(np.mean([r.acc for r in rewards])),
-        "format_error_rate": float(np.mean([any(turn.errors for turn in t.turns) for t in trajectories])),
-        "tool_call_rate": float(np.mean([n > 0 for n in calls])),
-        "tool_calls_mean": float(np.mean(calls)),
-        "invalid_box_rate": invalid / sum(calls) if sum(calls) else 0.0,
-        "turns_mean": float(np.mean([len(t.turns) for t in trajectories])),
-        "answer_rate": float(np.mean([t.finish_reason == "answer" for t in trajectories])),
-        "response_tokens_mean": float(np.mean([t.num_generated for t in trajectories])),
-    }
-    with_targets = [t for t in trajectories if getattr(t.sample, "target_boxes", [])]
-    if with_targets:
-        ious = [crop_ious(t) for t in with_targets]
-        flat = [v for row in ious for v in row]
-        out["iou_mean"] = float(np.mean(flat)) if flat else 0.0
-        out["hit_rate"] = float(np.mean([bool(row) and row[0] >= HIT_IOU for row in ious]))
-    return out
+# ----------------------------------------------------------------------------- tool tokens and advantages
 
 
 def tool_segment_mask(trajectories: Sequence[Any], segment_ids: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,13 @@
-"""The RL run's periodic held-out evaluation: greedy rollouts (G = 1) reduced to ``eval/*`` metrics."""
+"""The RL run's periodic held-out evaluation: :func:`mapo.heldout.evaluate` reduced to ``eval/*`` metrics."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from mapo import semantic
-from mapo.reward import outcome_reward
-from mapo.rollout import rollout
-from mapo.train import diagnostics
+from mapo import heldout
 from mapo.train.rl_run import Run
+
+# The held-out metrics an RL run logs, as ``eval/<key>`` (formulas: docs/metrics.md).
+LOGGED = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_box_rate",
+          "turns_mean", "description_missing_rate", "answer_rate", "n")
 
 
 def evaluate(run: Run) -> dict[str, float]:
@@ -16,20 +15,11 @@ def evaluate(run: Run) -> dict[str, float]:
     samples = run.data.heldout
     if not samples:
         return {}
-    rc = dataclasses.replace(
-        run.rollout_cfg, group_size=1, greedy=True, batch_size=max(1, min(run.rollout_cfg.batch_size, len(samples)))
+    result = heldout.evaluate(
+        samples, run.policy, run.rollout_cfg, reward=run.cfg.reward, verifier=run.verifier,
+        semantic_target=run.cfg.semantic_target, verifier_batch_size=run.cfg.verifier_batch_size,
     )
-    trajectories = rollout(samples, run.policy, rc)
-    metrics = diagnostics.trajectory_metrics(trajectories, [outcome_reward(t, run.cfg.reward) for t in trajectories])
-    if run.verifier is not None:
-        sem = semantic.semantic_scores(
-            trajectories, run.verifier, target=run.cfg.semantic_target,
-            max_description_chars=rc.protocol.max_description_chars, batch_size=run.cfg.verifier_batch_size,
-        )
-        metrics.update(semantic.semantic_metrics(sem))
-    keep = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_box_rate",
-            "turns_mean", "description_missing_rate", "answer_rate")
-    return {f"eval/{k}": metrics[k] for k in keep if k in metrics} | {"eval/n": float(len(trajectories))}
+    return {f"eval/{k}": result.metrics[k] for k in LOGGED if k in result.metrics}
 
 
 def eval_text(metrics: dict[str, float]) -> str:
@@ -37,4 +27,4 @@ def eval_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if k != "eval/n")
 
 
-__all__ = ["eval_text", "evaluate"]
+__all__ = ["LOGGED", "eval_text", "evaluate"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mapo import semantic
+from mapo import heldout, semantic
 from mapo.advantage import get_estimator
 from mapo.loss import policy_loss
 from mapo.reward import outcome_reward
@@ -77,7 +77,7 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     )
     t_rollout = time.perf_counter()
     rewards = [outcome_reward(t, cfg.reward) for t in trajectories]
-    metrics = diagnostics.trajectory_metrics(trajectories, rewards)
+    metrics = heldout.trajectory_metrics(trajectories, rewards)
     scores = None  # (B, K) s_{i,k}, or None without a verifier
     if run.verifier is not None:
         sem = semantic.semantic_scores(

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from mapo import tools
+from mapo import heldout
 from mapo.train.sft_data import IGNORE, Transcript, answer_word_mask, collate
 
 
@@ -132,48 +131,34 @@ def teacher_forced_eval(
     return out
 
 
-def rollout_eval(policy, cfg: Any, samples: list) -> dict[str, float]:
-    """Greedy multi-turn rollouts on held-out samples: accuracy, valid-call rate, crop IoU.
+# The held-out rollout metrics an SFT run logs, ``heldout/<name>`` <- :func:`mapo.heldout.evaluate`'s key.
+HELDOUT_KEYS = {
+    "accuracy": "letter_accuracy",
+    "valid_call_rate": "valid_call_rate",
+    "mean_iou": "iou_mean",
+    "first_zoom_hit@0.5": "hit_rate",
+    "tool_use_rate": "tool_use_rate",
+    "turns_per_trajectory": "turns_mean",
+    "format_error_turns": "format_error_turns",
+    "n": "n",
+}
 
-    Formulas (per held-out set):
-        accuracy = mean_i [extracted letter of answer_i == sample_i.answer]
-        valid_call_rate = valid tool calls / tool calls
-        mean_iou = mean over valid calls of max_target IoU(crop box, target box), original pixels
-        first_zoom_hit = mean_i [IoU(first valid crop_i, target) >= 0.5] (0 without a valid call)
+
+def rollout_eval(policy, cfg: Any, samples: list) -> dict[str, float]:
+    """Greedy multi-turn rollouts on held-out samples (:func:`mapo.heldout.evaluate`) as ``heldout/*`` metrics.
+
+    ``heldout/accuracy`` is the answer-letter accuracy; a sample without a target box
+    would count in ``mean_iou``/``first_zoom_hit@0.5`` with IoU 0 (synthetic samples
+    always have one). Formulas: docs/policy.md ("SFT metrics").
     """
-    from mapo.data.scoring import extract_choice
     from mapo.data.task import tool_config_for
-    from mapo.rollout import RolloutConfig, rollout, rollout_stats
+    from mapo.rollout import RolloutConfig
 
     if not samples:
         return {}
     rc = RolloutConfig(
         group_size=1, greedy=True, max_turns=cfg.eval.max_turns, max_new_tokens_per_turn=cfg.eval.max_new_tokens_per_turn,
-        batch_size=max(1, min(32, len(samples))), tool=tool_config_for(samples[0]), protocol=cfg.protocol,
+        batch_size=32, tool=tool_config_for(samples[0]), protocol=cfg.protocol,
     )
-    trajectories = rollout(samples, policy, rc)
-    correct, ious, hits, calls, valid = [], [], [], 0, 0
-    for t in trajectories:
-        s = t.sample
-        letter = extract_choice(t.answer_text, s.options) if t.answer_text is not None else None
-        correct.append(letter == s.answer)
-        first = None
-        for c in t.tool_calls:
-            calls += 1
-            valid += c.valid
-            if c.region is not None:
-                iou = max((tools.box_iou(c.region, b.xyxy) for b in s.target_boxes), default=0.0)
-                ious.append(iou)
-                first = iou if first is None else first
-        hits.append(first is not None and first >= 0.5)
-    stats = rollout_stats(trajectories)
-    return {
-        "heldout/accuracy": float(np.mean(correct)),
-        "heldout/valid_call_rate": valid / calls if calls else 0.0,
-        "heldout/mean_iou": float(np.mean(ious)) if ious else 0.0,
-        "heldout/first_zoom_hit@0.5": float(np.mean(hits)),
-        "heldout/tool_use_rate": stats["tool_use_rate"],
-        "heldout/turns_per_trajectory": stats["turns_per_trajectory"],
-        "heldout/format_error_turns": stats["turns_with_format_errors"],
-        "heldout/n": float(len(trajectories)),
-    }
+    metrics = heldout.evaluate(samples, policy, rc, untargeted_iou=0.0).metrics
+    return {f"heldout/{name}": metrics[key] for name, key in HELDOUT_KEYS.items()}
