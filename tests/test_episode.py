@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from PIL import Image
 
 from mapo.episode import FINISH_REASONS, Episode, Observation, readable
 from mapo.protocol import ProtocolConfig, render_assistant_turn
 from mapo.tools import ToolConfig
+from tiny_assets import half_red_half_blue
 
 PROTOCOL = ProtocolConfig()
 TOOL = ToolConfig()
 
 
-def _image() -> Image.Image:
-    # 448x448 original, left half red, right half blue; the model's view is 224x224 (scale 2).
-    img = Image.new("RGB", (448, 448), (255, 0, 0))
-    img.paste((0, 0, 255), (224, 0, 448, 448))
-    return img
-
-
 def episode(**overrides) -> Episode:
     args = dict(protocol=PROTOCOL, tool=TOOL, max_images=5, max_turns=4)
     args.update(overrides)
-    return Episode(_image(), (224, 224), **args)
+    return Episode(half_red_half_blue(), (224, 224), **args)
 
 
 def zoom(*bbox, description=None, label=None):

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip(
     "verl.experimental.agent_loop.tool_agent_loop",
@@ -32,6 +31,7 @@ from mapo.integrations.verl.episode import SemanticBatcher, ZoomEpisode  # noqa:
 from mapo.integrations.verl.reward import compute_score  # noqa: E402
 from mapo.protocol import ProtocolConfig, render_assistant_turn  # noqa: E402
 from mapo.tools import ToolConfig  # noqa: E402
+from tiny_assets import half_red_half_blue  # noqa: E402
 
 # ----------------------------------------------------------------------------- estimators
 
@@ -163,15 +163,8 @@ PROTOCOL = ProtocolConfig()
 TOOL = ToolConfig()
 
 
-def _image() -> Image.Image:
-    # 448x448 original, left half red, right half blue; the model's view is 224x224
-    img = Image.new("RGB", (448, 448), (255, 0, 0))
-    img.paste((0, 0, 255), (224, 0, 448, 448))
-    return img
-
-
 def test_episode_zooms_on_the_original_through_the_view_mapping():
-    ep = ZoomEpisode(_image(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
+    ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn(render_assistant_turn(bbox=[112, 0, 224, 224], label="blue half"), (0, 10))
     assert pending is not None and pending.crop is not None
     assert pending.record.box_original == (224.0, 0.0, 448.0, 448.0)  # view x2 -> original
@@ -189,7 +182,7 @@ def test_episode_zooms_on_the_original_through_the_view_mapping():
 
 
 def test_episode_bad_call_gives_an_error_observation_and_goes_on():
-    ep = ZoomEpisode(_image(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
+    ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>', (0, 5))
     assert pending is not None and pending.crop is None and not pending.record.valid
     assert pending.message["content"][0]["text"].startswith("<tool_response>Error:")
@@ -198,10 +191,10 @@ def test_episode_bad_call_gives_an_error_observation_and_goes_on():
 
 
 def test_episode_limits():
-    ep = ZoomEpisode(_image(), protocol=PROTOCOL, tool=TOOL, max_images=1, view_wh=(224, 224))
+    ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=1, view_wh=(224, 224))
     assert ep.assistant_turn(render_assistant_turn(bbox=[0, 0, 100, 100]), (0, 5)) is None
     assert ep.finish_reason == "max_images" and ep.num_observations == 0
-    ep = ZoomEpisode(_image(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
+    ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     assert ep.assistant_turn(render_assistant_turn(bbox=[0, 0, 100, 100]), (0, 5), limit_reason="max_turns") is None
     assert ep.finish_reason == "max_turns"
     with pytest.raises(ValueError, match="already ended"):
@@ -222,7 +215,7 @@ def test_semantic_batcher_scores_concurrent_episodes_in_one_call():
         return SimpleNamespace(scores=scores)
 
     def episode(n_obs):
-        ep = ZoomEpisode(_image(), protocol=PROTOCOL, tool=TOOL, max_images=9, view_wh=(224, 224))
+        ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=9, view_wh=(224, 224))
         for k in range(n_obs):
             ep.add_observation(ep.assistant_turn(render_assistant_turn(bbox=[0, 0, 100, 100]), (10 * k, 10 * k + 5)))
         return ep
@@ -267,7 +260,7 @@ class CharLoop(MapoZoomAgentLoop):
     """The agent loop with verl's tokenizer/processor plumbing replaced by characters."""
 
     async def process_multi_modal_info(self, messages):
-        return {"images": [_image().resize((224, 224))]}
+        return {"images": [half_red_half_blue().resize((224, 224))]}
 
     def _assert_mm_supported(self, has_multi_modal):
         pass
@@ -301,7 +294,7 @@ def _loop(turns, response_length=2000, max_images=5, batcher=None):
 
 
 def _raw_prompt():
-    return [{"role": "user", "content": [{"type": "image", "image": _image()}, {"type": "text", "text": "Which colour?"}]}]
+    return [{"role": "user", "content": [{"type": "image", "image": half_red_half_blue()}, {"type": "text", "text": "Which colour?"}]}]
 
 
 def test_agent_loop_runs_turns_against_a_fake_server():
@@ -342,7 +335,7 @@ def test_agent_loop_does_not_append_an_observation_past_the_budget():
     assert out.extra_fields["mapo_semantic"] == [] and sum(out.response_mask) == len(out.response_mask)
 
 
-def test_agent_loop_needs_an_image():
+def test_agent_loop_needs_anhalf_red_half_blue():
     loop = _loop([])
     with pytest.raises(ValueError, match="the prompt has no image"):
         asyncio.run(loop.run({}, raw_prompt=[{"role": "user", "content": "hi"}]))
@@ -446,7 +439,7 @@ def test_patch_factor_comes_from_the_policy_directory(tmp_path):
     qwen3.save(tmp_path / "q3")
     assert json.loads((tmp_path / "q3" / "mapo_protocol.json").read_text())["vision"] == {"patch_size": 16, "merge_size": 2}
     assert policy_factor(str(tmp_path / "q3"), qwen3.processor) == 32
-    assert processor_view_size(qwen3.processor, _image().resize((200, 100)), 32) == (192, 96)
+    assert processor_view_size(qwen3.processor, half_red_half_blue().resize((200, 100)), 32) == (192, 96)
     # A processor of another model next to the record is refused; no record and no processor fields too.
     qwen25 = build_tiny_policy("tiny", text_layers=1, vision_depth=1)
     with pytest.raises(ValueError, match="records a patch factor of 32 px but the processor's patch_size x merge_size is 28"):

@@ -53,3 +53,12 @@ def make_verifier_dir(path: Path) -> Path:
         path, texts, image_size=28, patch_size=14, vision_width=32, vision_layers=1, text_width=32, text_layers=1,
         heads=2, projection_dim=16, max_text_tokens=16,
     )
+
+
+def half_red_half_blue():
+    """A 448x448 original, left half red, right half blue; a 224x224 view of it has scale 2."""
+    from PIL import Image
+
+    img = Image.new("RGB", (448, 448), (255, 0, 0))
+    img.paste((0, 0, 255), (224, 0, 448, 448))
+    return img
