@@ -53,7 +53,7 @@ from mapo.pipeline_summary import (  # noqa: F401  (importable from here as befo
 from mapo.stage_cache import (  # noqa: F401
     SPEED_ONLY_KEYS,
     STAGE_VERSION,
-    _drop_keys,
+    drop_keys,
     cached_stage,
     config_key,
 )
@@ -145,8 +145,8 @@ def _verifier_mismatch(config: VerifierTrainConfig, manifest: dict[str, Any]) ->
     """
     from mapo.verifier import default
 
-    ours = _drop_keys(to_dict(config), SPEED_ONLY_KEYS)
-    theirs = _drop_keys(to_dict(default.training_config(manifest)), SPEED_ONLY_KEYS)
+    ours = drop_keys(to_dict(config), SPEED_ONLY_KEYS)
+    theirs = drop_keys(to_dict(default.training_config(manifest)), SPEED_ONLY_KEYS)
     differ = [k for k in ours if ours[k] != theirs[k]]
     if differ:
         return "; ".join(f"verifier.{k} is {ours[k]!r}, shipped {theirs[k]!r}" for k in differ)

@@ -25,16 +25,16 @@ SPEED_ONLY_KEYS = frozenset({"threads", "num_threads", "progress", "log_every", 
 
 def config_key(config: Any) -> str:
     """12 hex digits of the sha256 of ``config`` (a dataclass or mapping), speed-only keys left out."""
-    data = _drop_keys(to_dict(config), SPEED_ONLY_KEYS)
+    data = drop_keys(to_dict(config), SPEED_ONLY_KEYS)
     text = json.dumps({"version": STAGE_VERSION, "config": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _drop_keys(data: Any, keys: frozenset) -> Any:
+def drop_keys(data: Any, keys: frozenset) -> Any:
     if isinstance(data, dict):
-        return {k: _drop_keys(v, keys) for k, v in data.items() if k not in keys}
+        return {k: drop_keys(v, keys) for k, v in data.items() if k not in keys}
     if isinstance(data, list):
-        return [_drop_keys(v, keys) for v in data]
+        return [drop_keys(v, keys) for v in data]
     return data
 
 

@@ -119,7 +119,7 @@ class ProtocolConfig:
 
 
 def _check_extra_tools(config: ProtocolConfig) -> None:
-    from mapo.tools import TOOLS, ZOOM_TOOL
+    from mapo.tools import ZOOM_TOOL, get_tool
 
     extra = config.extra_tools
     if isinstance(extra, str) or not isinstance(extra, (list, tuple)) or not all(isinstance(n, str) for n in extra):
@@ -128,8 +128,10 @@ def _check_extra_tools(config: ProtocolConfig) -> None:
     for name in extra:
         if name == ZOOM_TOOL:
             raise ValueError(f"extra_tools: {ZOOM_TOOL} is always offered; list only the other tools")
-        if name not in TOOLS:
-            raise ValueError(f"extra_tools: unknown tool {name!r}; registered tools: {', '.join(TOOLS)}")
+        try:
+            get_tool(name)
+        except ValueError as err:
+            raise ValueError(f"extra_tools: {err}") from None
     names = [tool.call_name(config) for tool in enabled_tools(config)]
     if len(set(names)) != len(names):
         raise ValueError(f"tool names in calls must be distinct so calls can be told apart, got {names}")

@@ -49,7 +49,7 @@ CHOSEN_CURVES = {
     "eval/accuracy": "Held-out accuracy (periodic greedy eval)",
 }
 # Rows of the before/after table, in this order: keys of metrics.json["tools"]; labels and the
-# arithmetic come from mapo.pipeline.before_after, the function behind the demo's summary.md.
+# arithmetic come from mapo.pipeline_summary.before_after, the function behind the demo's summary.md.
 COMPARED = ("accuracy", "first_crop_hit_rate", "crop_iou_mean", "tool_calls_per_sample", "semantic_score_mean")
 
 

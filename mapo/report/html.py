@@ -54,10 +54,10 @@ class Figure:
 
 @dataclass
 class Comparison:
-    """Held-out evaluations before and after RL, as ``mapo.pipeline.before_after`` tabulates them."""
+    """Held-out evaluations before and after RL, as ``mapo.pipeline_summary.before_after`` tabulates them."""
 
     rows: list[dict[str, Any]]  # each: label, meaning, before, after, delta (None where undefined)
-    verdict: str  # mapo.pipeline.verdict's reading of the accuracy change ("" when n is unknown)
+    verdict: str  # mapo.pipeline_summary.verdict's reading of the accuracy change ("" when n is unknown)
     n: int | None  # held-out samples per evaluation
 
 
