@@ -59,11 +59,6 @@ class Collected:
     advantages: torch.Tensor  # (B, T) float, 0 outside the loss
     metrics: dict[str, float]
 
-    @property
-    def group(self) -> torch.Tensor:
-        """(B,) long prompt id, local to this rank (0 .. prompts on this rank - 1)."""
-        return self.batch.group
-
 
 def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     """Rollout of step ``run.step``, outcome rewards, semantic scores, advantages (+ their metrics and times)."""
