@@ -55,6 +55,20 @@ VARIANTS: dict[str, list[str]] = {
     "g8p8_lr1e4_kl": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "loss.kl_coef=0.05"],
     "g8p8_lr5e5": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "optim.lr=5e-5"],
     "g8p8_t07": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "rollout.temperature=0.7"],
+    # The search warm start (configs/warmstart_search.yaml): up to 3 zooms and an answer in 4 turns.
+    **{
+        f"search_{name}": ["steps=60", "rollout.group_size=8", "rollout.max_turns=4", "rollout.max_images=4", *extra]
+        for name, extra in {
+            "grpo_t1_lr3e5": [*_GRPO, "optim.lr=3e-5"],
+            "grpo_t1_lr1e4": [*_GRPO, "optim.lr=1e-4"],
+            "grpo_t07_lr1e4": [*_GRPO, "optim.lr=1e-4", "rollout.temperature=0.7"],
+            "grpo_t07_lr3e5": [*_GRPO, "optim.lr=3e-5", "rollout.temperature=0.7"],
+            "grpo_g4p8_t1_lr1e4": [*_GRPO, "optim.lr=1e-4", "rollout.group_size=4", "prompts_per_step=8"],
+            "mapo_label_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=label", "optim.lr=1e-4"],
+            "mapo_desc_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=description", "optim.lr=1e-4"],
+            "oracle_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4"],
+        }.items()
+    },
 }
 DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entropy", "clip_frac", "kl")
 

@@ -15,6 +15,12 @@ Imperfection is controllable, so the warm start also shows recovery:
 - ``wrong_first_zoom``: with this probability the first zoom lands on a
   distractor (or an empty cell), the description says what is there, and the
   next turn looks elsewhere.
+- ``search_misses``: a search. The oracle visits the objects in a random order
+  until it reaches the target, at most ``search_misses`` distractors first;
+  each miss is described as it is and followed by "not here, look elsewhere".
+  The number of misses is the target's place in a random order of the objects
+  (capped), so a policy that cannot yet tell the asked object in the global view
+  learns to visit objects, read each one, and stop when it has found it.
 
 Departure: the paper's demonstrations (if any) are not public; the think texts
 here are fixed templates over a small vocabulary so a tokenizer trained on
@@ -69,6 +75,7 @@ def oracle_trajectory(
     tool_config: tools.ToolConfig | None = None,
     protocol_config: protocol.ProtocolConfig | None = None,
     option_scan: bool = False,
+    search_misses: int = 0,
 ) -> OracleTrajectory:
     """The oracle's transcript for ``sample`` (which needs at least one target box).
 
@@ -84,6 +91,8 @@ def oracle_trajectory(
         raise ValueError(f"sample {sample.id}: the oracle needs ground-truth target boxes (Box.is_target)")
     if not (0.0 <= jitter <= 1.0 and 0.0 <= wrong_first_zoom <= 1.0):
         raise ValueError(f"jitter and wrong_first_zoom must be in [0, 1], got {jitter}, {wrong_first_zoom}")
+    if search_misses < 0:
+        raise ValueError(f"search_misses must be >= 0, got {search_misses}")
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     tc = tool_config or tool_config_for(sample)
     pc = protocol_config or protocol.DEFAULT_CONFIG
@@ -92,6 +101,10 @@ def oracle_trajectory(
 
     targets = sample.target_boxes
     think = f"I need to find the {targets[0].label or 'target'}."
+    for decoy in _search_decoys(builder, rng, search_misses) if search_misses else ():
+        # The same words as the zoom on the target: before the crop the searcher cannot know it will miss.
+        builder.zoom(think=think + " I will zoom in on it.", box_view=builder.to_view(decoy), label=targets[0].label)
+        think = f"The {targets[0].label or 'target'} is not here. I will look elsewhere."
     if rng.random() < wrong_first_zoom:
         decoy = _decoy_box(builder, rng)
         builder.zoom(think=think + " I will zoom in here.", box_view=builder.to_view(decoy), label=targets[0].label)
@@ -214,6 +227,19 @@ def _mostly_inside(target: Box, crop_box: Any, min_inside: float = 0.5) -> bool:
     ix = max(0.0, min(x2, target.x2) - max(x1, target.x1))
     iy = max(0.0, min(y2, target.y2) - max(y1, target.y1))
     return ix * iy >= min_inside * target.area
+
+
+def _search_decoys(builder: _Builder, rng: np.random.Generator, max_misses: int) -> list[Box]:
+    """The distractors a random-order search visits before the target: the target's place in a random
+    permutation of the objects, capped at ``max_misses``; distractors whose crop holds a target are left out."""
+    sample = builder.sample
+    clear = [
+        b for b in sample.boxes
+        if not b.is_target and not any(_mostly_inside(t, builder.crop_box(b), 0.25) for t in sample.target_boxes)
+    ]
+    order = rng.permutation(len(clear) + 1)  # index len(clear) stands for the target
+    place = int(np.flatnonzero(order == len(clear))[0])
+    return [clear[int(i)] for i in order[: min(place, max_misses)]]
 
 
 def _decoy_box(builder: _Builder, rng: np.random.Generator) -> Box:

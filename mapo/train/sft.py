@@ -202,7 +202,8 @@ def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
-    words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.scan_words_weighted)
+    words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.scan_words_weighted,
+        search_words=cfg.data.search_words_weighted)
     loss, stats = masked_lm_loss(
         st.policy.model, inputs, labels, coord_weight=cfg.coord_loss_weight, letter_weight=cfg.letter_loss_weight,
         word_mask=words, word_weight=cfg.word_loss_weight, token_classes=st.token_classes,

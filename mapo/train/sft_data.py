@@ -39,6 +39,14 @@ class SFTDataConfig:
     n_train: int = knob(0, "distinct training samples (0 = a fresh sample for every example)")
     jitter: float = knob(0.1, "oracle box-corner jitter (fraction of the box side); misses teach re-zooming")
     wrong_first_zoom: float = knob(0.1, "probability the oracle's first zoom lands elsewhere, then recovers")
+    search_misses: int = knob(
+        0, "a search: the oracle visits up to this many distractors, in a random order, before the target (0 = off)"
+    )
+    search_words_weighted: bool = knob(
+        False,
+        "every colour and shape word and the verdict word 'not' weigh word_loss_weight too (a search stage: "
+        "reading which object a crop holds and deciding whether it is the asked one are the steps that find it)",
+    )
     max_length: int = knob(2048, "examples longer than this many tokens are refused (error, not truncation)")
     localize_only: bool = knob(False, "end each transcript after its first tool call (a localisation-only stage)")
     glyph_hint: float = knob(
@@ -58,6 +66,8 @@ class SFTDataConfig:
             raise ValueError(f"n_train must be >= 0 (0 = unlimited fresh samples), got {self.n_train}")
         if not (0 <= self.jitter <= 1 and 0 <= self.wrong_first_zoom <= 1):
             raise ValueError("jitter and wrong_first_zoom must be in [0, 1]")
+        if self.search_misses < 0:
+            raise ValueError(f"search_misses must be >= 0, got {self.search_misses}")
         if self.scan_words_weighted and not self.option_scan:
             raise ValueError("scan_words_weighted needs option_scan: true (there is no scan to weigh otherwise)")
 
@@ -90,6 +100,7 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
     demo = oracle_trajectory(
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
         tool_config=tool_config, protocol_config=protocol, option_scan=data.option_scan,
+        search_misses=data.search_misses,
     )
     messages, crops = demo.messages, demo.images[1:]
     if data.glyph_hint and np.random.default_rng([seed, 7]).random() < data.glyph_hint:
@@ -233,7 +244,8 @@ def collate(transcripts: list[Transcript], policy, max_length: int) -> tuple[dic
 
 
 def answer_word_mask(
-    transcripts: list[Transcript], labels: torch.Tensor, tokenizer, *, option_scan: bool = False
+    transcripts: list[Transcript], labels: torch.Tensor, tokenizer, *, option_scan: bool = False,
+    search_words: bool = False,
 ) -> torch.Tensor:
     """(B, T) bool: the labelled tokens that spell each transcript's answer word (" cyan", " checks").
 
@@ -242,8 +254,12 @@ def answer_word_mask(
     elsewhere ("a" in "a red square") are not marked. With ``option_scan`` (transcripts whose
     final thought goes through the options, ``(A) bands: no. (B) checks: yes.``) every option's
     text and the " yes" / " no" verdicts are marked too: copying each option and deciding whether
-    it is the answer are the steps that find the letter.
+    it is the answer are the steps that find the letter. With ``search_words`` every colour and shape
+    word and " not" are marked as well (the words that say which object a crop holds and whether it
+    is the asked one).
     """
+    from mapo.data.synth_render import COLORS, SHAPES
+
     mask = torch.zeros_like(labels, dtype=torch.bool)
     for b, transcript in enumerate(transcripts):
         answer = getattr(transcript.sample, "answer_text", None)
@@ -252,6 +268,8 @@ def answer_word_mask(
         words = [answer]
         if option_scan:
             words += [o for o in transcript.sample.options if o != answer] + ["yes", "no"]
+        if search_words:
+            words += [*COLORS, *SHAPES, "not"]
         for text in words:
             word = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
             for k in token_runs(labels[b].tolist(), word):

@@ -112,7 +112,8 @@ def teacher_forced_eval(
     for i in range(0, len(transcripts), cfg.batch_size):
         chunk = transcripts[i : i + cfg.batch_size]
         inputs, labels = collate(chunk, policy, cfg.data.max_length)
-        words = answer_word_mask(chunk, labels, policy.tokenizer, option_scan=cfg.data.scan_words_weighted)
+        words = answer_word_mask(chunk, labels, policy.tokenizer, option_scan=cfg.data.scan_words_weighted,
+        search_words=cfg.data.search_words_weighted)
         loss, stats = masked_lm_loss(policy.model, inputs, labels, word_mask=words, token_classes=token_classes)
         n = stats["tokens"]
         totals["loss"] += float(loss) * n
