@@ -52,13 +52,21 @@ def crop_ious(trajectory: Any, *, untargeted_iou: float | None = None) -> list[f
     Returns:
         one float per call whose ``region`` is not None (original pixels).
     """
+    return [v for v in call_ious(trajectory, untargeted_iou=untargeted_iou) if v is not None]
+
+
+def call_ious(trajectory: Any, *, untargeted_iou: float | None = None) -> list[float | None]:
+    """:func:`crop_ious` with one entry per tool call (observation), None where the call showed no region.
+
+    Without target boxes and with ``untargeted_iou`` None, every entry is None. The
+    ``oracle_iou`` semantic target (:mod:`mapo.semantic`) reads this layout.
+    """
     targets = [b.xyxy for b in getattr(trajectory.sample, "target_boxes", [])]
     if not targets and untargeted_iou is None:
-        return []
+        return [None] * len(trajectory.tool_calls)
     return [
-        max((box_iou(c.region, b) for b in targets), default=untargeted_iou)
+        None if c.region is None else max((box_iou(c.region, b) for b in targets), default=untargeted_iou)
         for c in trajectory.tool_calls
-        if c.region is not None
     ]
 
 
@@ -205,7 +213,8 @@ def evaluate(
         samples: B ``mapo.data.Sample`` (at least one).
         rollout_cfg: a ``mapo.rollout.RolloutConfig``; :func:`greedy_config` makes it greedy with G = 1.
         reward: the ``mapo.reward.RewardConfig`` of ``reward_mean``/``accuracy`` (default config when None).
-        verifier: scores the descriptions (``semantic_mean``, ...) when given.
+        verifier: scores the descriptions (``semantic_mean``, ...) when given; ``semantic_target=oracle_iou``
+            reports the mean crop IoU as ``semantic_mean`` without one.
         untargeted_iou: how samples without a target box count in the zoom metrics (:func:`zoom_metrics`).
     """
     # Imported here: the zoom metrics above stay importable without torch.
@@ -220,7 +229,7 @@ def evaluate(
     reward_cfg = reward if reward is not None else RewardConfig()
     rewards = [outcome_reward(t, reward_cfg) for t in trajectories]
     metrics = trajectory_metrics(trajectories, rewards, untargeted_iou=untargeted_iou) | call_metrics(trajectories)
-    if verifier is not None:
+    if verifier is not None or not semantic.needs_verifier(semantic_target):  # oracle_iou needs no verifier
         sem = semantic.semantic_scores(
             trajectories, verifier, target=semantic_target,
             max_description_chars=rc.protocol.max_description_chars, batch_size=verifier_batch_size,
@@ -233,6 +242,7 @@ __all__ = [
     "HIT_IOU",
     "Evaluation",
     "ZoomSummary",
+    "call_ious",
     "call_metrics",
     "crop_ious",
     "evaluate",
