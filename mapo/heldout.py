@@ -8,9 +8,12 @@ One definition of each number, for every caller:
   with the best-matching target box of the sample.
 - **First-zoom hit** (:func:`first_zoom_hit`): the first such crop has IoU
   ``>= hit_iou`` (0.5); a trajectory without one misses.
+- **Found** (:func:`found`): some crop of the episode hits; **recovered**
+  (:func:`recovered`): the first crop missed and a later one hit.
 - :func:`zoom_summary` reduces per-sample IoU lists to the mean crop IoU, the crop
-  hit rate and the first-zoom hit rate; :func:`trajectory_metrics` is the standard
-  metric set of ``B`` trajectories (reward, accuracy, tool use, IoU, hit).
+  hit rate, the first-zoom hit rate and the found / recovered rates;
+  :func:`trajectory_metrics` is the standard metric set of ``B`` trajectories
+  (reward, accuracy, tool use, IoU, hit, :func:`search_metrics`).
 - :func:`evaluate` is the held-out evaluator: greedy rollouts (``G = 1``) of
   samples with a policy, then those metrics. The RL recipe's periodic ``eval/*``
   and the SFT recipe's ``heldout/*`` rows both come from it; ``mapo eval`` keeps
@@ -52,19 +55,37 @@ def crop_ious(trajectory: Any, *, untargeted_iou: float | None = None) -> list[f
     Returns:
         one float per call whose ``region`` is not None (original pixels).
     """
+    return [v for v in call_ious(trajectory, untargeted_iou=untargeted_iou) if v is not None]
+
+
+def call_ious(trajectory: Any, *, untargeted_iou: float | None = None) -> list[float | None]:
+    """:func:`crop_ious` with one entry per tool call (observation), None where the call showed no region.
+
+    Without target boxes and with ``untargeted_iou`` None, every entry is None. The
+    ``oracle_iou`` semantic target (:mod:`mapo.semantic`) reads this layout.
+    """
     targets = [b.xyxy for b in getattr(trajectory.sample, "target_boxes", [])]
     if not targets and untargeted_iou is None:
-        return []
+        return [None] * len(trajectory.tool_calls)
     return [
-        max((box_iou(c.region, b) for b in targets), default=untargeted_iou)
+        None if c.region is None else max((box_iou(c.region, b) for b in targets), default=untargeted_iou)
         for c in trajectory.tool_calls
-        if c.region is not None
     ]
 
 
 def first_zoom_hit(ious: Sequence[float], hit_iou: float = HIT_IOU) -> bool:
     """The first crop (``ious[0]``, from :func:`crop_ious`) has IoU ``>= hit_iou``; no crop is a miss."""
     return bool(ious) and ious[0] >= hit_iou
+
+
+def found(ious: Sequence[float], hit_iou: float = HIT_IOU) -> bool:
+    """Some crop of the episode (:func:`crop_ious`) has IoU ``>= hit_iou``: its zooms found the target."""
+    return any(v >= hit_iou for v in ious)
+
+
+def recovered(ious: Sequence[float], hit_iou: float = HIT_IOU) -> bool:
+    """The first crop missed and a later one hit: the episode recovered from a miss."""
+    return bool(ious) and ious[0] < hit_iou and found(ious[1:], hit_iou)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,9 @@ class ZoomSummary:
     first_zoom_hit_rate: float | None  # share of samples whose first crop hits
     ious: tuple[float, ...]  # every crop's IoU, sample by sample in call order
     samples: int  # samples counted
+    found_rate: float | None = None  # share of samples some crop of which hits (:func:`found`)
+    recovered_rate: float | None = None  # share of samples whose first crop missed and a later one hit
+    recovered_after_miss_rate: float | None = None  # recovered / samples with a crop whose first crop missed
 
 
 def zoom_summary(per_sample: Sequence[Sequence[float]], hit_iou: float = HIT_IOU) -> ZoomSummary:
@@ -84,12 +108,18 @@ def zoom_summary(per_sample: Sequence[Sequence[float]], hit_iou: float = HIT_IOU
     ``iou_mean`` is ``np.mean`` over the concatenated lists (float64); rates count exactly.
     """
     flat = [v for row in per_sample for v in row]
+    n = len(per_sample)
+    missed_first = sum(bool(row) and row[0] < hit_iou for row in per_sample)
+    n_recovered = sum(recovered(row, hit_iou) for row in per_sample)
     return ZoomSummary(
         iou_mean=float(np.mean(flat)) if flat else None,
         crop_hit_rate=sum(v >= hit_iou for v in flat) / len(flat) if flat else None,
         first_zoom_hit_rate=float(np.mean([first_zoom_hit(row, hit_iou) for row in per_sample])) if per_sample else None,
         ious=tuple(flat),
-        samples=len(per_sample),
+        samples=n,
+        found_rate=sum(found(row, hit_iou) for row in per_sample) / n if n else None,
+        recovered_rate=n_recovered / n if n else None,
+        recovered_after_miss_rate=n_recovered / missed_first if missed_first else None,
     )
 
 
@@ -108,6 +138,26 @@ def zoom_metrics(
     return {"iou_mean": summary.iou_mean if summary.iou_mean is not None else 0.0, "hit_rate": summary.first_zoom_hit_rate}
 
 
+def search_metrics(
+    trajectories: Sequence[Any], *, hit_iou: float = HIT_IOU, untargeted_iou: float | None = None
+) -> dict[str, float]:
+    """How B trajectories searched: ``crop_hit_rate``, ``found_rate``, ``recovered_rate``, ``recovered_after_miss_rate``.
+
+    Counted like :func:`zoom_metrics` (``{}`` when no sample has a target box); a rate whose
+    denominator is empty (no crop; no first crop that missed) is 0. Formulas: docs/metrics.md.
+    """
+    counted = [t for t in trajectories if untargeted_iou is not None or getattr(t.sample, "target_boxes", [])]
+    if not counted:
+        return {}
+    z = zoom_summary([crop_ious(t, untargeted_iou=untargeted_iou) for t in counted], hit_iou)
+    return {
+        "crop_hit_rate": z.crop_hit_rate or 0.0,
+        "found_rate": z.found_rate or 0.0,
+        "recovered_rate": z.recovered_rate or 0.0,
+        "recovered_after_miss_rate": z.recovered_after_miss_rate or 0.0,
+    }
+
+
 # ----------------------------------------------------------------------------- the standard metric set
 
 
@@ -121,8 +171,9 @@ def trajectory_metrics(
         rewards: B ``mapo.reward.RewardBreakdown`` (``total``, ``acc``, ``fmt``), same order.
         untargeted_iou: how samples without a target box count in ``iou_mean``/``hit_rate`` (:func:`zoom_metrics`).
     Returns:
-        floats; a rate whose denominator is empty is 0; ``iou_mean``/``hit_rate`` only when
-        some sample has a target box (synthetic, V*) or ``untargeted_iou`` is set.
+        floats; a rate whose denominator is empty is 0; ``iou_mean``/``hit_rate`` and the
+        :func:`search_metrics` only when some sample has a target box (synthetic, V*) or
+        ``untargeted_iou`` is set.
     """
     if len(trajectories) != len(rewards) or not trajectories:
         raise ValueError(
@@ -143,7 +194,9 @@ def trajectory_metrics(
         "answer_rate": float(np.mean([t.finish_reason == "answer" for t in trajectories])),
         "response_tokens_mean": float(np.mean([t.num_generated for t in trajectories])),
     }
-    return out | zoom_metrics(trajectories, untargeted_iou=untargeted_iou)
+    return out | zoom_metrics(trajectories, untargeted_iou=untargeted_iou) | search_metrics(
+        trajectories, untargeted_iou=untargeted_iou
+    )
 
 
 def call_metrics(trajectories: Sequence[Any]) -> dict[str, float]:
@@ -205,7 +258,8 @@ def evaluate(
         samples: B ``mapo.data.Sample`` (at least one).
         rollout_cfg: a ``mapo.rollout.RolloutConfig``; :func:`greedy_config` makes it greedy with G = 1.
         reward: the ``mapo.reward.RewardConfig`` of ``reward_mean``/``accuracy`` (default config when None).
-        verifier: scores the descriptions (``semantic_mean``, ...) when given.
+        verifier: scores the descriptions (``semantic_mean``, ...) when given; ``semantic_target=oracle_iou``
+            reports the mean crop IoU as ``semantic_mean`` without one.
         untargeted_iou: how samples without a target box count in the zoom metrics (:func:`zoom_metrics`).
     """
     # Imported here: the zoom metrics above stay importable without torch.
@@ -220,7 +274,7 @@ def evaluate(
     reward_cfg = reward if reward is not None else RewardConfig()
     rewards = [outcome_reward(t, reward_cfg) for t in trajectories]
     metrics = trajectory_metrics(trajectories, rewards, untargeted_iou=untargeted_iou) | call_metrics(trajectories)
-    if verifier is not None:
+    if verifier is not None or not semantic.needs_verifier(semantic_target):  # oracle_iou needs no verifier
         sem = semantic.semantic_scores(
             trajectories, verifier, target=semantic_target,
             max_description_chars=rc.protocol.max_description_chars, batch_size=verifier_batch_size,
@@ -233,11 +287,15 @@ __all__ = [
     "HIT_IOU",
     "Evaluation",
     "ZoomSummary",
+    "call_ious",
     "call_metrics",
     "crop_ious",
     "evaluate",
     "first_zoom_hit",
+    "found",
     "greedy_config",
+    "recovered",
+    "search_metrics",
     "trajectory_metrics",
     "zoom_metrics",
     "zoom_summary",

@@ -329,7 +329,9 @@ def record_statistics(records: list[PredictionRecord], hit_iou: float = 0.5) -> 
     - Over the samples with target boxes (:func:`mapo.heldout.zoom_summary` of their
       ``iou`` lists, the IoU definition training logs): ``crop_iou_mean`` over every
       valid crop; ``crop_hit_rate`` = share of those crops with IoU >= ``hit_iou``;
-      ``first_crop_hit_rate`` = share of samples whose first valid crop hits.
+      ``first_crop_hit_rate`` = share of samples whose first valid crop hits;
+      ``found_rate`` = share of samples some valid crop of which hits; ``recovered_rate``
+      = share of samples whose first valid crop missed and a later one hit.
     Keys whose denominator is zero are ``None``.
     """
     n = len(records)
@@ -351,6 +353,8 @@ def record_statistics(records: list[PredictionRecord], hit_iou: float = 0.5) -> 
         "crop_iou_mean": _ratio(sum(zoom.ious), len(zoom.ious)),
         "crop_hit_rate": zoom.crop_hit_rate,
         "first_crop_hit_rate": zoom.first_zoom_hit_rate,
+        "found_rate": zoom.found_rate,
+        "recovered_rate": zoom.recovered_rate,
         "finish_reasons": dict(sorted(finish.items())),
     }
 

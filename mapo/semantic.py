@@ -13,6 +13,13 @@ the one credited. Every pair of a batch goes to the verifier in one call.
 
 Evaluation records the same number (:func:`per_observation`), so an eval's
 ``semantic_score_mean`` is what ``mapo train`` optimises.
+
+``semantic_target="oracle_iou"`` is not MAPO: it needs no verifier and no text,
+and scores observation ``k`` by the IoU of the region its tool call showed (original
+pixels) with the sample's best-matching target box (:func:`mapo.heldout.call_ious`,
+the one definition of crop IoU), 0 for an error observation or a region-less tool.
+It needs box labels, which MAPO does not, so it bounds what per-turn credit can do
+(docs/algorithm.md); a trajectory whose sample has no target box is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +30,13 @@ from typing import Any
 
 import torch
 
-SEMANTIC_TARGETS = ("description", "label", "both")
+SEMANTIC_TARGETS = ("description", "label", "both", "oracle_iou")
+ORACLE_TARGET = "oracle_iou"  # the bound: crop IoU with the target box, no verifier
+
+
+def needs_verifier(target: str) -> bool:
+    """Whether ``target`` is scored by a verifier (every target but ``oracle_iou``)."""
+    return target != ORACLE_TARGET
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,10 @@ def semantic_scores(
     Args:
         trajectories: B trajectories; observation ``k`` has ``crops[k-1]`` (None for an error
             observation), ``descriptions[k-1]`` and ``tool_calls[k-1].label``.
-        verifier: a ``mapo.verifier`` ``Verifier`` (``score(texts, images)``, ``s_missing``).
-        target: ``description`` | ``label`` | ``both`` (mean of the two scores).
+        verifier: a ``mapo.verifier`` ``Verifier`` (``score(texts, images)``, ``s_missing``); unused
+            (may be None) for ``oracle_iou``.
+        target: ``description`` | ``label`` | ``both`` (mean of the two scores) | ``oracle_iou``
+            (:func:`oracle_iou_scores`).
         max_description_chars: longer texts score ``s_missing`` (guard against verifier hacking).
         batch_size: the verifier's internal batch size.
     Returns:
@@ -73,6 +88,8 @@ def semantic_scores(
     """
     if target not in SEMANTIC_TARGETS:
         raise ValueError(f"target must be one of {list(SEMANTIC_TARGETS)}, got {target!r}")
+    if target == ORACLE_TARGET:
+        return oracle_iou_scores(trajectories, max_description_chars=max_description_chars)
     B = len(trajectories)
     K = max([t.num_observations for t in trajectories] + [1])
     s_missing = float(verifier.s_missing)
@@ -100,6 +117,39 @@ def semantic_scores(
         f_idx, i_idx, c_idx = (torch.tensor(v) for v in zip(*where))
         parts[f_idx, i_idx, c_idx] = scored
     return SemanticScores(parts.mean(dim=0), missing, too_long, len(texts))
+
+
+def oracle_iou_scores(trajectories: Sequence[Any], *, max_description_chars: int = 300) -> SemanticScores:
+    """``s_{i,k}`` = IoU of observation k's region with the sample's target box (the ``oracle_iou`` target).
+
+    Args:
+        trajectories: B ``mapo.trajectory.Trajectory`` whose samples have target boxes.
+        max_description_chars: only for the ``description_too_long`` flags (the score ignores text).
+    Returns:
+        :class:`SemanticScores`, (B, K); an observation without a region (error, rotate) scores 0,
+        the lowest IoU; ``n_pairs`` = 0 (no verifier call).
+    Raises:
+        ValueError: a trajectory's sample has no target box (the oracle has nothing to score against).
+    """
+    from mapo.heldout import call_ious  # numpy only
+
+    B = len(trajectories)
+    K = max([t.num_observations for t in trajectories] + [1])
+    scores = torch.full((B, K), float("nan"), dtype=torch.float32)
+    missing = torch.zeros((B, K), dtype=torch.bool)
+    too_long = torch.zeros((B, K), dtype=torch.bool)
+    for i, t in enumerate(trajectories):
+        if not getattr(t.sample, "target_boxes", []):
+            raise ValueError(
+                f"semantic_target=oracle_iou needs target boxes, but sample {t.sample.id!r} has none "
+                "(use data with boxes, e.g. synthetic or V*, or another semantic_target)"
+            )
+        for c, iou in enumerate(call_ious(t)[: t.num_observations]):
+            scores[i, c] = 0.0 if iou is None else float(iou)
+            description = t.descriptions[c]
+            missing[i, c] = description is None or not description.strip()
+            too_long[i, c] = description is not None and len(description) > max_description_chars
+    return SemanticScores(scores, missing, too_long, 0)
 
 
 def semantic_metrics(sem: SemanticScores) -> dict[str, float]:

@@ -96,7 +96,9 @@ def test_paired_differences_by_hand(fake_runs, tmp_path):
     from mapo.experiments.compare import paired_differences, read_run, write_results
 
     diffs = paired_differences([read_run(d) for d in fake_runs], "grpo")
-    acc, hit = diffs
+    acc, hit, found = diffs
+    assert (hit["metric"], found["metric"]) == ("first-zoom hit rate", "found rate")
+    assert found["diff"] == pytest.approx(0.1)  # the fakes zoom once: found = first-zoom hit
     assert (acc["arm"], acc["metric"], acc["seeds"], acc["pairs"]) == ("mapo", "held-out accuracy", 3, 30)
     assert acc["diff"] == pytest.approx(0.2) and acc["seed_ci"] == pytest.approx(0.0, abs=1e-12)
     assert acc["sample_ci"] == pytest.approx(1.96 * math.sqrt(4.8 / 29) / math.sqrt(30))

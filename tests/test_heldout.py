@@ -191,3 +191,39 @@ def test_evaluate_plays_greedy_and_reports_the_standard_set(policy):
     assert [t.assistant_texts for t in again.trajectories] == [t.assistant_texts for t in result.trajectories]
     with pytest.raises(ValueError, match="at least one sample"):
         H.evaluate([], policy, rc)
+
+
+def test_found_and_recovered_by_hand():
+    # per-sample crop IoUs: hit first; miss then hit (recovered); miss, miss; no crop; one miss
+    rows = [[0.9, 0.1], [0.2, 0.6], [0.1, 0.3], [], [0.4]]
+    assert [H.found(r) for r in rows] == [True, True, False, False, False]
+    assert [H.recovered(r) for r in rows] == [False, True, False, False, False]
+    s = H.zoom_summary(rows)
+    assert s.found_rate == pytest.approx(2 / 5) and s.recovered_rate == pytest.approx(1 / 5)
+    assert s.first_zoom_hit_rate == pytest.approx(1 / 5)  # found = first-zoom hit + recovered
+    assert s.recovered_after_miss_rate == pytest.approx(1 / 3)  # 3 samples have a first crop that missed
+    assert s.crop_hit_rate == pytest.approx(2 / 7)  # 0.9 and 0.6 of 7 crops
+    assert H.zoom_summary([[0.9]]).recovered_after_miss_rate is None  # no first miss: undefined
+
+
+def test_search_metrics_of_trajectories_and_records_agree():
+    trajectories = [
+        traj([zoom((20.0, 20.0, 30.0, 30.0)), error_call(), zoom()]),  # miss, error, hit: recovered
+        traj([zoom()]),  # hit first
+        traj([error_call()]),  # no crop: not found
+        traj([zoom()], targets=()),  # no target box: not counted
+    ]
+    m = H.search_metrics(trajectories)
+    assert m == {"crop_hit_rate": pytest.approx(2 / 3), "found_rate": pytest.approx(2 / 3),
+                 "recovered_rate": pytest.approx(1 / 3), "recovered_after_miss_rate": 1.0}
+    rewards = [RewardBreakdown(0.0, 0.0, 0.0, 0.0)] * 4
+    assert {k: H.trajectory_metrics(trajectories, rewards)[k] for k in m} == m
+    assert H.search_metrics(trajectories[3:]) == {}
+    records = [
+        PredictionRecord(id=str(i), source="s", question="q", answer="A", prediction="A", correct=True,
+                         finish_reason="answer", target_boxes=[list(b.xyxy) for b in t.sample.target_boxes],
+                         iou=H.crop_ious(t))
+        for i, t in enumerate(trajectories)
+    ]
+    stats = record_statistics(records)
+    assert stats["found_rate"] == m["found_rate"] and stats["recovered_rate"] == m["recovered_rate"]

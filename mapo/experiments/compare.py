@@ -123,7 +123,7 @@ def run_compare(
     import torch
 
     from mapo.pipeline import eval_config, evaluate_stage, heldout_stage, rl_config, verifier_stage, warmstart_stage
-    from mapo.train.rl import needs_semantic, train
+    from mapo.train.rl import needs_semantic, needs_verifier, train
 
     out = Path(out)
     pipe = cfg.pipeline
@@ -141,7 +141,7 @@ def run_compare(
             run_dir = run_dir_of(out, arm, seed)
             same = dict(policy=str(policy), heldout=str(heldout), steps=cfg.steps, seed=seed)
             rl_cfg = _arm_config(rl_config(pipe, verifier=str(verifier), **same), arm_overrides)
-            if not (cfg.grpo_verifier or needs_semantic(rl_cfg.advantage)):
+            if not (cfg.grpo_verifier or (needs_semantic(rl_cfg.advantage) and needs_verifier(rl_cfg.semantic_target))):
                 rl_cfg = _arm_config(rl_cfg, ["verifier=null"])
             resume = (run_dir / "run.json").is_file()
             log(f"{'resuming' if resume else 'training'} {arm} seed {seed}: {run_dir}")

@@ -21,6 +21,8 @@ RESULT_METRICS = (
     ("crop_iou_mean", "crop IoU", "eval", True),
     ("crop_hit_rate", "crop hit rate (IoU ≥ 0.5)", "eval", True),
     ("first_crop_hit_rate", "first-zoom hit rate (no crop = miss)", "eval", True),
+    ("found_rate", "found rate (some crop hits)", "eval", True),
+    ("recovered_rate", "recovered rate (first crop missed, a later one hit)", "eval", True),
     ("tool_calls_per_sample", "tool calls / sample", "eval", None),
     ("semantic_score_mean", "semantic score", "eval", True),
     ("grad_var_bootstrap", "gradient variance (bootstrap)", "train", False),
@@ -82,17 +84,17 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool]]:
-    """Held-out sample id -> (answered right, first valid crop hits a target at IoU >= 0.5); {} without the file."""
+def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool, bool]]:
+    """Held-out sample id -> (answered right, first valid crop hits, some valid crop hits); {} without the file.
+
+    Hits are :func:`mapo.heldout.first_zoom_hit` and :func:`mapo.heldout.found` (IoU >= 0.5).
+    """
+    from mapo.heldout import first_zoom_hit, found
     from mapo.records import read_jsonl
 
     if not path.is_file():
         return {}
-    out = {}
-    for r in read_jsonl(path):
-        first = r.iou[0] if r.iou else None
-        out[r.id] = (bool(r.correct), first is not None and first >= 0.5)
-    return out
+    return {r.id: (bool(r.correct), first_zoom_hit(r.iou), found(r.iou)) for r in read_jsonl(path)}
 
 
 def check_same_heldout(runs: Sequence[dict[str, Any]]) -> None:
@@ -108,7 +110,7 @@ def check_same_heldout(runs: Sequence[dict[str, Any]]) -> None:
 
 
 # (index in a per-sample tuple, label): the differences tested against the baseline.
-PAIRED_METRICS = ((0, "held-out accuracy"), (1, "first-zoom hit rate"))
+PAIRED_METRICS = ((0, "held-out accuracy"), (1, "first-zoom hit rate"), (2, "found rate"))
 
 
 def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:

@@ -89,7 +89,7 @@ from mapo.train.common import (
     prepare_run_dir,
     seed_everything,
 )
-from mapo.train.rl_data import RLDataConfig, load_data, shuffled_index  # noqa: F401 - re-exported
+from mapo.train.rl_data import RLDataConfig, load_data, require_target_boxes, shuffled_index  # noqa: F401 - re-exported
 from mapo.train.rl_eval import eval_text, evaluate
 from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
     SKIPPED_FILE,
@@ -124,9 +124,10 @@ class RLConfig:
     amp: Literal["off", "bf16"] = knob("off", "mixed precision of the training forward: off or bf16 (autocast)")
     verifier: str | None = knob(None, "semantic verifier: a local CLIP directory; required by mapo, mapo_gated, reward_mix")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
-    semantic_target: Literal["description", "label", "both"] = knob(
+    semantic_target: Literal["description", "label", "both", "oracle_iou"] = knob(
         "description", "what is scored against each crop: the description that follows it (paper), the tool "
-        "call's label, or the mean of both"
+        "call's label, the mean of both, or oracle_iou (no verifier: the crop's IoU with the target box, a bound "
+        "that needs box labels)"
     )
     tool_from_data: bool = knob(True, "with synthetic samples, use the tool budgets they were made for, not rollout.tool")
     rollout: RolloutConfig = knob(factory=RolloutConfig, help="sampling, budgets and group size G")
@@ -166,7 +167,7 @@ class RLConfig:
                 f"minibatches ({self.minibatches}) must divide the batch of prompts_per_step * group_size = {batch} "
                 "trajectories, so every optimizer step sees the same number of trajectories"
             )
-        if self.verifier is None and needs_semantic(self.advantage):
+        if self.verifier is None and needs_semantic(self.advantage) and needs_verifier(self.semantic_target):
             raise ValueError(
                 f"advantage estimator {self.advantage.estimator!r} needs semantic scores: set verifier to a local CLIP "
                 "directory (e.g. one written by `mapo verifier train`), or use --algo grpo"
@@ -177,6 +178,13 @@ class RLConfig:
             raise ValueError("rollout.greedy must be false for training: the policy gradient needs sampled actions")
         if self.policy_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"policy_dtype must be auto, float32, bfloat16 or float16, got {self.policy_dtype!r}")
+
+
+def needs_verifier(semantic_target: str) -> bool:
+    """Whether ``semantic_target`` is scored by a verifier (``oracle_iou`` is not: it reads target boxes)."""
+    from mapo.semantic import needs_verifier as _needs
+
+    return _needs(semantic_target)
 
 
 def needs_semantic(advantage: AdvantageConfig) -> bool:
@@ -208,6 +216,8 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     if cfg.verifier is not None:
         check_model_dir(cfg.verifier)
     data = load_data(cfg.data)
+    if not needs_verifier(cfg.semantic_target):
+        require_target_boxes(data)  # the oracle scores crops against target boxes: refuse data without them now
     ckpt = None
     if resume:
         if not (run_dir / "run.json").is_file():
@@ -353,5 +363,6 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
-__all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "train", "config_from_run_dir"]
+__all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "needs_verifier", "train",
+           "config_from_run_dir"]
 

@@ -102,6 +102,24 @@ class Data:
         self.heldout = kept
 
 
+def require_target_boxes(data: Data) -> None:
+    """ValueError (one line) unless every training and held-out sample has a target box.
+
+    For ``semantic_target=oracle_iou``; synthetic training samples (generated per prompt)
+    are checked through the first one (every sample of a level is made the same way).
+    """
+    train = data.train if data.train is not None else data.prompts(0, 1)
+    for where, samples in (("training", train), ("held-out", data.heldout)):
+        for sample in samples:
+            if not sample.target_boxes:
+                file, row = data.origins.get(sample.id, ("", sample.id))
+                at = f"{file} row {row}" if file else f"sample {sample.id!r}"
+                raise ValueError(
+                    f"semantic_target=oracle_iou scores each crop by its IoU with the target box, but {where} {at} has "
+                    "no target box: use data with boxes (synthetic, V*) or another semantic_target"
+                )
+
+
 def shuffled_index(cursor: int, n: int, seed: int) -> int:
     """Position ``cursor`` of an endless stream of seeded permutations of ``range(n)`` (one per epoch)."""
     epoch, pos = divmod(cursor, n)

@@ -74,7 +74,7 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     rewards = [outcome_reward(t, cfg.reward) for t in trajectories]
     metrics = heldout.trajectory_metrics(trajectories, rewards)
     scores = None  # (B, K) s_{i,k}, or None without a verifier
-    if run.verifier is not None:
+    if run.verifier is not None or not semantic.needs_verifier(cfg.semantic_target):  # oracle_iou reads boxes
         sem = semantic.semantic_scores(
             trajectories, run.verifier, target=cfg.semantic_target,
             max_description_chars=run.rollout_cfg.protocol.max_description_chars, batch_size=cfg.verifier_batch_size,
