@@ -46,6 +46,33 @@ def test_wrong_first_zoom_then_recovery():
         assert "not here" in traj.assistant_texts[1]
 
 
+def test_search_visits_distinct_distractors_then_the_target():
+    from collections import Counter
+
+    misses = Counter()
+    samples = generate(40, 2, "pattern_distractors")
+    for i, sample in enumerate(samples):
+        traj = oracle_trajectory(sample, rng_or_seed=i, search_misses=2, option_scan=True)
+        _check_well_formed(sample, traj)
+        target = sample.target_boxes[0]
+        k = len(traj.boxes_view) - 1
+        misses[k] += 1
+        assert k <= 2 and len(set(traj.boxes_view)) == k + 1  # never the same place twice
+        assert all(target.caption not in d for d in traj.descriptions[:k])  # each miss says what is there
+        assert all(d != "empty background" for d in traj.descriptions)  # it visits objects, not empty cells
+        assert target.caption in traj.descriptions[-1]
+        assert all("not here" in traj.assistant_texts[j] for j in range(1, k + 1))
+    # The target's place in a random order of 3-6 objects, capped at 2: P(0 misses) = mean(1/n) = 0.24.
+    assert set(misses) == {0, 1, 2} and 4 <= misses[0] <= 18
+
+
+def test_search_off_keeps_the_random_stream():
+    sample = generate(1, 3, "pattern_distractors")[0]
+    a = oracle_trajectory(sample, rng_or_seed=9, wrong_first_zoom=0.5, jitter=0.2)
+    b = oracle_trajectory(sample, rng_or_seed=9, wrong_first_zoom=0.5, jitter=0.2, search_misses=0)
+    assert a.assistant_texts == b.assistant_texts
+
+
 def test_jitter_is_controllable_and_misses_are_corrected():
     sample = generate(1, 0, "easy")[0]
     clean = oracle_trajectory(sample, rng_or_seed=0).boxes_view

@@ -359,3 +359,30 @@ def test_option_scan_marks_every_option_and_verdict(policy):
         expected = 2 * len(tok(" " + s.answer_text, add_special_tokens=False)["input_ids"])
         expected += sum(map(len, spelled)) + sum(map(len, verdicts))
         assert int(scan[b].sum()) == expected
+
+
+def test_search_words_mark_the_colour_shape_and_verdict_words(policy):
+    """With search_words the mask is the answer word's plus every labelled run of a colour, a shape and " not"."""
+    import dataclasses
+
+    import torch
+
+    from mapo.data.synth_render import COLORS, SHAPES
+    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import token_runs
+
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern_distractors", search_misses=2))
+    batch = training_transcripts(0, 4, policy.processor, cfg)
+    _, labels = collate(batch, policy, 4096)
+    plain = answer_word_mask(batch, labels, policy.tokenizer)
+    search = answer_word_mask(batch, labels, policy.tokenizer, search_words=True)
+    expected = plain.clone()
+    for b in range(len(batch)):
+        row = labels[b].tolist()
+        for word in [*COLORS, *SHAPES, "not"]:
+            ids = policy.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+            for k in token_runs(row, ids):
+                expected[b, k : k + len(ids)] = True
+    assert torch.equal(search, expected)
+    assert int(search.sum()) > int(plain.sum()) + 4 * 3  # at least a label, a description and a thought per row
