@@ -55,6 +55,17 @@ VARIANTS: dict[str, list[str]] = {
     "g8p8_lr1e4_kl": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "loss.kl_coef=0.05"],
     "g8p8_lr5e5": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "optim.lr=5e-5"],
     "g8p8_t07": [*_GRPO, "steps=80", "rollout.group_size=8", "prompts_per_step=8", "rollout.temperature=0.7"],
+    # Among distractors from the finished warm start (configs/compare_distractors.yaml's budget).
+    **{
+        f"pd_{name}": ["steps=60", "rollout.group_size=8", "rollout.max_turns=3", *extra]
+        for name, extra in {
+            "grpo_lr3e5": [*_GRPO, "optim.lr=3e-5"],
+            "oracle_lr3e5": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=3e-5"],
+            "oracle_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4"],
+            "oracle_b1_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4",
+                                "advantage.beta=1.0"],
+        }.items()
+    },
     # The search warm start (configs/warmstart_search.yaml): up to 3 zooms and an answer in 4 turns.
     **{
         f"search_{name}": ["steps=60", "rollout.group_size=8", "rollout.max_turns=4", "rollout.max_images=4", *extra]

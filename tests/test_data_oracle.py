@@ -118,3 +118,21 @@ def test_option_scan_goes_through_the_options_up_to_the_answer():
     assert final.think.endswith(option_scan_text(sample.options, sample.answer))
     plain = oracle_trajectory(sample, rng_or_seed=0)
     assert "yes." not in plain.assistant_texts[-1]
+
+
+def test_view_scan_names_every_cell_and_the_place_of_the_asked_object():
+    import re
+
+    for i, sample in enumerate(generate(10, 4, "pattern_distractors")):
+        traj = oracle_trajectory(sample, rng_or_seed=i, view_scan=True)
+        _check_well_formed(sample, traj)
+        first = traj.assistant_texts[0]
+        entries = re.findall(r"\((\d+), (\d+)\) (empty|\w+ \w+)\.", first)
+        assert len(entries) == 16  # every cell of the 4 x 4 grid, in reading order
+        named = [label for _, _, label in entries if label != "empty"]
+        assert sorted(named) == sorted(b.label for b in sample.boxes)
+        # the place written next to the asked object's words is where the zoom goes
+        target = sample.target_boxes[0].label
+        x1, y1 = next((int(x), int(y)) for x, y, label in entries if label == target)
+        assert f"The {target} is at ({x1}, {y1})." in first
+        assert traj.boxes_view[0][:2] == (x1, y1) and len(traj.boxes_view) == 1

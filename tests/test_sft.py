@@ -380,7 +380,7 @@ def test_search_words_mark_the_colour_shape_and_verdict_words(policy):
     expected = plain.clone()
     for b in range(len(batch)):
         row = labels[b].tolist()
-        for word in [*COLORS, *SHAPES, "not"]:
+        for word in [*COLORS, *SHAPES, "not", "empty"]:
             ids = policy.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
             for k in token_runs(row, ids):
                 expected[b, k : k + len(ids)] = True

@@ -21,6 +21,12 @@ Imperfection is controllable, so the warm start also shows recovery:
   The number of misses is the target's place in a random order of the objects
   (capped), so a policy that cannot yet tell the asked object in the global view
   learns to visit objects, read each one, and stop when it has found it.
+- ``view_scan``: before the first zoom the thought goes through the grid's
+  cells in reading order, naming what each holds at the place the policy would
+  write for it (``(31, 3) red square. (59, 3) empty.``), then says where the
+  asked object is. Finding it becomes reading each cell at a written place and
+  copying the place next to the matching words, the same move that
+  ``option_scan`` makes for the answer letter. Synthetic grid tasks only.
 
 Departure: the paper's demonstrations (if any) are not public; the think texts
 here are fixed templates over a small vocabulary so a tokenizer trained on
@@ -76,6 +82,7 @@ def oracle_trajectory(
     protocol_config: protocol.ProtocolConfig | None = None,
     option_scan: bool = False,
     search_misses: int = 0,
+    view_scan: bool = False,
 ) -> OracleTrajectory:
     """The oracle's transcript for ``sample`` (which needs at least one target box).
 
@@ -101,6 +108,8 @@ def oracle_trajectory(
 
     targets = sample.target_boxes
     think = f"I need to find the {targets[0].label or 'target'}."
+    if view_scan:
+        think += " " + view_scan_text(builder)
     for decoy in _search_decoys(builder, rng, search_misses) if search_misses else ():
         # The same words as the zoom on the target: before the crop the searcher cannot know it will miss.
         builder.zoom(think=think + " I will zoom in on it.", box_view=builder.to_view(decoy), label=targets[0].label)
@@ -227,6 +236,32 @@ def _mostly_inside(target: Box, crop_box: Any, min_inside: float = 0.5) -> bool:
     ix = max(0.0, min(x2, target.x2) - max(x1, target.x1))
     iy = max(0.0, min(y2, target.y2) - max(y1, target.y1))
     return ix * iy >= min_inside * target.area
+
+
+def view_scan_text(builder: _Builder) -> str:
+    """``I see: (3, 3) nothing. (31, 3) red square. ... The red square is at (31, 3).``: every grid cell in
+    reading order at the top-left corner the policy's box would have, then the asked object's place."""
+    sample = builder.sample
+    if sample.task is None or not sample.task.grid or not sample.boxes:
+        raise ValueError(f"sample {sample.id}: view_scan needs a synthetic grid task (task.grid) with object boxes")
+    grid = sample.task.grid
+    w, h = builder.image.size
+    cw, ch = w / grid, h / grid
+    side_w, side_h = sample.boxes[0].x2 - sample.boxes[0].x1, sample.boxes[0].y2 - sample.boxes[0].y1
+    entries, found = [], None
+    for r in range(grid):
+        for c in range(grid):
+            cell = Box(c * cw, r * ch, (c + 1) * cw, (r + 1) * ch)
+            held = [b for b in sample.boxes if cell.x1 <= b.center[0] < cell.x2 and cell.y1 <= b.center[1] < cell.y2]
+            box = held[0] if held else Box(
+                cell.center[0] - side_w / 2, cell.center[1] - side_h / 2, cell.center[0] + side_w / 2, cell.center[1] + side_h / 2
+            )
+            x1, y1, _, _ = builder.to_view(box)
+            entries.append(f"({x1}, {y1}) {held[0].label if held else 'empty'}.")
+            if held and held[0].is_target and found is None:
+                found = (x1, y1)
+    where = f" The {sample.target_boxes[0].label} is at ({found[0]}, {found[1]})." if found else ""
+    return "I see: " + " ".join(entries) + where
 
 
 def _search_decoys(builder: _Builder, rng: np.random.Generator, max_misses: int) -> list[Box]:

@@ -42,9 +42,12 @@ class SFTDataConfig:
     search_misses: int = knob(
         0, "a search: the oracle visits up to this many distractors, in a random order, before the target (0 = off)"
     )
+    view_scan: bool = knob(
+        False, "before the first zoom the thought names what every grid cell holds, then where the asked object is"
+    )
     search_words_weighted: bool = knob(
         False,
-        "every colour and shape word and the verdict word 'not' weigh word_loss_weight too (a search stage: "
+        "every colour and shape word and the words 'not' and 'empty' weigh word_loss_weight too (a search stage: "
         "reading which object a crop holds and deciding whether it is the asked one are the steps that find it)",
     )
     max_length: int = knob(2048, "examples longer than this many tokens are refused (error, not truncation)")
@@ -100,7 +103,7 @@ def make_transcript(sample, processor, *, seed: int, data: SFTDataConfig, protoc
     demo = oracle_trajectory(
         sample, rng_or_seed=seed, jitter=data.jitter, wrong_first_zoom=data.wrong_first_zoom,
         tool_config=tool_config, protocol_config=protocol, option_scan=data.option_scan,
-        search_misses=data.search_misses,
+        search_misses=data.search_misses, view_scan=data.view_scan,
     )
     messages, crops = demo.messages, demo.images[1:]
     if data.glyph_hint and np.random.default_rng([seed, 7]).random() < data.glyph_hint:
@@ -255,7 +258,7 @@ def answer_word_mask(
     final thought goes through the options, ``(A) bands: no. (B) checks: yes.``) every option's
     text and the " yes" / " no" verdicts are marked too: copying each option and deciding whether
     it is the answer are the steps that find the letter. With ``search_words`` every colour and shape
-    word and " not" are marked as well (the words that say which object a crop holds and whether it
+    word, " not" and " empty" are marked as well (the words that say what a cell or crop holds and whether it
     is the asked one).
     """
     from mapo.data.synth_render import COLORS, SHAPES
@@ -269,7 +272,7 @@ def answer_word_mask(
         if option_scan:
             words += [o for o in transcript.sample.options if o != answer] + ["yes", "no"]
         if search_words:
-            words += [*COLORS, *SHAPES, "not"]
+            words += [*COLORS, *SHAPES, "not", "empty"]
         for text in words:
             word = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
             for k in token_runs(labels[b].tolist(), word):
