@@ -59,6 +59,8 @@ class Comparison:
     rows: list[dict[str, Any]]  # each: label, meaning, before, after, delta (None where undefined)
     verdict: str  # mapo.pipeline_summary.verdict's reading of the accuracy change ("" when n is unknown)
     n: int | None  # held-out samples per evaluation
+    which: str = "validation"  # the evaluation set: "test" (measured once) or "validation" (settings chosen on it)
+    dirs: tuple[str, str] = ("eval_before", "rl/eval")  # the two evaluation directories, relative to the demo
 
 
 @dataclass
@@ -242,8 +244,8 @@ def _run_summary(page: Page) -> str:
 def _comparison_table(cmp: Comparison) -> str:
     n = f", {cmp.n} samples" if cmp.n else ""
     out = [
-        f"<h3>Held-out evaluation{esc(n)}: before RL (warm start, <code>eval_before/</code>) → after RL "
-        "(<code>rl/eval/</code>)</h3>",
+        f"<h3>{esc(cmp.which.capitalize())} set{esc(n)}: before RL (warm start, <code>{esc(cmp.dirs[0])}/</code>) → "
+        f"after RL (<code>{esc(cmp.dirs[1])}/</code>)</h3>",
         '<table class="cmp"><tr><th>metric</th><th>before RL</th><th>after RL</th><th>change</th></tr>',
     ]
     for r in cmp.rows:
