@@ -34,7 +34,9 @@ from mapo.data import open_image
 from mapo.records import PredictionRecord, read_jsonl, record_statistics
 from mapo.report import html as H
 from mapo.report import plots as P
+from mapo.report.rollouts import load_rollouts, render_rollouts
 
+ROLLOUT_CARD_BASE = 1_000_000  # asset numbers of training-rollout cards (eval cards count from 0)
 MARKER = ".mapo-report"  # marks a directory we wrote, so --force never wipes a stranger's files
 
 # The curves a run's page opens with: logged key -> title in words, in page order.
@@ -65,6 +67,8 @@ class ReportInputs:
     # demo: metrics.json before and after RL, the set they are on ("test" / "validation") and their two directories
     before_after: tuple[dict[str, Any], dict[str, Any], str, tuple[str, str]] | None = None
     notes: list[str] = field(default_factory=list)
+    rollouts: list[PredictionRecord] = field(default_factory=list)  # a run's saved training rollouts
+    rollouts_dir: Path | None = None  # where their file names are resolved (RUN_DIR/rollouts)
 
 
 def build_report(
@@ -118,6 +122,13 @@ def build_report(
         final=[(CHOSEN_CURVES[k], k, series[k][0][-1], series[k][1][-1]) for k in chosen],
         x_label=x_label,
         config=_config_tables(inputs.config, metrics.get("run")),
+        rollouts=render_rollouts(
+            inputs.rollouts,
+            # Card numbers past any eval card's, so their asset files never collide.
+            lambda k, rec: _card_images(rec, ROLLOUT_CARD_BASE + k, inputs.rollouts_dir, assets, thumb_px, crop_px,
+                                        inputs.notes),
+            low_score,
+        ),
     )
     index = out / "index.html"
     index.write_text(H.render_page(page), encoding="utf-8")
@@ -137,6 +148,9 @@ def load_inputs(src: Path) -> ReportInputs:
         inputs.config = _read_yaml_mapping(run / "config.yaml", inputs.notes)
     if demo is not None:
         inputs.before_after = _read_before_after(demo, inputs.notes)
+    saved = load_rollouts(run, inputs.notes)
+    if saved is not None:
+        inputs.rollouts, inputs.rollouts_dir = saved
     eval_dir = _find_eval_dir(run)
     if eval_dir is not None:
         result = read_jsonl(eval_dir / "predictions.jsonl")
