@@ -84,8 +84,10 @@ def test_saved_rollouts_carry_the_advantages_and_scores_the_update_used(mapo_run
             if j < scores.shape[1] and not torch.isnan(scores[row, j]):
                 assert turn.semantic_score == pytest.approx(float(scores[row, j]), abs=1e-6)
         assert (run_dir / "rollouts" / r.image).is_file()
+        assert r.image == next(o.image for o in records if o.meta["train"]["step"] == step)  # one image per group
     assert checked >= 4
     assert any(t.crop for r in records for t in r.turns)  # member 0 is forced to zoom: its crop is saved
+    assert len(list((run_dir / "rollouts" / "images").iterdir())) == 2  # one per saved group
 
 
 def test_report_of_a_training_run_shows_its_rollouts_by_step_and_prompt(mapo_run, tmp_path):

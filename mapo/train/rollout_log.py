@@ -13,7 +13,7 @@ record per trajectory, with what the update used:
   ``member``, ``reward`` (``R_i``), ``acc``, ``estimator``, ``semantic_target``.
 
 Record ids are ``s<step>/<sample id>/m<member>``, so the members of a group (one sample id) keep
-their own crop files. A resumed run that saves a step again replaces that step's records.
+their own crop files; they share member 0's copy of the input image (long side 512 px). A resumed run that saves a step again replaces that step's records.
 ``mapo report RUN`` shows them grouped by step and prompt (:mod:`mapo.report.rollouts`).
 """
 
@@ -84,6 +84,7 @@ def save_rollouts(
     benchmark = _benchmark_of([t.sample for t in trajectories])
     config = EvalConfig(image_max_side=512)
     member: dict[int, int] = {}
+    first_image: dict[int, str | None] = {}
     written = 0
     for i, t in enumerate(trajectories):
         g = int(group[i])
@@ -94,6 +95,11 @@ def save_rollouts(
         s = [None if (v is None or math.isnan(v)) else float(v) for v in row] + [None] * (t.num_observations - len(row))
         named = dataclasses.replace(t, sample=dataclasses.replace(t.sample, id=f"s{step}/{t.sample.id}/m{m}"))
         record = trajectory_record(named, s, out, benchmark, config)
+        if m == 0:
+            first_image[g] = record.image
+        elif record.image is not None and first_image.get(g):  # the group's members share one input image
+            (out / record.image).unlink(missing_ok=True)
+            record.image = first_image[g]
         for turn, adv in zip(record.turns, turn_advantages(advantages[i], segment_ids[i], len(record.turns))):
             turn.advantage = adv
         record.meta["train"] = {
