@@ -14,6 +14,8 @@ SUMMARY_METRICS = (
     ("accuracy", "accuracy", "answer correct (greedy, held-out)"),
     ("crop_hit_rate", "tool precision", "valid crops with IoU >= 0.5 against a target box"),
     ("first_crop_hit_rate", "first-zoom hit rate", "samples whose first valid crop hits a target"),
+    ("found_rate", "found rate", "samples some valid crop of which hits a target"),
+    ("recovered_rate", "recovered rate", "samples whose first valid crop missed and a later one hit"),
     ("crop_iou_mean", "crop IoU", "mean IoU of valid crops with the nearest target box"),
     ("semantic_score_mean", "semantic score", "mean verifier cosine of description vs crop (s_missing = -1)"),
     ("tool_calls_per_sample", "tool calls / sample", "executed tool calls per sample"),
