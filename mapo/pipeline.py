@@ -1,6 +1,12 @@
 """The embedded default pipeline, stage by stage, with a config-keyed cache.
 
-``data -> verifier -> warm start -> RL -> held-out evaluation (before / after) -> summary``.
+``data -> verifier -> warm start -> RL -> evaluation (before / after) -> summary``.
+
+Two evaluation sets: the validation set (``data``: the RL run's periodic evaluation,
+and where settings are chosen) and the test set (``test``: measured once at the end,
+nothing chosen on it). The summary's verdict is read on the test set; the
+validation figures are shown beside it, labelled (``test.n: 0`` drops the test set and
+the verdict then says it is on the validation set).
 ``mapo demo`` runs it; ``mapo experiment compare`` reuses its first three stages.
 
 Stages whose output is a pure function of their config (held-out data, verifier,
@@ -44,6 +50,8 @@ from mapo.pipeline_config import (  # noqa: F401  (importable from here as befor
 )
 from mapo.pipeline_summary import (  # noqa: F401  (importable from here as before)
     SUMMARY_METRICS,
+    TEST_BEFORE,
+    TEST_EVAL,
     before_after,
     print_summary,
     summary_markdown,
@@ -66,17 +74,28 @@ DEMO_MARKER = ".mapo-demo"  # marks a run directory the pipeline wrote, so --fre
 
 
 def heldout_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path, bool]:
-    """The held-out set written in V* layout (``mapo data synth`` format); returns (folder to load, reused)."""
+    """The validation (held-out) set written in V* layout (``mapo data synth`` format); returns (folder, reused)."""
+    return _synth_set_stage(cfg.heldout_spec(), "heldout", cfg.cache_dir, log)
 
+
+def test_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple[Path | None, bool]:
+    """The test set (``cfg.test``), like :func:`heldout_stage`; (None, False) when ``test.n`` is 0."""
+    spec = cfg.test_spec()
+    if spec is None:
+        return None, False
+    return _synth_set_stage(spec, "test", cfg.cache_dir, log)
+
+
+def _synth_set_stage(spec: dict[str, Any], name: str, cache_dir: str, log: Callable[[str], None]) -> tuple[Path, bool]:
     def build(tmp: Path) -> None:
         from mapo.data import synth
         from mapo.data.writers import write_samples
 
         level = synth.level_config(spec["level"], **spec["synth"])
-        write_samples(synth.generate(spec["n"], spec["seed"], level), tmp, ["vstar"], name=f"heldout_{spec['level']}")
+        write_samples(synth.generate(spec["n"], spec["seed"], level), tmp, ["vstar"], name=f"{name}_{spec['level']}")
 
-    spec = cfg.heldout_spec()
-    path, reused = cached_stage("data", spec, build, cfg.cache_dir, log)
+    # The key is the set's spec alone: a validation and a test set with one spec are one set (seeds differ by check).
+    path, reused = cached_stage("data", spec, build, cache_dir, log)
     return path / "vstar", reused
 
 
@@ -308,7 +327,8 @@ def run_pipeline(
     """Run every stage; write ``out/summary.json`` and ``out/summary.md``; return the summary.
 
     Layout of ``out``: ``rl/`` (the `mapo train` run; ``rl/final`` the trained policy,
-    ``rl/eval`` its held-out evaluation), ``eval_before/`` (the warm start's),
+    ``rl/eval`` its validation evaluation, ``rl/eval_test`` its test evaluation),
+    ``eval_before/`` and ``eval_before_test/`` (the warm start's),
     ``report/index.html``, ``summary.{json,md}``. ``forced_turns`` is passed to the
     RL stage's training rollouts (tests script tool calls with it).
     """
@@ -325,6 +345,7 @@ def run_pipeline(
         torch.set_num_threads(cfg.threads)
     clock = _Clock(log)
     heldout, _ = clock.run("data", lambda: heldout_stage(cfg, log), _cache_how)
+    test, _ = clock.run("test data", lambda: test_stage(cfg, log), _cache_how) if cfg.test.n else (None, False)
     verifier, _ = clock.run("verifier", lambda: verifier_stage(cfg, log, progress), _verifier_how(cfg))
     policy, policy_source, _ = clock.run("warm start", lambda: warmstart_stage(cfg, log, progress), _warmstart_how)
     rl_cfg = rl_config(cfg, policy=str(policy), verifier=str(verifier), heldout=str(heldout))
@@ -344,16 +365,29 @@ def run_pipeline(
     paths = {"run_dir": str(out), "rl_run": str(rl_dir), "policy_before": str(policy), "policy_after": str(rl_dir / "final"),
              "verifier": str(verifier), "heldout": str(heldout), "eval_before": str(out / "eval_before"),
              "eval_after": str(rl_dir / "eval")}
+    test_table = None
+    if test is not None:  # measured once, after everything was chosen on the validation set
+        t_before = clock.run("test before", lambda: evaluate_stage(policy, test, verifier, out / TEST_BEFORE, ecfg))
+        t_after = clock.run("test after", lambda: evaluate_stage(rl_dir / "final", test, verifier, rl_dir / TEST_EVAL, ecfg))
+        test_table = before_after(t_before, t_after)
+        paths.update({"test": str(test), "test_before": str(out / TEST_BEFORE), "test_after": str(rl_dir / TEST_EVAL)})
     if report:
         from mapo.report import build_report
 
         index = clock.run("report", lambda: build_report(rl_dir, out / "report", force=True))
         paths["report"] = str(index)
     table = before_after(before, after)
+    # The verdict is read on the test set when there is one; the validation table is shown beside it, labelled.
+    headline = test_table if test_table is not None else table
     summary = {
         "command": command, "n_heldout": cfg.data.n, "rl_steps": rl_summary["steps"],
-        "algorithm": rl_cfg.advantage.estimator, "warm_start": policy_source, "table": table,
-        "verdict": verdict(table, cfg.data.n), "rl_trend": training_trend(rl_dir / "metrics.jsonl"),
+        "algorithm": rl_cfg.advantage.estimator, "warm_start": policy_source,
+        "sets": {"validation": {"n": cfg.data.n, "seed": cfg.data.seed},
+                 "test": {"n": cfg.test.n, "seed": cfg.test.seed} if test_table is not None else None},
+        "verdict_set": "test" if test_table is not None else "validation",
+        "table": headline, "table_validation": table, "table_test": test_table,
+        "verdict": verdict(headline, cfg.test.n if test_table is not None else cfg.data.n),
+        "rl_trend": training_trend(rl_dir / "metrics.jsonl"),
         "rl_train_last": rl_summary.get("train", {}),
         "stages": clock.stages, "wall_s": round(time.perf_counter() - started, 2), "paths": paths,
     }
@@ -365,5 +399,5 @@ def run_pipeline(
 __all__ = [
     "HeldoutConfig", "PipelineConfig", "WarmStartConfig", "before_after", "cached_stage", "config_key",
     "evaluate_stage", "heldout_stage", "load_pipeline_config", "rl_config", "run_pipeline", "summary_markdown",
-    "verdict", "verifier_stage", "warmstart_stage",
+    "test_stage", "verdict", "verifier_stage", "warmstart_stage",
 ]

@@ -25,18 +25,34 @@ RLOverrides = partial(RLConfig)
 
 @dataclass(frozen=True)
 class HeldoutConfig:
-    """The held-out evaluation set (written once, read by every evaluation).
+    """The validation set (written once, read by the RL run's periodic evaluation and every validation figure).
 
-    Its task level and synthetic overrides are the RL stage's (``rl.data.synth_level``,
-    ``rl.data.synth``), so the held-out samples come from the training distribution.
+    Settings, learning rates, step counts and checkpoints are chosen on it. Its task level
+    and synthetic overrides are the RL stage's (``rl.data.synth_level``, ``rl.data.synth``),
+    so the samples come from the training distribution.
     """
 
-    n: int = knob(48, "held-out samples")
-    seed: int = knob(1_000_003, "seed of the held-out samples (must differ from the training seeds)")
+    n: int = knob(48, "validation (held-out) samples")
+    seed: int = knob(1_000_003, "seed of the validation samples (must differ from the training and test seeds)")
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"data.n must be >= 1 held-out sample, got {self.n}")
+
+
+@dataclass(frozen=True)
+class TestSetConfig:
+    """The test set: every policy the pipeline reports is evaluated on it once, and nothing is chosen on it.
+
+    Same task as the validation set (the RL stage's level and overrides), another seed.
+    """
+
+    n: int = knob(400, "test samples (0 = no test set: the figures are then on the validation set, and say so)")
+    seed: int = knob(2_000_003, "seed of the test samples (must differ from data.seed and rl.data.seed)")
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"test.n must be >= 0 (0 = no test set), got {self.n}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,8 @@ class PipelineConfig:
 
     cache_dir: str = knob("runs/cache", "where cached stages live: <cache_dir>/<stage>-<hash of its config>")
     threads: int = knob(1, "torch CPU threads (on 2 shared cores one thread is fastest)")
-    data: HeldoutConfig = knob(factory=HeldoutConfig, help="held-out evaluation set")
+    data: HeldoutConfig = knob(factory=HeldoutConfig, help="the validation (held-out) set settings are chosen on")
+    test: TestSetConfig = knob(factory=TestSetConfig, help="the test set every reported figure is measured on once")
     verifier_source: str = knob(
         "default", "'default': the shipped verifier (mapo/assets/verifier) when the training config in its manifest "
         "equals `verifier` below (speed-only keys aside), else trained with `verifier` (cached), saying why; "
@@ -91,17 +108,28 @@ class PipelineConfig:
         taken = [k for k in ("policy", "verifier") if getattr(self.rl, k) is not None]
         if taken or self.rl.data.eval_source is not None:
             raise ValueError(f"rl.{(taken or ['data.eval_source'])[0]} is set by the pipeline; leave it out of rl")
-        rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
+        rl = rl_config(self, policy="default", verifier="v", heldout="h")  # reject bad RL keys now, not after the verifier
+        if self.test.n and self.test.seed in (self.data.seed, rl.data.seed):
+            raise ValueError(
+                f"test.seed ({self.test.seed}) must differ from the validation seed data.seed ({self.data.seed}) and "
+                f"the training seed rl.data.seed ({rl.data.seed}): nothing may be chosen or trained on the test set"
+            )
 
     def heldout_spec(self) -> dict[str, Any]:
-        """What the held-out set is a function of: its size and seed, the RL stage's level and overrides.
+        """What the validation set is a function of: its size and seed, the RL stage's level and overrides.
 
         ``task`` is the resolved SynthConfig, so a change of a level's defaults in the code is a new cache key.
         """
+        return self._set_spec(self.data.n, self.data.seed)
+
+    def test_spec(self) -> dict[str, Any] | None:
+        """:meth:`heldout_spec` of the test set; None when ``test.n`` is 0."""
+        return self._set_spec(self.test.n, self.test.seed) if self.test.n else None
+
+    def _set_spec(self, n: int, seed: int) -> dict[str, Any]:
         rl_data = rl_config(self, policy="default", verifier="v", heldout="h").data
         level, synth = rl_data.synth_level, rl_data.synth.set_keys()
-        return {"n": self.data.n, "seed": self.data.seed, "level": level, "synth": synth,
-                "task": task_fingerprint(level, synth)}
+        return {"n": n, "seed": seed, "level": level, "synth": synth, "task": task_fingerprint(level, synth)}
 
 
 
@@ -123,6 +151,7 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | tuple[s
 
 
 __all__ = [
-    "HeldoutConfig", "PipelineConfig", "RLOverrides", "WarmStartConfig", "load_pipeline_config", "rl_config",
+    "HeldoutConfig", "PipelineConfig", "RLOverrides", "TestSetConfig", "WarmStartConfig", "load_pipeline_config",
+    "rl_config",
     "task_fingerprint",
 ]

@@ -1,4 +1,4 @@
-"""The pipeline's summary: the before/after table of held-out metrics, its verdict and the RL trend."""
+"""The pipeline's summary: the before/after tables (test set, validation set), the verdict and the RL trend."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+TEST_EVAL = "eval_test"  # RUN/eval_test: a trained policy on the test set (the demo's rl/, every compare run)
+TEST_BEFORE = "eval_before_test"  # OUT/eval_before_test: the demo's warm start on the test set
+
 # Metrics of the before/after table: (key in eval metrics.json["tools"], label, what it means).
 SUMMARY_METRICS = (
     ("accuracy", "accuracy", "answer correct (greedy, held-out)"),
     ("crop_hit_rate", "tool precision", "valid crops with IoU >= 0.5 against a target box"),
     ("first_crop_hit_rate", "first-zoom hit rate", "samples whose first valid crop hits a target"),
+    ("found_rate", "found rate", "samples some valid crop of which hits a target"),
+    ("recovered_rate", "recovered rate", "samples whose first valid crop missed and a later one hit"),
     ("crop_iou_mean", "crop IoU", "mean IoU of valid crops with the nearest target box"),
     ("semantic_score_mean", "semantic score", "mean verifier cosine of description vs crop (s_missing = -1)"),
     ("tool_calls_per_sample", "tool calls / sample", "executed tool calls per sample"),
@@ -30,7 +35,10 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str
 
 
 def verdict(rows: list[dict[str, Any]], n: int) -> str:
-    """An honest one-line reading of the accuracy change: beyond noise or not (two binomial standard errors)."""
+    """An honest one-line reading of the accuracy change: beyond noise or not (two binomial standard errors).
+
+    ``rows`` are one evaluation set's :func:`before_after`; the caller says which set (``summary.md``).
+    """
     acc = next(r for r in rows if r["key"] == "accuracy")
     b, a = acc["before"], acc["after"]
     if a is None or b is None:
@@ -69,18 +77,42 @@ def _fmt(value: Any) -> str:
     return f"{value:+.3f}" if isinstance(value, float) and value < 0 else f"{value:.3f}"
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """``summary.md``: the before/after table, the verdict, stage times and where everything is."""
-    lines = [
-        "# mapo demo summary", "",
-        f"Written by `{summary['command']}`. Held-out set: {summary['n_heldout']} synthetic samples "
-        f"(`{summary['paths']['heldout']}`), greedy decoding, the same budgets before and after RL.", "",
-        "| metric | before RL (warm start) | after RL | change | meaning |", "|---|---|---|---|---|",
-    ]
-    for r in summary["table"]:
+def set_title(summary: dict[str, Any], which: str) -> str:
+    """``test set (400 samples, seed 2000003)`` / ``validation set (...)`` from the summary's ``sets``."""
+    info = (summary.get("sets") or {}).get(which) or {}
+    if which == "validation" and not info:  # a summary written before the sets were recorded
+        info = {"n": summary.get("n_heldout")}
+    seed = f", seed {info['seed']}" if info.get("seed") is not None else ""
+    return f"{which} set ({info.get('n')} samples{seed})"
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| metric | before RL (warm start) | after RL | change | meaning |", "|---|---|---|---|---|"]
+    for r in rows:
         delta = "n/a" if r["delta"] is None else f"{r['delta']:+.3f}"
         lines.append(f"| {r['label']} | {_fmt(r['before'])} | {_fmt(r['after'])} | {delta} | {r['meaning']} |")
-    lines += ["", f"**Verdict:** {summary['verdict']}", "", f"RL ({summary['algorithm']}, {summary['rl_steps']} steps): "
+    return lines
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the test-set table and verdict, the validation table, stage times and where everything is."""
+    on_test = summary.get("verdict_set") == "test"
+    lines = [
+        "# mapo demo summary", "",
+        f"Written by `{summary['command']}`. Greedy decoding, the same budgets before and after RL. "
+        + ("The verdict is read on the test set, measured once at the end; nothing was chosen on it. The "
+           "validation set (the RL run's periodic evaluation, where settings are chosen) is shown below it."
+           if on_test else "No test set was configured (`test.n: 0`): every figure is on the validation set, "
+           "where settings are chosen, so it may flatter the result."), "",
+        f"## {set_title(summary, 'test' if on_test else 'validation').capitalize()}: "
+        f"`{summary['paths']['test' if on_test else 'heldout']}`", "",
+    ]
+    lines += _table_lines(summary["table"])
+    lines += ["", f"**Verdict ({set_title(summary, summary.get('verdict_set', 'validation'))}):** {summary['verdict']}"]
+    if on_test:
+        lines += ["", f"## {set_title(summary, 'validation').capitalize()}: `{summary['paths']['heldout']}`", ""]
+        lines += _table_lines(summary["table_validation"])
+    lines += ["", f"RL ({summary['algorithm']}, {summary['rl_steps']} steps): "
               f"{_trend_text(summary['rl_trend'])}.", "", "| stage | seconds | how |", "|---|---|---|"]
     for stage, info in summary["stages"].items():
         lines.append(f"| {stage} | {info['seconds']:.1f} | {info['how']} |")
@@ -95,14 +127,19 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     from mapo.progress import console as mapo_console
 
-    table = Table(title=f"held-out ({summary['n_heldout']} samples): warm start vs after {summary['rl_steps']} RL steps")
+    which = summary.get("verdict_set", "validation")
+    table = Table(title=f"{set_title(summary, which)}: warm start vs after {summary['rl_steps']} RL steps")
     for col in ("metric", "before RL", "after RL", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in summary["table"]:
         table.add_row(r["label"], _fmt(r["before"]), _fmt(r["after"]), "n/a" if r["delta"] is None else f"{r['delta']:+.3f}")
     console = mapo_console()  # full width in a log file: no wrapping at 80 columns
     console.print(table)
-    console.print(f"[bold]verdict:[/bold] {summary['verdict']}")
+    console.print(f"[bold]verdict ({set_title(summary, which)}):[/bold] {summary['verdict']}")
+    if which == "test":
+        acc = next((r for r in summary["table_validation"] if r["key"] == "accuracy"), None)
+        if acc is not None:
+            console.print(f"{set_title(summary, 'validation')}: accuracy {_fmt(acc['before'])} -> {_fmt(acc['after'])}")
     console.print(f"RL: {_trend_text(summary['rl_trend'])}")
     times = ", ".join(f"{k} {v['seconds']:.0f}s{'' if v['how'] == 'ran' else ' (' + v['how'] + ')'}"
                       for k, v in summary["stages"].items())

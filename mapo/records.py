@@ -64,14 +64,15 @@ class TurnRecord:
     error: str | None = None  # why the call was rejected (None if valid or no call)
     crop: str | None = None  # crop file, relative to the eval dir
     description: str | None = None  # the model's description of this turn's crop
-    semantic_score: float | None = None  # verifier score of (description, crop)
+    semantic_score: float | None = None  # verifier score of (description, crop); training rollouts: s_{i,k} as used
+    advantage: float | None = None  # training rollouts only: mean advantage over this turn's assistant tokens
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "turn") -> TurnRecord:
-        values = _check_fields(cls, data, where, optional=("tool", "args"))  # absent in records of older versions
+        values = _check_fields(cls, data, where, optional=("tool", "args", "advantage"))  # absent in older records
         rec = cls(**values)
         rec.text = _as_str(rec.text, f"{where}.text")
         rec.tool = _as_str(rec.tool, f"{where}.tool", optional=True)
@@ -84,6 +85,7 @@ class TurnRecord:
         for name in ("label", "error", "crop", "description"):
             setattr(rec, name, _as_str(getattr(rec, name), f"{where}.{name}", optional=True))
         rec.semantic_score = _as_float(rec.semantic_score, f"{where}.semantic_score", optional=True)
+        rec.advantage = _as_float(rec.advantage, f"{where}.advantage", optional=True)
         if rec.valid and rec.bbox_original is None and (rec.args is None or "bbox_2d" in rec.args):
             # Zoom-in selects a region; older records (no args) are all zoom-in calls.
             raise ValueError(f"{where}: a valid tool call needs bbox_original when it zooms in (args with bbox_2d)")

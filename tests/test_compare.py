@@ -112,7 +112,51 @@ def test_arms_on_different_heldout_sets_are_refused(fake_runs, tmp_path):
 
     (fake_runs[1] / "eval" / "predictions.jsonl").unlink()
     write_predictions(fake_runs[1] / "eval", [(True, True)] * 10, prefix="other")
-    with pytest.raises(ValueError, match="different held-out sets"):
+    with pytest.raises(ValueError, match="different validation sets"):
+        write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd")
+    assert not (tmp_path / "R.md").exists()
+
+
+def add_fake_test_eval(run_dir: Path, accuracy: float, prefix: str = "t") -> None:
+    """RUN/eval_test of 20 test samples: the first round(20 * accuracy) right, first zooms hit on the first 10."""
+    test = run_dir / "eval_test"
+    test.mkdir()
+    tools = {"n": 20, "accuracy": accuracy, "crop_iou_mean": 0.5, "crop_hit_rate": 0.5, "first_crop_hit_rate": 0.5,
+             "found_rate": 0.5, "semantic_score_mean": 0.25, "tool_calls_per_sample": 1.0}
+    (test / "metrics.json").write_text(json.dumps({"tools": tools}))
+    write_predictions(test, [(i < round(20 * accuracy), i < 10) for i in range(20)], prefix=prefix)
+
+
+def test_headline_table_is_on_the_test_set_and_validation_is_labelled(fake_runs, tmp_path):
+    """Test accuracies: grpo 0.5 every seed, mapo 0.6 -> headline 0.500 / 0.600 and Δ +0.100 on the test set;
+    the validation table keeps the fakes' 0.500 ± 0.100 / 0.700 ± 0.100 in its own section."""
+    from mapo.experiments.compare import write_results
+
+    for run in fake_runs:
+        add_fake_test_eval(run, 0.5 if run.parent.name == "grpo" else 0.6)
+    (tmp_path / "runs" / "sets.json").write_text(json.dumps(
+        {"validation": {"n": 10, "seed": 1000003}, "test": {"n": 20, "seed": 2000003}}))
+    text = write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd").read_text()
+    test_at = text.index("## Test set (20 samples, seed 2000003)")
+    validation_at = text.index("## Validation set (10 samples, seed 1000003): where settings are chosen")
+    assert test_at < validation_at
+    head, validation = text[test_at:validation_at], text[validation_at:]
+    assert "| held-out accuracy ↑ | 0.500 ± 0.000 | 0.600 ± 0.000 |" in head
+    assert "| mapo | held-out accuracy | +0.100 |" in head and "Goals, checked on the means (test set" in head
+    assert "| held-out accuracy ↑ | 0.500 ± 0.100 | 0.700 ± 0.100 |" in validation
+    assert "| mapo | held-out accuracy | +0.200 |" in validation
+    assert "gradient variance" not in validation.split("## Per run")[0]  # training rows are in the headline table
+
+
+def test_arms_on_different_test_sets_are_refused(fake_runs, tmp_path):
+    from mapo.experiments.compare import write_results
+
+    for run in fake_runs[:-1]:
+        add_fake_test_eval(run, 0.5)
+    with pytest.raises(ValueError, match="was evaluated on a test set and .* was not"):
+        write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd")
+    add_fake_test_eval(fake_runs[-1], 0.5, prefix="other")
+    with pytest.raises(ValueError, match="different test sets"):
         write_results(fake_runs, tmp_path / "R.md", tmp_path / "img", "cmd")
     assert not (tmp_path / "R.md").exists()
 
@@ -138,15 +182,20 @@ def test_read_run_names_what_is_missing(fake_runs):
         read_run(fake_runs[0])
 
 
-def test_cli_report_only_regenerates_from_existing_runs(fake_runs, tmp_path):
+def test_cli_report_only_regenerates_from_existing_runs(fake_runs, tmp_path, capsys):
     from mapo.cli import main
 
     doc = tmp_path / "R.md"
     argv = ["experiment", "compare", "--config", str(REPO / "configs" / "compare.yaml"), "--seeds", "3",
             "--out", str(tmp_path / "runs"), "--doc", str(doc), "--img-dir", str(tmp_path / "img"), "--report-only"]
+    assert main(argv) == 2  # the config has a test set (pipeline.test) and these runs were never evaluated on one
+    assert "6 runs lack their test-set evaluation eval_test/" in capsys.readouterr().err
+    argv.append("pipeline.test.n=0")
     assert main(argv) == 0
-    assert "| held-out accuracy ↑ | 0.500 ± 0.100 | 0.700 ± 0.100 |" in doc.read_text()
-    assert main(argv[:-1] + ["--out", str(tmp_path / "empty"), "--report-only"]) == 2
+    text = doc.read_text()
+    assert "| held-out accuracy ↑ | 0.500 ± 0.100 | 0.700 ± 0.100 |" in text
+    assert "the **validation set (10 samples)** only (no test set was configured" in text
+    assert main(argv[:-2] + ["--out", str(tmp_path / "empty"), "--report-only"]) == 2
 
 
 def test_bad_compare_config_is_rejected():
@@ -173,19 +222,25 @@ def test_tiny_real_comparison_end_to_end(tmp_path, tiny_policy_dir):
     torch.set_num_threads(1)
     pipeline = tiny_pipeline_dict(tmp_path, tiny_policy_dir)
     pipeline["warmstart"] = {"source": str(tiny_policy_dir)}
-    cfg = from_dict(CompareConfig, {"pipeline": pipeline, "seeds": 1, "steps": 1})
+    arms = {"grpo": ["advantage.estimator=grpo"], "mapo": ["advantage.estimator=mapo"],
+            "oracle": ["advantage.estimator=mapo", "semantic_target=oracle_iou"]}
+    cfg = from_dict(CompareConfig, {"pipeline": pipeline, "seeds": 1, "steps": 1, "arms": arms})
     dirs = run_compare(cfg, tmp_path / "runs", progress=False, log=lambda _: None, forced_turns=forced)
-    assert [d.relative_to(tmp_path / "runs").as_posix() for d in dirs] == ["grpo/seed0", "mapo/seed0"]
+    assert [d.relative_to(tmp_path / "runs").as_posix() for d in dirs] == ["grpo/seed0", "mapo/seed0", "oracle/seed0"]
     runs = [read_run(d) for d in dirs]
-    # GRPO runs without a verifier (grpo_verifier: false); MAPO's is the pipeline's cached verifier stage
+    # GRPO and the oracle run without a verifier (grpo_verifier: false); MAPO's is the pipeline's cached verifier stage
     assert runs[0]["config"]["verifier"] is None and (Path(runs[1]["config"]["verifier"]) / "config.json").is_file()
+    assert runs[2]["config"]["verifier"] is None and runs[2]["config"]["semantic_target"] == "oracle_iou"
     for r in runs:
-        assert r["n_eval"] == 2
+        assert r["n_eval"] == 2 and r["test"]["n_eval"] == 3  # validation 2 samples, test 3 (tiny_pipeline_dict)
         assert r["values"]["step_time_s"] > 0 and math.isfinite(r["values"]["grad_var_bootstrap"])
-    assert (tmp_path / "runs" / "start" / "eval" / "metrics.json").is_file()  # the warm start, scored once
+    for name in ("eval", "eval_test"):  # the warm start, scored once on each set
+        assert (tmp_path / "runs" / "start" / name / "metrics.json").is_file()
     doc = write_results(dirs, tmp_path / "RESULTS.md", tmp_path / "img", "mapo experiment compare --seeds 1 --steps 1")
-    assert "| grpo | 0 |" in doc.read_text() and "| mapo | 0 |" in doc.read_text()
-    assert "| metric | warm start | grpo | mapo |" in doc.read_text()
+    text = doc.read_text()
+    assert "| grpo | 0 |" in text and "| mapo | 0 |" in text and "| oracle | 0 |" in text
+    assert "| metric | warm start | grpo | mapo | oracle |" in text
+    assert "## Test set (3 samples, seed 2000003)" in text and "## Validation set (2 samples, seed 1000003)" in text
 
 
 def test_a_metric_some_runs_cannot_define_is_marked(fake_runs, tmp_path):
@@ -205,10 +260,12 @@ def test_first_seed_splits_a_compare_over_processes(fake_runs, tmp_path):
     """seeds=1 first_seed=2 names only seed 2's runs; seeds=3 first_seed=0 all of them."""
     from mapo.experiments.compare import CompareConfig, existing_runs
 
-    late = from_dict(CompareConfig, {"seeds": 1, "first_seed": 2, "arms": {"grpo": [], "mapo": []}})
+    no_test = {"test": {"n": 0}}  # the fakes have no test-set evaluation
+    late = from_dict(CompareConfig, {"seeds": 1, "first_seed": 2, "arms": {"grpo": [], "mapo": []}, "pipeline": no_test})
     assert [d.relative_to(tmp_path / "runs").as_posix() for d in existing_runs(tmp_path / "runs", late)] == [
         "grpo/seed2", "mapo/seed2"]
-    every = from_dict(CompareConfig, {"seeds": 3, "arms": {"grpo": [], "mapo": []}})
+    every = from_dict(CompareConfig, {"seeds": 3, "arms": {"grpo": [], "mapo": []}, "pipeline": no_test})
+    assert existing_runs(tmp_path / "runs", from_dict(CompareConfig, {"seeds": 3, "arms": {"grpo": [], "mapo": []}})) == []
     assert len(existing_runs(tmp_path / "runs", every)) == 6
     with pytest.raises(ValueError, match="first_seed must be >= 0"):
         from_dict(CompareConfig, {"first_seed": -1})

@@ -35,6 +35,7 @@ def tiny_pipeline_dict(tmp: Path, policy_dir: Path) -> dict:
         "threads": 1,
         "eval_batch_size": 4,
         "data": {"n": 2, "seed": 1_000_003},
+        "test": {"n": 3, "seed": 2_000_003},
         "verifier": {
             "n_samples": 6, "crops_per_sample": 2, "hard_negatives": 1, "val_fraction": 0.34, "image_size": 28,
             "patch_size": 14, "vision_width": 32, "vision_layers": 1, "text_width": 32, "text_layers": 1, "heads": 2,
@@ -92,12 +93,21 @@ def test_smoke_parameters_change_and_every_metric_is_finite(demo_run):
             assert math.isfinite(value), f"{key}={value} at step {row['step']}"
     assert "grad_var_bootstrap" in rows[0] and "semantic_mean" in rows[0]
     # Table values are finite numbers, or None where the denominator is empty (e.g. no valid crop).
-    for r in summary["table"]:
+    for r in summary["table"] + summary["table_validation"]:
         for col in ("before", "after", "delta"):
             assert r[col] is None or math.isfinite(r[col]), (r["key"], col, r[col])
     before = json.loads((Path(summary["paths"]["eval_before"]) / "metrics.json").read_text())["tools"]
-    assert summary["table"][0]["key"] == "accuracy" and summary["table"][0]["before"] == before["accuracy"]
-    assert before["accuracy"] in (0.0, 0.5, 1.0)  # a share of the 2 held-out samples
+    validation = summary["table_validation"]
+    assert validation[0]["key"] == "accuracy" and validation[0]["before"] == before["accuracy"]
+    assert before["accuracy"] in (0.0, 0.5, 1.0)  # a share of the 2 validation samples
+    # The headline table and the verdict are the test set's (3 samples of another seed), measured once.
+    test_before = json.loads((run / "eval_before_test" / "metrics.json").read_text())["tools"]
+    test_after = json.loads((run / "rl" / "eval_test" / "metrics.json").read_text())["tools"]
+    assert test_before["n"] == test_after["n"] == 3
+    assert summary["table"] == summary["table_test"] and summary["verdict_set"] == "test"
+    assert summary["table"][0]["before"] == test_before["accuracy"] and summary["table"][0]["after"] == test_after["accuracy"]
+    assert "on n=3" in summary["verdict"] or "no held-out samples" in summary["verdict"]
+    assert summary["sets"] == {"validation": {"n": 2, "seed": 1_000_003}, "test": {"n": 3, "seed": 2_000_003}}
     assert summary["n_heldout"] == 2 and summary["rl_steps"] == 2 and summary["algorithm"] == "mapo"
     rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
     assert summary["rl_trend"] == {"key": "reward_mean", "window": 2, "first": pytest.approx(sum(rewards) / 2),
@@ -111,12 +121,15 @@ def test_smoke_writes_summary_report_and_both_evaluations(demo_run):
     assert on_disk["table"] == summary["table"]
     md = (run / "summary.md").read_text()
     assert "| accuracy |" in md and "Verdict" in md and str(run) in md
+    test_at, validation_at = md.index("## Test set (3 samples, seed 2000003)"), md.index("## Validation set (2 samples")
+    assert test_at < md.index("**Verdict (test set (3 samples, seed 2000003)):**") < validation_at
     for name in ("eval_before", "rl/eval"):
         metrics = json.loads((run / name / "metrics.json").read_text())
         assert metrics["tools"]["n"] == 2
         assert len((run / name / "predictions.jsonl").read_text().splitlines()) == 2
     assert (run / "report" / "index.html").is_file()
-    assert set(summary["stages"]) >= {"data", "verifier", "warm start", "rl", "eval before", "eval after"}
+    assert set(summary["stages"]) >= {"data", "test data", "verifier", "warm start", "rl", "eval before", "eval after",
+                                      "test before", "test after"}
     assert not any(info["reused"] for name, info in summary["stages"].items() if name in ("data", "verifier", "warm start"))
 
 
@@ -128,7 +141,7 @@ def test_second_run_reuses_cached_stages(demo_run):
     assert all(second["stages"][s]["how"] == "reused from cache" for s in ("data", "verifier", "warm start"))
     assert second["table"] == first["table"]  # the finished RL run and the evaluations are read back
     assert second["paths"]["verifier"] == first["paths"]["verifier"]
-    assert len(list(Path(cfg.cache_dir).iterdir())) == 3  # data, verifier, sft; no temporary directories left
+    assert len(list(Path(cfg.cache_dir).iterdir())) == 4  # validation, test, verifier, sft; no temporary directory
 
 
 def test_cache_key_ignores_speed_knobs_and_tracks_the_rest():
@@ -166,6 +179,11 @@ def test_bad_config_is_rejected_with_a_reason(tmp_path):
         from_dict(PipelineConfig, {"rl": {"stepz": 3}})
     with pytest.raises(ValueError, match="data.n must be >= 1"):
         from_dict(PipelineConfig, {"data": {"n": 0}})
+    with pytest.raises(ValueError, match=r"test.seed \(1000003\) must differ from the validation seed"):
+        from_dict(PipelineConfig, {"test": {"seed": 1_000_003}})
+    with pytest.raises(ValueError, match="the training seed rl.data.seed"):
+        from_dict(PipelineConfig, {"test": {"seed": 5}, "rl": {"data": {"seed": 5}}})
+    assert from_dict(PipelineConfig, {"test": {"n": 0, "seed": 1_000_003}}).test_spec() is None  # no test set
 
 
 def test_refuses_a_directory_it_did_not_write(tmp_path):

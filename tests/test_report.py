@@ -378,6 +378,17 @@ def test_demo_report_opens_with_the_before_after_table(tmp_path, which):
     assert "max_turns" in page.text["config"] and "max_turns" not in page.text["evaluation"]
 
 
+def test_demo_report_leads_with_the_test_set_when_the_demo_has_one(tmp_path):
+    demo = make_demo_dir(tmp_path / "demo")
+    assert "Validation set, 40 samples" in layout(build_report(demo, tmp_path / "r1").read_text()).text["summary"]
+    for name, acc in (("eval_before_test", 0.3), ("rl/eval_test", 0.35)):
+        (demo / name).mkdir(parents=True)
+        (demo / name / "metrics.json").write_text(json.dumps(_tools(acc, 0.2, 0.3, 1.0, 0.0, n=400)))
+    page = layout(build_report(demo, tmp_path / "r2").read_text())
+    assert "Test set, 400 samples" in page.text["summary"] and "eval_before_test/" in page.text["summary"]
+    assert page.rows[1][1:] == ["0.300", "0.350", "+0.050"]
+
+
 def test_demo_without_its_after_eval_says_so_and_shows_the_last_step(tmp_path):
     demo = make_demo_dir(tmp_path / "demo")
     (demo / "rl" / "eval" / "metrics.json").unlink()

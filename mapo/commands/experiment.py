@@ -62,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         if args.report_only:
             dirs = existing_runs(args.out, cfg)
             if not dirs:
-                raise ValueError(f"no finished, evaluated runs of this config under {args.out}")
+                untested = existing_runs(args.out, _config.load(CompareConfig, args, config_path=config_path,
+                                                                extra=extra + ["pipeline.test.n=0"]))
+                hint = (f" ({len(untested)} runs lack their test-set evaluation eval_test/: run the compare again to "
+                        "evaluate them, or add pipeline.test.n=0 to report on the validation set alone)") if untested else ""
+                raise ValueError(f"no finished, evaluated runs of this config under {args.out}{hint}")
         else:
             dirs = run_compare(cfg, args.out, progress="lines" if args.no_progress else "auto")
         written = write_results(dirs, doc, img_dir, command)

@@ -5,8 +5,12 @@ An arm is a name and a list of overrides of the RL recipe (``configs/compare.yam
 arm, one ``mapo train`` run starts from the demo
 pipeline's cached stages (held-out data, verifier, warm start; :mod:`mapo.pipeline`)
 with the same steps, batch and optimiser; then its final policy is evaluated
-greedily on the held-out set with the verifier (``mapo eval``), so every arm
-is scored by the same code on the same samples. :func:`write_results` (:mod:`.compare_doc`) turns the
+greedily with the verifier (``mapo eval``) on the validation set (``pipeline.data``: the RL
+run's periodic evaluation, where settings are chosen) and, once, on the test set
+(``pipeline.test``: nothing is chosen on it), so every arm is scored by the same code on the
+same samples. The document's headline table and paired differences are on the test set; the
+validation figures are shown separately, labelled (without a test set, ``test.n: 0``, the
+document says its figures are on the validation set). :func:`write_results` (:mod:`.compare_doc`) turns the
 run directories into ``docs/RESULTS.md`` (mean ± std over seeds) and a PNG of the
 curves; it reads only what the runs wrote, so the document can be regenerated from
 existing runs (``--report-only``) and every number in it comes from a run.
@@ -42,6 +46,7 @@ from mapo.config import knob
 from mapo.experiments.compare_doc import plot_curves, results_markdown, write_results
 from mapo.experiments.compare_stats import (
     ARM_FILE,
+    SETS_FILE,
     START_DIR,
     aggregate,
     goals,
@@ -122,7 +127,16 @@ def run_compare(
     """
     import torch
 
-    from mapo.pipeline import eval_config, evaluate_stage, heldout_stage, rl_config, verifier_stage, warmstart_stage
+    from mapo.pipeline import (
+        TEST_EVAL,
+        eval_config,
+        evaluate_stage,
+        heldout_stage,
+        rl_config,
+        test_stage,
+        verifier_stage,
+        warmstart_stage,
+    )
     from mapo.train.rl import needs_semantic, needs_verifier, train
 
     out = Path(out)
@@ -130,11 +144,15 @@ def run_compare(
     if pipe.threads:
         torch.set_num_threads(pipe.threads)
     heldout, _ = heldout_stage(pipe, log)
+    test, _ = test_stage(pipe, log)
+    write_sets(out, pipe, heldout, test)
     verifier, _ = verifier_stage(pipe, log, progress)
     policy, _, _ = warmstart_stage(pipe, log, progress)
     # The warm start itself, scored like every run: the column every arm's change is read against.
     start_cfg = rl_config(pipe, verifier=str(verifier), policy=str(policy), heldout=str(heldout), steps=cfg.steps)
     evaluate_stage(Path(policy), heldout, verifier, out / START_DIR / "eval", eval_config(pipe, start_cfg))
+    if test is not None:
+        evaluate_stage(Path(policy), test, verifier, out / START_DIR / TEST_EVAL, eval_config(pipe, start_cfg))
     dirs = []
     for seed in cfg.seed_range:
         for arm, arm_overrides in cfg.arms.items():
@@ -147,9 +165,19 @@ def run_compare(
             log(f"{'resuming' if resume else 'training'} {arm} seed {seed}: {run_dir}")
             train(rl_cfg, run_dir, resume=resume, progress=progress, forced_turns=forced_turns)
             evaluate_stage(run_dir / "final", heldout, verifier, run_dir / "eval", eval_config(pipe, rl_cfg))
+            if test is not None:  # once, on the final policy: nothing is chosen on the test set
+                evaluate_stage(run_dir / "final", test, verifier, run_dir / TEST_EVAL, eval_config(pipe, rl_cfg))
             (run_dir / ARM_FILE).write_text(json.dumps({"arm": arm, "overrides": arm_overrides}) + "\n", encoding="utf-8")
             dirs.append(run_dir)
     return dirs
+
+
+def write_sets(out: Path, pipe: PipelineConfig, heldout: Path, test: Path | None) -> None:
+    """``OUT/sets.json``: which validation and test sets the runs under ``out`` are scored on (the document's labels)."""
+    sets = {"validation": {"n": pipe.data.n, "seed": pipe.data.seed, "path": str(heldout)},
+            "test": {"n": pipe.test.n, "seed": pipe.test.seed, "path": str(test)} if test is not None else None}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SETS_FILE).write_text(json.dumps(sets, indent=1) + "\n", encoding="utf-8")
 
 
 def _arm_config(rl_cfg: Any, overrides: list[str]) -> Any:
@@ -161,9 +189,15 @@ def _arm_config(rl_cfg: Any, overrides: list[str]) -> Any:
 
 
 def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
-    """Run directories of ``cfg`` under ``out`` that are finished and evaluated (for ``--report-only``)."""
+    """Run directories of ``cfg`` under ``out`` that are finished and evaluated (for ``--report-only``).
+
+    With a test set (``pipeline.test.n > 0``) a run counts once its test evaluation is written too.
+    """
+    from mapo.pipeline import TEST_EVAL
+
     dirs = [run_dir_of(Path(out), a, s) for s in cfg.seed_range for a in cfg.arms]
-    return [d for d in dirs if (d / "summary.json").is_file() and (d / "eval" / "metrics.json").is_file()]
+    needed = ["summary.json", "eval/metrics.json"] + ([f"{TEST_EVAL}/metrics.json"] if cfg.pipeline.test.n else [])
+    return [d for d in dirs if all((d / name).is_file() for name in needed)]
 
 
 __all__ = ["CompareConfig", "aggregate", "existing_runs", "goals", "plot_curves", "read_run", "results_markdown",

@@ -19,10 +19,13 @@ import numpy as np
 from mapo.experiments.compare_stats import (
     CURVES,
     RESULT_METRICS,
+    SETS_FILE,
     START_DIR,
+    TEST_EVAL,
     aggregate,
-    check_same_heldout,
+    check_same_sets,
     goals,
+    on_test_set,
     paired_differences,
     read_run,
 )
@@ -40,20 +43,79 @@ def _pm(stat: dict[str, Any], runs: int) -> str:
     return text + (f" (n={stat['n']})" if stat["n"] < runs else "")
 
 
+def _set_label(sets: dict[str, Any] | None, which: str, n: Any) -> str:
+    """``test set (400 samples, seed 2000003)``; the seed only when ``OUT/sets.json`` records it."""
+    info = (sets or {}).get(which) or {}
+    seed = f", seed {info['seed']}" if info.get("seed") is not None else ""
+    return f"{which} set ({n} samples{seed})"
+
+
+def _metric_table(runs: Sequence[dict[str, Any]], start: dict[str, Any] | None, sources: tuple[str, ...]) -> list[str]:
+    """``| metric | warm start | arm ... |`` rows of :data:`RESULT_METRICS` whose source is in ``sources``."""
+    agg = aggregate(runs)
+    arms = list(agg)
+    counts = {a: sum(r["arm"] == a for r in runs) for a in arms}
+    lines = ["| metric | " + ("warm start | " if start else "") + " | ".join(arms) + " |",
+             "|---|" + ("---|" if start else "") + "---|" * len(arms)]
+    for key, label, source, higher in RESULT_METRICS:
+        if source not in sources:
+            continue
+        arrow = {True: " ↑", False: " ↓", None: ""}[higher]
+        first = ""
+        if start:
+            value = start.get(key) if source == "eval" else None
+            first = ("–" if value is None else f"{value:.3f}") + " | "
+        lines.append(f"| {label}{arrow} | " + first + " | ".join(_pm(agg[a][key], counts[a]) for a in arms) + " |")
+    return lines
+
+
+def _differences(runs: Sequence[dict[str, Any]], baseline: str, where: str) -> list[str]:
+    diffs = paired_differences(runs, baseline)
+    if not diffs:
+        return []
+    lines = ["", f"## Differences from `{baseline}` on the {where}, paired by seed", "",
+             "Δ is the mean over seeds of (arm − baseline) on the same samples. *seed 95% CI*: "
+             "t-interval of the per-seed differences (run-to-run noise); *sample 95% CI*: normal interval over "
+             "every (seed, sample) pair (evaluation noise only); *p*: paired t-test over seeds.", "",
+             "| arm | metric | Δ | seed 95% CI | sample 95% CI | p | seeds |", "|---|---|---|---|---|---|---|"]
+
+    def num(v, fmt):
+        return "n/a" if v is None else fmt.format(v)
+
+    for d in diffs:
+        lines.append(f"| {d['arm']} | {d['metric']} | {d['diff']:+.3f} | {num(d['seed_ci'], '± {:.3f}')} | "
+                     f"{num(d['sample_ci'], '± {:.3f}')} | {num(d['p'], '{:.3f}')} | {d['seeds']} |")
+    return lines
+
+
 def results_markdown(
     runs: Sequence[dict[str, Any]], command: str, meta: dict[str, Any], plot: str | None,
-    start: dict[str, Any] | None = None,
+    start: dict[str, Any] | None = None, *, start_test: dict[str, Any] | None = None, sets: dict[str, Any] | None = None,
 ) -> str:
     """The text of ``docs/RESULTS.md`` from the runs' own files (see :func:`read_run`).
 
-    ``start``: the warm start's eval ``tools`` metrics (``OUT/start/eval/metrics.json``), shown
-    as a first column when given.
+    With test evaluations (every run's ``eval_test``) the headline table, the paired
+    differences and the goals are on the test set, and the validation set's evaluation
+    figures follow in their own labelled section; without, everything is on the
+    validation set and the document says so. ``start`` / ``start_test``: the warm start's
+    eval ``tools`` metrics on each set (``OUT/start/eval*/metrics.json``), a first column
+    when given. ``sets``: ``OUT/sets.json`` (sizes and seeds for the labels).
     """
-    agg = aggregate(runs)
+    has_test = runs[0]["test"] is not None
+    head = on_test_set(runs) if has_test else list(runs)
+    head_start = start_test if has_test else start
+    validation = _set_label(sets, "validation", runs[0]["n_eval"])
+    where = _set_label(sets, "test", head[0]["n_eval"]) if has_test else validation
+    agg = aggregate(head)
     arms = list(agg)
     seeds = sorted({r["seed"] for r in runs})
     steps = sorted({r["steps"] for r in runs})
     cfg = runs[0]["config"]
+    sets_text = (f"Evaluation sets: the **{where}**, measured once on every final policy, nothing chosen on it (the "
+                 f"headline figures); the {validation}, which the runs' periodic evaluation reads and settings are "
+                 "chosen on (shown separately below)." if has_test else
+                 f"Evaluation set: the **{validation}** only (no test set was configured, `pipeline.test.n: 0`); "
+                 "settings are chosen on it, so its figures may flatter the arms that were tuned.")
     lines = [
         "# Results: MAPO vs GRPO on the embedded synthetic task", "",
         "<!-- GENERATED by the command below; do not edit by hand. -->", "",
@@ -61,50 +123,35 @@ def results_markdown(
         f"{meta['threads']} CPU thread(s)); total wall time of the runs read: {meta['wall_min']:.1f} min.", "",
         f"Setup: every run starts from the same warm start (`{_shown_path(cfg['policy'])}`), for {', '.join(map(str, steps))} steps "
         f"of {cfg['prompts_per_step']} prompts × G={cfg['rollout']['group_size']} trajectories, lr {cfg['optim']['lr']}, "
-        f"seeds {', '.join(map(str, seeds))}. Held-out: {runs[0]['n_eval']} synthetic samples of level "
-        f"`{cfg['data']['synth_level']}`, greedy, scored by `mapo eval` with the verifier `{_shown_path(meta['verifier'])}`. "
+        f"seeds {', '.join(map(str, seeds))}. Synthetic samples of level `{cfg['data']['synth_level']}`, greedy, scored "
+        f"by `mapo eval` with the verifier `{_shown_path(meta['verifier'])}`. {sets_text} "
         "Mean ± sample std over seeds; `(n=k)`: only k runs define the metric (e.g. crop IoU of a policy that "
         "made no crop). `n/a`: no run defines it." + (" The runs were made by the same command without "
         "`--report-only`." if "--report-only" in command else ""), "",
-        "| metric | " + ("warm start | " if start else "") + " | ".join(arms) + " |",
-        "|---|" + ("---|" if start else "") + "---|" * len(arms),
+        f"## {where[0].upper() + where[1:]}", "",
     ]
-    for key, label, source, higher in RESULT_METRICS:
-        arrow = {True: " ↑", False: " ↓", None: ""}[higher]
-        counts = {a: sum(r["arm"] == a for r in runs) for a in arms}
-        first = ""
-        if start:
-            value = start.get(key) if source == "eval" else None
-            first = ("–" if value is None else f"{value:.3f}") + " | "
-        lines.append(f"| {label}{arrow} | " + first + " | ".join(_pm(agg[a][key], counts[a]) for a in arms) + " |")
-    diffs = paired_differences(runs, arms[0])
-    if diffs:
-        lines += ["", f"## Differences from `{arms[0]}`, paired by seed", "",
-                  "Δ is the mean over seeds of (arm − baseline) on the same held-out samples. *seed 95% CI*: "
-                  "t-interval of the per-seed differences (run-to-run noise); *sample 95% CI*: normal interval over "
-                  "every (seed, sample) pair (evaluation noise only); *p*: paired t-test over seeds.", "",
-                  "| arm | metric | Δ | seed 95% CI | sample 95% CI | p | seeds |", "|---|---|---|---|---|---|---|"]
-
-        def num(v, fmt):
-            return "n/a" if v is None else fmt.format(v)
-
-        for d in diffs:
-            lines.append(f"| {d['arm']} | {d['metric']} | {d['diff']:+.3f} | {num(d['seed_ci'], '± {:.3f}')} | "
-                         f"{num(d['sample_ci'], '± {:.3f}')} | {num(d['p'], '{:.3f}')} | {d['seeds']} |")
+    lines += _metric_table(head, head_start, ("eval", "train"))
+    lines += _differences(head, arms[0], where)
     checked = goals(agg, arms[0], "mapo" if "mapo" in agg else arms[1])
     if checked:
-        lines += ["", "## Goals, checked on the means", "",
+        lines += ["", f"## Goals, checked on the means ({where})", "",
                   "| goal | measured | met |", "|---|---|---|"]
         lines += [f"| {g} | {v} | {'n/a' if ok is None else ('yes' if ok else 'no')} |" for g, v, ok in checked]
-    lines += ["", "## Per run", "", "| arm | seed | " + " | ".join(label for _, label, _, _ in RESULT_METRICS) + " | run |",
+    if has_test:
+        lines += ["", f"## {validation[0].upper() + validation[1:]}: where settings are chosen", "",
+                  "The same final policies on the validation set (training-side rows are in the table above)."]
+        lines += [""] + _metric_table(runs, start, ("eval",))
+        lines += _differences(runs, arms[0], validation)
+    lines += ["", f"## Per run ({where})", "",
+              "| arm | seed | " + " | ".join(label for _, label, _, _ in RESULT_METRICS) + " | run |",
               "|---|---|" + "---|" * (len(RESULT_METRICS) + 1)]
-    for r in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+    for r in sorted(head, key=lambda r: (r["arm"], r["seed"])):
         cells = ["n/a" if r["values"][k] is None else f"{r['values'][k]:.4g}" for k, *_ in RESULT_METRICS]
         lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + f" | `{r['run_dir']}` |")
     if plot:
         lines += ["", "## Curves", "", f"![training curves]({plot})", "",
                   "Mean over seeds (line) and min–max over seeds (band); `eval/accuracy` is the periodic greedy "
-                  "held-out evaluation inside `mapo train`."]
+                  "evaluation inside `mapo train`, on the validation set."]
     lines += ["", "## How to read this", "",
               "- Gradient variance is the bootstrap estimate of `docs/metrics.md` (projection on one fixed random "
               "direction, the same for every arm). It scales with the advantages' magnitude, and MAPO's "
@@ -113,11 +160,11 @@ def results_markdown(
               "otherwise. The verifier's own cost is the row `verifier time per step`; the rest of a step-time "
               "difference is behaviour (a policy that stops zooming generates fewer tokens: see `generated tokens / "
               "trajectory`).",
-              "- The held-out semantic score is `mapo eval`'s (the description after each view against its crop) for "
+              "- The semantic score is `mapo eval`'s (the description after each view against its crop) for "
               "every arm, one yardstick, whatever the arm's training target.",
-              "- With few seeds and a small held-out set, differences smaller than the std are not evidence either way; "
-              "the seed 95% interval of a difference is the power statement: a difference smaller than it could not "
-              "have been detected."]
+              "- With few seeds and a small evaluation set, differences smaller than the std are not evidence either "
+              "way; the seed 95% interval of a difference is the power statement: a difference smaller than it could "
+              "not have been detected."]
     return "\n".join(lines) + "\n"
 
 
@@ -173,9 +220,10 @@ def write_results(
     if not run_dirs:
         raise ValueError("no run directories to summarise")
     runs = [read_run(d) for d in run_dirs]
-    check_same_heldout(runs)
-    start_file = Path(run_dirs[0]).parent.parent / START_DIR / "eval" / "metrics.json"
-    start = json.loads(start_file.read_text(encoding="utf-8"))["tools"] if start_file.is_file() else None
+    check_same_sets(runs)
+    out = Path(run_dirs[0]).parent.parent
+    start, start_test = (_tools(out / START_DIR / name / "metrics.json") for name in ("eval", TEST_EVAL))
+    sets = json.loads((out / SETS_FILE).read_text(encoding="utf-8")) if (out / SETS_FILE).is_file() else None
     doc, img_dir = Path(doc), Path(img_dir)
     png = plot_curves(runs, img_dir / "compare_curves.png")
     try:
@@ -191,8 +239,13 @@ def write_results(
         "verifier": verifier or next((r["config"]["verifier"] for r in runs if r["config"].get("verifier")), "n/a"),
     }
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(results_markdown(runs, command, meta, rel, start), encoding="utf-8")
+    doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets), encoding="utf-8")
     return doc
+
+
+def _tools(path: Path) -> dict[str, Any] | None:
+    """A ``mapo eval`` metrics.json's ``tools`` statistics, None when the file is absent."""
+    return json.loads(path.read_text(encoding="utf-8"))["tools"] if path.is_file() else None
 
 
 def _cpu_count() -> int:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mapo.pipeline_summary import TEST_EVAL
+
 # (key, label, source, higher is better; None: neither, context): the RESULTS table, in order.
 RESULT_METRICS = (
     ("accuracy", "held-out accuracy", "eval", True),
@@ -36,15 +38,16 @@ CURVES = (
     ("reward_mean", "training reward"),
     ("accuracy", "training accuracy"),
     ("hit_rate", "training first-zoom hit rate"),
-    ("eval/accuracy", "held-out accuracy (periodic greedy eval)"),
+    ("eval/accuracy", "validation accuracy (periodic greedy eval)"),
     ("grad_var_bootstrap", "gradient variance (bootstrap)"),
     ("step_time_s", "step time excl. bootstrap (s)"),
 )
 
 STEP_TIME_GOAL = 1.15  # MAPO's step may cost at most this times GRPO's
 
-START_DIR = "start"  # OUT/start/eval: the warm start evaluated on the held-out set
+START_DIR = "start"  # OUT/start/eval (validation set), OUT/start/eval_test (test set): the warm start evaluated
 ARM_FILE = "arm.json"  # {"arm", "overrides"}, written into a run directory once it is trained and evaluated
+SETS_FILE = "sets.json"  # OUT/sets.json: {"validation": {n, seed, path}, "test": {n, seed, path} | null}
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -77,11 +80,26 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     curves = {key: [(r["step"], r[key]) for r in rows if key in r] for key, _ in CURVES}
     arm_file = run_dir / ARM_FILE
     arm = json.loads(arm_file.read_text(encoding="utf-8"))["arm"] if arm_file.is_file() else config["advantage"]["estimator"]
+    test = None
+    if (run_dir / TEST_EVAL / "metrics.json").is_file():
+        test_tools = json.loads((run_dir / TEST_EVAL / "metrics.json").read_text(encoding="utf-8"))["tools"]
+        test = {"values": {key: test_tools.get(key) for key, _, source, _ in RESULT_METRICS if source == "eval"},
+                "n_eval": test_tools.get("n"), "per_sample": per_sample_outcomes(run_dir / TEST_EVAL / "predictions.jsonl")}
     return {
         "run_dir": str(run_dir), "arm": arm, "seed": int(config["seed"]),
         "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
-        "config": config, "per_sample": per_sample_outcomes(run_dir / "eval" / "predictions.jsonl"),
+        "config": config, "per_sample": per_sample_outcomes(run_dir / "eval" / "predictions.jsonl"), "test": test,
     }
+
+
+def on_test_set(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` as seen on the test set: evaluation values, sample outcomes and size from ``RUN/eval_test``.
+
+    Training-side values (gradient variance, step time, ...) are unchanged. Every run must have a
+    test evaluation (:func:`check_same_sets` makes sure).
+    """
+    return [{**r, "values": {**r["values"], **r["test"]["values"]}, "per_sample": r["test"]["per_sample"],
+             "n_eval": r["test"]["n_eval"]} for r in runs]
 
 
 def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool, bool]]:
@@ -97,16 +115,29 @@ def per_sample_outcomes(path: Path) -> dict[str, tuple[bool, bool, bool]]:
     return {r.id: (bool(r.correct), first_zoom_hit(r.iou), found(r.iou)) for r in read_jsonl(path)}
 
 
-def check_same_heldout(runs: Sequence[dict[str, Any]]) -> None:
-    """Refuse runs whose held-out sample ids differ: their numbers would not compare."""
+def check_same_sets(runs: Sequence[dict[str, Any]]) -> None:
+    """Refuse runs whose validation or test sample ids differ, or of which only some have a test evaluation."""
     reference = runs[0]
     for r in runs[1:]:
-        if set(r["per_sample"]) != set(reference["per_sample"]):
-            only = sorted(set(r["per_sample"]) ^ set(reference["per_sample"]))[:3]
+        if (r["test"] is None) != (reference["test"] is None):
+            has, lacks = (r, reference) if reference["test"] is None else (reference, r)
             raise ValueError(
-                f"{r['run_dir']} and {reference['run_dir']} were evaluated on different held-out sets "
-                f"(e.g. {only}); re-run the compare so every arm uses the same one"
+                f"{has['run_dir']} was evaluated on a test set and {lacks['run_dir']} was not; re-run the compare so "
+                "every arm uses the same validation and test sets"
             )
+        pairs = [("validation", r["per_sample"], reference["per_sample"])]
+        if r["test"] is not None:
+            pairs.append(("test", r["test"]["per_sample"], reference["test"]["per_sample"]))
+        for which, mine, theirs in pairs:
+            if set(mine) != set(theirs):
+                only = sorted(set(mine) ^ set(theirs))[:3]
+                raise ValueError(
+                    f"{r['run_dir']} and {reference['run_dir']} were evaluated on different {which} sets "
+                    f"(e.g. {only}); re-run the compare so every arm uses the same validation and test sets"
+                )
+
+
+check_same_heldout = check_same_sets  # the earlier name
 
 
 # (index in a per-sample tuple, label): the differences tested against the baseline.

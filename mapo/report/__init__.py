@@ -34,7 +34,9 @@ from mapo.data import open_image
 from mapo.records import PredictionRecord, read_jsonl, record_statistics
 from mapo.report import html as H
 from mapo.report import plots as P
+from mapo.report.rollouts import load_rollouts, render_rollouts
 
+ROLLOUT_CARD_BASE = 1_000_000  # asset numbers of training-rollout cards (eval cards count from 0)
 MARKER = ".mapo-report"  # marks a directory we wrote, so --force never wipes a stranger's files
 
 # The curves a run's page opens with: logged key -> title in words, in page order.
@@ -62,8 +64,11 @@ class ReportInputs:
     metrics: dict[str, Any] | None = None  # metrics.json of the eval
     train_rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl of a run
     config: dict[str, Any] | None = None  # config.yaml of a run
-    before_after: tuple[dict[str, Any], dict[str, Any]] | None = None  # demo: metrics.json before and after RL
+    # demo: metrics.json before and after RL, the set they are on ("test" / "validation") and their two directories
+    before_after: tuple[dict[str, Any], dict[str, Any], str, tuple[str, str]] | None = None
     notes: list[str] = field(default_factory=list)
+    rollouts: list[PredictionRecord] = field(default_factory=list)  # a run's saved training rollouts
+    rollouts_dir: Path | None = None  # where their file names are resolved (RUN_DIR/rollouts)
 
 
 def build_report(
@@ -117,6 +122,13 @@ def build_report(
         final=[(CHOSEN_CURVES[k], k, series[k][0][-1], series[k][1][-1]) for k in chosen],
         x_label=x_label,
         config=_config_tables(inputs.config, metrics.get("run")),
+        rollouts=render_rollouts(
+            inputs.rollouts,
+            # Card numbers past any eval card's, so their asset files never collide.
+            lambda k, rec: _card_images(rec, ROLLOUT_CARD_BASE + k, inputs.rollouts_dir, assets, thumb_px, crop_px,
+                                        inputs.notes),
+            low_score,
+        ),
     )
     index = out / "index.html"
     index.write_text(H.render_page(page), encoding="utf-8")
@@ -136,6 +148,9 @@ def load_inputs(src: Path) -> ReportInputs:
         inputs.config = _read_yaml_mapping(run / "config.yaml", inputs.notes)
     if demo is not None:
         inputs.before_after = _read_before_after(demo, inputs.notes)
+    saved = load_rollouts(run, inputs.notes)
+    if saved is not None:
+        inputs.rollouts, inputs.rollouts_dir = saved
     eval_dir = _find_eval_dir(run)
     if eval_dir is not None:
         result = read_jsonl(eval_dir / "predictions.jsonl")
@@ -173,10 +188,25 @@ def _demo_root(src: Path) -> Path | None:
     return None
 
 
-def _read_before_after(demo: Path, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """metrics.json of the evaluation before RL and after it, or None (and a note) when one is unusable."""
+# (set, directory before RL, directory after RL) of a demo, the test set first: the page leads with its figures.
+DEMO_PAIRS = (("test", "eval_before_test", "rl/eval_test"), ("validation", "eval_before", "rl/eval"))
+
+
+def _read_before_after(demo: Path, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any], str, tuple[str, str]] | None:
+    """metrics.json before and after RL on the test set (else the validation set), the set's name and its
+    two directories; None (and a note) when the validation pair is unusable and there is no test pair."""
+    for which, before_dir, after_dir in DEMO_PAIRS[:1]:
+        paths = (demo / before_dir / "metrics.json", demo / after_dir / "metrics.json")
+        if all(path.is_file() for path in paths):
+            try:
+                pair = [_read_json_object(path) for path in paths]
+            except ValueError:
+                continue  # an unusable test pair: fall back to the validation pair, which says why it fails if it does
+            if all(isinstance(d.get("tools"), dict) for d in pair):
+                return pair[0], pair[1], which, (before_dir, after_dir)
+    which, before_dir, after_dir = DEMO_PAIRS[-1]
     pair = []
-    for path in (demo / "eval_before" / "metrics.json", demo / "rl" / "eval" / "metrics.json"):
+    for path in (demo / before_dir / "metrics.json", demo / after_dir / "metrics.json"):
         if not path.is_file():
             notes.append(f"no before/after table: {path} is missing (the evaluation after RL has not finished?)")
             return None
@@ -189,7 +219,7 @@ def _read_before_after(demo: Path, notes: list[str]) -> tuple[dict[str, Any], di
             notes.append(f'no before/after table: {path} has no "tools" statistics (not written by mapo eval?)')
             return None
         pair.append(data)
-    return pair[0], pair[1]
+    return pair[0], pair[1], which, (before_dir, after_dir)
 
 
 def _find_eval_dir(src: Path) -> Path | None:
@@ -367,12 +397,12 @@ def _comparison(pair: tuple[dict[str, Any], dict[str, Any]] | None) -> H.Compari
     # Imported here: mapo.pipeline pulls in torch, which only a demo directory's report needs.
     from mapo.pipeline_summary import before_after, verdict
 
-    before, after = pair
+    before, after, which, dirs = pair
     by_key = {r["key"]: r for r in before_after(before, after)}
     rows = [by_key[k] for k in COMPARED]
     n = after["tools"].get("n")
     n = n if isinstance(n, int) and n > 0 else None
-    return H.Comparison(rows=rows, verdict=verdict(rows, n) if n else "", n=n)
+    return H.Comparison(rows=rows, verdict=verdict(rows, n) if n else "", n=n, which=which, dirs=dirs)
 
 
 def _config_tables(config: dict[str, Any] | None, eval_run: Any) -> list[tuple[str, dict[str, Any]]]:

@@ -59,6 +59,8 @@ class Comparison:
     rows: list[dict[str, Any]]  # each: label, meaning, before, after, delta (None where undefined)
     verdict: str  # mapo.pipeline_summary.verdict's reading of the accuracy change ("" when n is unknown)
     n: int | None  # held-out samples per evaluation
+    which: str = "validation"  # the evaluation set: "test" (measured once) or "validation" (settings chosen on it)
+    dirs: tuple[str, str] = ("eval_before", "rl/eval")  # the two evaluation directories, relative to the demo
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Page:
     final: list[tuple[str, str, float, float]] = field(default_factory=list)  # (title, key, x, value) at the last x
     x_label: str = "step"  # what x is in ``final`` and the curves
     config: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (heading, mapping), shown collapsed
+    rollouts: str = ""  # rendered section of saved training rollouts (mapo.report.rollouts), "" when none
 
     @property
     def is_run(self) -> bool:
@@ -122,6 +125,9 @@ table.turns{border-collapse:collapse;font-size:13px;flex:1 1 420px}
 table.turns th{text-align:left;font-weight:600;border-bottom:1px solid #ddd;padding:3px 6px}
 table.turns td{border-bottom:1px solid #eee;padding:4px 6px;vertical-align:top}
 table.turns img{max-width:128px;max-height:128px;border:1px solid #ccc}
+td.adv{font-variant-numeric:tabular-nums;white-space:nowrap}
+section#rollouts details.group{margin:10px 0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
+section#rollouts details.group>summary{cursor:pointer;font-weight:600}
 .chip{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 .err{color:#c8553d} .score{font-variant-numeric:tabular-nums} .low{color:#c8553d;font-weight:600}
 .desc{white-space:pre-wrap;overflow-wrap:anywhere} .said{color:#666;font-size:12px;overflow-wrap:anywhere}
@@ -191,6 +197,8 @@ def render_page(page: Page) -> str:
     ]
     parts += [f'<div class="note">{esc(n)}</div>' for n in page.notes]
     parts += _run_sections(page) if page.is_run else _eval_sections(page)
+    if page.rollouts:
+        parts.append(page.rollouts)
     if page.config:
         parts.append(_config_section(page.config))
     parts.append(_filters_section(len(page.cards), page.total_records))
@@ -242,8 +250,8 @@ def _run_summary(page: Page) -> str:
 def _comparison_table(cmp: Comparison) -> str:
     n = f", {cmp.n} samples" if cmp.n else ""
     out = [
-        f"<h3>Held-out evaluation{esc(n)}: before RL (warm start, <code>eval_before/</code>) → after RL "
-        "(<code>rl/eval/</code>)</h3>",
+        f"<h3>{esc(cmp.which.capitalize())} set{esc(n)}: before RL (warm start, <code>{esc(cmp.dirs[0])}/</code>) → "
+        f"after RL (<code>{esc(cmp.dirs[1])}/</code>)</h3>",
         '<table class="cmp"><tr><th>metric</th><th>before RL</th><th>after RL</th><th>change</th></tr>',
     ]
     for r in cmp.rows:
@@ -308,8 +316,11 @@ def _filters_section(n_cards: int, total: int) -> str:
     )
 
 
-def render_card(rec: PredictionRecord, images: CardImages, low_score: float = 0.2) -> str:
-    """One trajectory: header, question, image with boxes, turn table, answer, transcript."""
+def render_card(rec: PredictionRecord, images: CardImages, low_score: float = 0.2, *, kind: str = "") -> str:
+    """One trajectory: header, question, image with boxes, turn table, answer, transcript.
+
+    ``kind`` is an extra CSS class (``rollout``: a saved training rollout, :mod:`mapo.report.rollouts`).
+    """
     scores = rec.semantic_scores
     min_score = f"{min(scores):.4f}" if scores else ""
     search = " ".join(
@@ -318,7 +329,7 @@ def render_card(rec: PredictionRecord, images: CardImages, low_score: float = 0.
         + [t.label or "" for t in rec.turns]
     ).lower()[:4000]
     attrs = {
-        "class": "card",
+        "class": f"card {kind}".strip(),
         "id": f"card-{rec.id}",
         "data-correct": "1" if rec.correct else "0",
         "data-invalid": str(rec.invalid_calls),
@@ -353,6 +364,10 @@ def _card_header(rec: PredictionRecord) -> str:
         bits.append(f'<span class="badge warn">{rec.invalid_calls} invalid call(s)</span>')
     bits.append(f"<span>finish: {esc(rec.finish_reason)}</span>")
     bits.append(f"<span>{rec.tool_calls} tool call(s)</span>")
+    train = rec.meta.get("train") if isinstance(rec.meta.get("train"), dict) else None
+    if train is not None:  # a saved training rollout: its member index and outcome reward R_i
+        bits.append(f"<span>member {esc(train.get('member'))}</span>")
+        bits.append(f"<span>reward R = {esc(_fmt(train.get('reward')))}</span>")
     return "<header>" + "".join(bits) + "</header>"
 
 
@@ -369,7 +384,9 @@ def _thumb(rec: PredictionRecord, thumb: str | None) -> str:
 def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float) -> str:
     if not rec.turns:
         return '<p class="err">no assistant turns recorded</p>'
-    out = ['<table class="turns"><tr><th>turn</th><th>tool call</th><th>crop</th><th>description</th><th>score</th></tr>']
+    with_adv = any(t.advantage is not None for t in rec.turns)  # a training rollout: the credit each turn got
+    out = ['<table class="turns"><tr><th>turn</th><th>tool call</th><th>crop</th><th>description</th><th>score</th>'
+           + ("<th>advantage</th>" if with_adv else "") + "</tr>"]
     for i, turn in enumerate(rec.turns):
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
         if not turn.tool_call:
@@ -394,9 +411,12 @@ def _turn_table(rec: PredictionRecord, crops: list[str | None], low_score: float
         else:
             cls = "score low" if turn.semantic_score < low_score else "score"
             score = f'<span class="{cls}">{turn.semantic_score:.3f}</span>'
+        adv = ""
+        if with_adv:
+            adv = "<td></td>" if turn.advantage is None else f'<td class="adv">{turn.advantage:+.3f}</td>'
         out.append(
             f"<tr><td>{i}</td><td>{call}</td><td>{crop_html}</td>"
-            f'<td class="desc">{desc}</td><td>{score}</td></tr>'
+            f'<td class="desc">{desc}</td><td>{score}</td>{adv}</tr>'
         )
     out.append("</table>")
     return "\n".join(out)

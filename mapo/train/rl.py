@@ -105,7 +105,8 @@ from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_updat
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads")
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads",
+                  "save_rollouts_every", "save_rollouts_groups")
 
 
 # ----------------------------------------------------------------------------- config
@@ -145,6 +146,9 @@ class RLConfig:
     log_every: int = knob(1, "write training metrics every this many steps")
     save_every: int = knob(10, "checkpoint every this many steps (0 = only at the end)")
     keep_last: int = knob(2, "checkpoints kept on disk")
+    save_rollouts_every: int = knob(10, "save sampled training rollouts (crops, s_{i,k}, per-turn advantages) at step 1 "
+                                    "and every this many steps into RUN_DIR/rollouts/ for `mapo report` (0 = never)")
+    save_rollouts_groups: int = knob(2, "groups (prompts, G trajectories each) saved per such step")
     tensorboard: bool = knob(True, "also write TensorBoard event files")
     wandb: str | None = knob(None, "also log metrics to this Weights & Biases project (needs the wandb package; "
                              "WANDB_MODE=offline works without a network)")
@@ -156,7 +160,8 @@ class RLConfig:
                      "verifier_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("bootstrap_every", "eval_every", "save_every", "threads", "keep_last"):
+        for name in ("bootstrap_every", "eval_every", "save_every", "threads", "keep_last", "save_rollouts_every",
+                     "save_rollouts_groups"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.policy:

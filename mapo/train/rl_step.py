@@ -25,7 +25,7 @@ from mapo.advantage import get_estimator
 from mapo.loss import policy_loss
 from mapo.reward import outcome_reward
 from mapo.rollout import rollout
-from mapo.train import diagnostics
+from mapo.train import diagnostics, rollout_log
 from mapo.train import distributed as dp
 from mapo.train.common import clip_gradients
 from mapo.train.rl_run import Run
@@ -92,6 +92,12 @@ def collect(run: Run, forced_turns: Callable | None = None) -> Collected:
     metrics.update(diagnostics.group_signal_metrics(outcome, batch.group))
     metrics.update({"time_rollout": t_rollout - started, "time_verifier": t_verifier - t_rollout})
     metrics = dp.mean_metrics(metrics, weight=len(trajectories), info=run.dist, summed=("verifier_pairs",))
+    if run.dist.is_main and rollout_log.due(step + 1, cfg.save_rollouts_every) and cfg.save_rollouts_groups:
+        # What the update reads: these advantages are the tensor update_policy receives.
+        rollout_log.save_rollouts(
+            run.run_dir, step + 1, trajectories, rewards, scores, advantages, batch.segment_ids, batch.group,
+            n_groups=cfg.save_rollouts_groups, estimator=cfg.advantage.estimator, semantic_target=cfg.semantic_target,
+        )
     return Collected(trajectories, batch, advantages, metrics)
 
 
