@@ -269,3 +269,44 @@ def test_first_seed_splits_a_compare_over_processes(fake_runs, tmp_path):
     assert len(existing_runs(tmp_path / "runs", every)) == 6
     with pytest.raises(ValueError, match="first_seed must be >= 0"):
         from_dict(CompareConfig, {"first_seed": -1})
+
+
+def _rate_runs(rates: dict[str, tuple[float, ...]]) -> list[dict]:
+    """Run dicts as read_run gives them, 10 samples each: the first round(10 * rate) right (and hit, and found)."""
+    return [{"arm": arm, "seed": seed, "per_sample": {f"s{i}": (i < round(10 * r),) * 3 for i in range(10)}}
+            for arm, per_seed in rates.items() for seed, r in enumerate(per_seed)]
+
+
+def test_oracle_fraction_by_hand():
+    """grpo 0.2/0.3/0.4, oracle 0.6/0.5/0.7, mapo 0.3/0.4/0.4 per seed.
+
+    oracle − grpo = 0.4, 0.2, 0.3: mean 0.3, sd 0.1, seed half-width t(0.975, 2) · 0.1 / sqrt(3) = 4.303 · 0.0577
+    = 0.248 < 0.3, so the bound is above zero; mapo − grpo = 0.1, 0.1, 0.0: mean 0.0667; fraction 0.0667 / 0.3 = 0.222.
+    """
+    from mapo.experiments.compare_stats import oracle_fractions
+
+    runs = _rate_runs({"grpo": (0.2, 0.3, 0.4), "oracle": (0.6, 0.5, 0.7), "mapo": (0.3, 0.4, 0.4)})
+    rows = oracle_fractions(runs, "grpo", "oracle")
+    assert [r["metric"] for r in rows] == ["held-out accuracy", "first-zoom hit rate", "found rate"]
+    acc = rows[0]
+    assert acc["arm"] == "mapo" and acc["seeds"] == 3 and acc["defined"]
+    assert acc["gain"] == pytest.approx(1 / 15) and acc["oracle_gain"] == pytest.approx(0.3)
+    assert acc["oracle_ci"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert acc["fraction"] == pytest.approx(2 / 9)
+    lo, hi = acc["ci"]
+    assert 0.0 <= lo <= 2 / 9 <= hi <= 0.5 + 1e-9  # resampled seeds: the ratio's extremes are 0/0.4 ... 0.1/0.2
+
+
+def test_oracle_fraction_is_undefined_when_the_oracle_gains_nothing(tmp_path):
+    from mapo.experiments.compare_doc import _oracle_section
+
+    runs = _rate_runs({"grpo": (0.2, 0.3, 0.4), "oracle": (0.3, 0.2, 0.4), "mapo": (0.3, 0.4, 0.4)})
+    text = "\n".join(_oracle_section(runs, "grpo", "oracle", "test set"))
+    assert "| mapo | held-out accuracy | +0.067 | +0.000 ± 0.248 | undefined: the oracle gains nothing here | 3 |" in text
+
+
+def test_oracle_arm_must_be_an_arm():
+    from mapo.experiments.compare import CompareConfig
+
+    with pytest.raises(ValueError, match="oracle_arm 'bound' is not one of the arms"):
+        CompareConfig(arms={"grpo": ["advantage.estimator=grpo"], "mapo": ["advantage.estimator=mapo"]}, oracle_arm="bound")

@@ -26,6 +26,7 @@ from mapo.experiments.compare_stats import (
     check_same_sets,
     goals,
     on_test_set,
+    oracle_fractions,
     paired_differences,
     read_run,
 )
@@ -88,9 +89,32 @@ def _differences(runs: Sequence[dict[str, Any]], baseline: str, where: str) -> l
     return lines
 
 
+def _oracle_section(runs: Sequence[dict[str, Any]], baseline: str, oracle: str, where: str) -> list[str]:
+    rows = oracle_fractions(runs, baseline, oracle)
+    if not rows:
+        return []
+    lines = ["", f"## Per-turn credit: the share of the oracle's gain over `{baseline}` each arm recovers ({where})", "",
+             f"`{oracle}` is trained with the crop's IoU with the target box as its per-turn score: it needs box "
+             "labels, which MAPO does not, so it bounds what per-turn credit can do here. *fraction* = mean over "
+             f"seeds of (arm − {baseline}) / mean over seeds of ({oracle} − {baseline}); its 95% interval resamples "
+             f"seeds. It is undefined when the oracle's own gain is not above zero (its seed 95% interval reaches 0).",
+             "", f"| arm | metric | arm − {baseline} | {oracle} − {baseline} (seed 95% CI) | fraction (95% CI) | seeds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "n/a" if r["oracle_ci"] is None else f"± {r['oracle_ci']:.3f}"
+        if r["defined"]:
+            lo_hi = "" if r["ci"] is None else f" ({r['ci'][0]:.2f} to {r['ci'][1]:.2f})"
+            frac = f"{r['fraction']:.2f}{lo_hi}"
+        else:
+            frac = "undefined: the oracle gains nothing here"
+        lines.append(f"| {r['arm']} | {r['metric']} | {r['gain']:+.3f} | {r['oracle_gain']:+.3f} {ci} | {frac} | {r['seeds']} |")
+    return lines
+
+
 def results_markdown(
     runs: Sequence[dict[str, Any]], command: str, meta: dict[str, Any], plot: str | None,
     start: dict[str, Any] | None = None, *, start_test: dict[str, Any] | None = None, sets: dict[str, Any] | None = None,
+    oracle_arm: str | None = None,
 ) -> str:
     """The text of ``docs/RESULTS.md`` from the runs' own files (see :func:`read_run`).
 
@@ -99,7 +123,9 @@ def results_markdown(
     figures follow in their own labelled section; without, everything is on the
     validation set and the document says so. ``start`` / ``start_test``: the warm start's
     eval ``tools`` metrics on each set (``OUT/start/eval*/metrics.json``), a first column
-    when given. ``sets``: ``OUT/sets.json`` (sizes and seeds for the labels).
+    when given. ``sets``: ``OUT/sets.json`` (sizes and seeds for the labels). ``oracle_arm``: the arm
+    trained with the oracle per-turn reward; the document then says how much of its gain over the
+    baseline each other arm recovers (:func:`oracle_fractions`).
     """
     has_test = runs[0]["test"] is not None
     head = on_test_set(runs) if has_test else list(runs)
@@ -132,6 +158,8 @@ def results_markdown(
     ]
     lines += _metric_table(head, head_start, ("eval", "train"))
     lines += _differences(head, arms[0], where)
+    if oracle_arm and oracle_arm in agg:
+        lines += _oracle_section(head, arms[0], oracle_arm, where)
     checked = goals(agg, arms[0], "mapo" if "mapo" in agg else arms[1])
     if checked:
         lines += ["", f"## Goals, checked on the means ({where})", "",
@@ -213,6 +241,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def write_results(
     run_dirs: Sequence[str | Path], doc: str | Path, img_dir: str | Path, command: str, *, verifier: str = "",
+    oracle_arm: str | None = None,
 ) -> Path:
     """Read ``run_dirs``, write the curves PNG into ``img_dir`` and the results document ``doc``; return ``doc``."""
     import torch
@@ -239,7 +268,8 @@ def write_results(
         "verifier": verifier or next((r["config"]["verifier"] for r in runs if r["config"].get("verifier")), "n/a"),
     }
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets), encoding="utf-8")
+    doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets,
+                                     oracle_arm=oracle_arm), encoding="utf-8")
     return doc
 
 

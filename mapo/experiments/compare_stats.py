@@ -184,6 +184,51 @@ def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[di
     return out
 
 
+def oracle_fractions(
+    runs: Sequence[dict[str, Any]], baseline: str, oracle: str, *, resamples: int = 4000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """How much of the oracle arm's gain over the baseline each other arm recovers, per :data:`PAIRED_METRICS`.
+
+    ``fraction = mean_s(arm_s - base_s) / mean_s(oracle_s - base_s)`` over the seeds s that all three
+    arms share (per-seed rates on the same samples). The 95% interval resamples the seeds with
+    replacement (paired: one draw picks a seed's three runs together) and takes the 2.5 / 97.5
+    percentiles of the ratio. ``defined`` is False when the oracle's own gain is not above zero
+    (its mean gain <= 0, or its seed t-interval reaches 0): a fraction of no gain means nothing,
+    and the row says so instead of printing a ratio.
+    """
+    from scipy import stats
+
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    arms = [a for a in dict.fromkeys(r["arm"] for r in runs) if a not in (baseline, oracle)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for arm in arms:
+        seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by and (oracle, s) in by)
+        if not seeds:
+            continue
+        for index, label in PAIRED_METRICS:
+            def rate(a: str, s: int) -> float:
+                outcomes = by[(a, s)]["per_sample"]
+                return float(np.mean([float(v[index]) for v in outcomes.values()]))
+
+            gain = np.array([rate(arm, s) - rate(baseline, s) for s in seeds])  # (S,)
+            bound = np.array([rate(oracle, s) - rate(baseline, s) for s in seeds])  # (S,)
+            row = {"arm": arm, "metric": label, "seeds": len(seeds), "gain": float(gain.mean()),
+                   "oracle_gain": float(bound.mean()), "oracle_ci": None, "fraction": None, "ci": None, "defined": False}
+            if len(seeds) > 1:
+                row["oracle_ci"] = float(stats.t.ppf(0.975, len(seeds) - 1) * bound.std(ddof=1) / math.sqrt(len(seeds)))
+            row["defined"] = bool(bound.mean() > 0 and (row["oracle_ci"] is None or bound.mean() - row["oracle_ci"] > 0))
+            if row["defined"]:
+                row["fraction"] = float(gain.mean() / bound.mean())
+                draws = rng.integers(len(seeds), size=(resamples, len(seeds)))  # (R, S) seed indices
+                num, den = gain[draws].mean(axis=1), bound[draws].mean(axis=1)
+                ratios = num[den > 0] / den[den > 0]
+                if ratios.size:
+                    row["ci"] = (float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5)))
+            out.append(row)
+    return out
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(kept)) if kept else None
