@@ -50,6 +50,7 @@ from mapo.experiments.compare_stats import (
     START_DIR,
     aggregate,
     goals,
+    oracle_fractions,
     paired_differences,
     per_sample_outcomes,
     read_run,
@@ -201,4 +202,4 @@ def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
 
 
 __all__ = ["CompareConfig", "aggregate", "existing_runs", "goals", "plot_curves", "read_run", "results_markdown",
-           "paired_differences", "per_sample_outcomes", "run_compare", "write_results"]
+           "oracle_fractions", "paired_differences", "per_sample_outcomes", "run_compare", "write_results"]

@@ -184,6 +184,57 @@ def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[di
     return out
 
 
+def oracle_arm(runs: Sequence[dict[str, Any]]) -> str | None:
+    """The first arm trained with ``semantic_target: oracle_iou`` (the per-turn credit bound), or None."""
+    return next((r["arm"] for r in runs if r["config"].get("semantic_target") == "oracle_iou"), None)
+
+
+def oracle_fractions(
+    runs: Sequence[dict[str, Any]], baseline: str, oracle: str, *, n_boot: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Share of the oracle arm's gain over ``baseline`` that each other arm recovers, per :data:`PAIRED_METRICS`.
+
+    With ``d_a(s)`` the mean over samples of (arm a − baseline) on seed ``s`` (paired by seed and
+    sample, as :func:`paired_differences`), the share is ``F = mean_s d_a(s) / mean_s d_oracle(s)``
+    over the seeds every one of the three ran. Its 95% interval is the percentile interval of
+    ``F`` over ``n_boot`` bootstrap resamples of those seeds (the same seeds for numerator and
+    denominator); None with fewer than two seeds, and ``F`` is None when the oracle's mean gain is 0.
+    Replicates whose oracle gain is 0 are dropped (``boot`` says how many were kept).
+    """
+    by = {(r["arm"], r["seed"]): r for r in runs}
+
+    def per_seed(arm: str, s: int, index: int) -> float | None:
+        a, b = by[(arm, s)]["per_sample"], by[(baseline, s)]["per_sample"]
+        d = [float(a[i][index]) - float(b[i][index]) for i in sorted(a) if i in b]
+        return float(np.mean(d)) if d else None
+
+    out = []
+    rng = np.random.default_rng(seed)
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        if arm in (baseline, oracle):
+            continue
+        seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by and (oracle, s) in by)
+        for index, label in PAIRED_METRICS:
+            pairs = [(per_seed(arm, s, index), per_seed(oracle, s, index)) for s in seeds]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            if not pairs:
+                continue
+            num, den = np.array([x for x, _ in pairs]), np.array([y for _, y in pairs])
+            row = {"arm": arm, "metric": label, "arm_gain": float(num.mean()), "oracle_gain": float(den.mean()),
+                   "fraction": float(num.mean() / den.mean()) if abs(den.mean()) > 1e-12 else None,
+                   "ci": None, "seeds": len(pairs), "boot": 0}
+            if len(pairs) > 1:
+                idx = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))  # (n_boot, seeds)
+                d_num, d_den = num[idx].mean(axis=1), den[idx].mean(axis=1)
+                keep = np.abs(d_den) > 1e-12
+                if keep.any():
+                    f = d_num[keep] / d_den[keep]
+                    row["ci"] = (float(np.percentile(f, 2.5)), float(np.percentile(f, 97.5)))
+                    row["boot"] = int(keep.sum())
+            out.append(row)
+    return out
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(kept)) if kept else None
