@@ -121,7 +121,8 @@ def _configs(assets):
     import test_train as t
 
     optim = dict(lr=0.05, eps=1.0)  # eps = 1: see ATOL
-    one = t.rl_config(assets, steps=1, optim=optim, data=dict(n_eval=1), tensorboard=True)
+    # save_rollouts_groups=1: the step's first group, which rank 0 plays, so both runs save the same rollouts.
+    one = t.rl_config(assets, steps=1, optim=optim, data=dict(n_eval=1), tensorboard=True, save_rollouts_groups=1)
     two = t.rl_config(assets, steps=2, optim=optim, save_every=1, minibatches=2, micro_batch_size=1, bootstrap_every=0,
                       data=dict(n_eval=0))
     return one, two, t.forced

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"no finished, evaluated runs of this config under {args.out}{hint}")
         else:
             dirs = run_compare(cfg, args.out, progress="lines" if args.no_progress else "auto")
-        written = write_results(dirs, doc, img_dir, command, oracle_arm=cfg.oracle_arm)
+        written = write_results(dirs, doc, img_dir, command)
     except (ValueError, FileNotFoundError) as e:
         print(f"mapo experiment compare: {e}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ from mapo.experiments.compare_stats import (
     START_DIR,
     aggregate,
     goals,
+    oracle_fractions,
     paired_differences,
     per_sample_outcomes,
     read_run,
@@ -77,8 +78,6 @@ class CompareConfig:
                            "first_seed=2 into the same --out, then --report-only with seeds=3)")
     steps: int = knob(40, "RL steps of every run (the same budget for every arm)")
     grpo_verifier: bool = knob(False, "load the verifier in runs whose estimator needs none (only for logging semantic scores)")
-    oracle_arm: str | None = knob(None, "the arm trained with the oracle per-turn reward (semantic_target=oracle_iou): "
-                                  "the document then reports the share of its gain over the baseline each arm recovers")
 
     def __post_init__(self) -> None:
         from mapo.advantage import list_estimators
@@ -89,8 +88,6 @@ class CompareConfig:
             raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if not isinstance(self.arms, dict) or len(self.arms) < 2:
             raise ValueError(f"arms must map >= 2 arm names to override lists, got {self.arms!r}")
-        if self.oracle_arm is not None and self.oracle_arm not in self.arms:
-            raise ValueError(f"oracle_arm {self.oracle_arm!r} is not one of the arms {list(self.arms)}")
         for name, overrides in self.arms.items():
             if not (isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum()):
                 raise ValueError(f"arm name {name!r} must be letters, digits, '_' or '-' (it names a directory)")
@@ -205,4 +202,4 @@ def existing_runs(out: str | Path, cfg: CompareConfig) -> list[Path]:
 
 
 __all__ = ["CompareConfig", "aggregate", "existing_runs", "goals", "plot_curves", "read_run", "results_markdown",
-           "paired_differences", "per_sample_outcomes", "run_compare", "write_results"]
+           "oracle_fractions", "paired_differences", "per_sample_outcomes", "run_compare", "write_results"]

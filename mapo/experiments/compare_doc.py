@@ -26,6 +26,7 @@ from mapo.experiments.compare_stats import (
     check_same_sets,
     goals,
     on_test_set,
+    oracle_arm,
     oracle_fractions,
     paired_differences,
     read_run,
@@ -74,7 +75,7 @@ def _differences(runs: Sequence[dict[str, Any]], baseline: str, where: str) -> l
     diffs = paired_differences(runs, baseline)
     if not diffs:
         return []
-    lines = ["", f"## Differences from `{baseline}` on the {where}, paired by seed", "",
+    lines = ["", f"## Differences from `{baseline}`, paired by seed: {where}", "",
              "Δ is the mean over seeds of (arm − baseline) on the same samples. *seed 95% CI*: "
              "t-interval of the per-seed differences (run-to-run noise); *sample 95% CI*: normal interval over "
              "every (seed, sample) pair (evaluation noise only); *p*: paired t-test over seeds.", "",
@@ -89,8 +90,10 @@ def _differences(runs: Sequence[dict[str, Any]], baseline: str, where: str) -> l
     return lines
 
 
-def _oracle_section(runs: Sequence[dict[str, Any]], baseline: str, oracle: str, where: str) -> list[str]:
-    rows = oracle_fractions(runs, baseline, oracle)
+def _oracle_section(runs: Sequence[dict[str, Any]], baseline: str, where: str) -> list[str]:
+    """How much of the oracle arm's gain over the baseline each other arm recovers (when an arm is the oracle)."""
+    oracle = oracle_arm(runs)
+    rows = oracle_fractions(runs, baseline, oracle) if oracle is not None and oracle != baseline else []
     if not rows:
         return []
     lines = ["", f"## Per-turn credit: the share of the oracle's gain over `{baseline}` each arm recovers ({where})", "",
@@ -114,7 +117,6 @@ def _oracle_section(runs: Sequence[dict[str, Any]], baseline: str, oracle: str, 
 def results_markdown(
     runs: Sequence[dict[str, Any]], command: str, meta: dict[str, Any], plot: str | None,
     start: dict[str, Any] | None = None, *, start_test: dict[str, Any] | None = None, sets: dict[str, Any] | None = None,
-    oracle_arm: str | None = None,
 ) -> str:
     """The text of ``docs/RESULTS.md`` from the runs' own files (see :func:`read_run`).
 
@@ -123,9 +125,9 @@ def results_markdown(
     figures follow in their own labelled section; without, everything is on the
     validation set and the document says so. ``start`` / ``start_test``: the warm start's
     eval ``tools`` metrics on each set (``OUT/start/eval*/metrics.json``), a first column
-    when given. ``sets``: ``OUT/sets.json`` (sizes and seeds for the labels). ``oracle_arm``: the arm
-    trained with the oracle per-turn reward; the document then says how much of its gain over the
-    baseline each other arm recovers (:func:`oracle_fractions`).
+    when given. ``sets``: ``OUT/sets.json`` (sizes and seeds for the labels). An arm trained with
+    ``semantic_target: oracle_iou`` is the oracle: the document then says how much of its gain over
+    the baseline each other arm recovers (:func:`oracle_fractions`).
     """
     has_test = runs[0]["test"] is not None
     head = on_test_set(runs) if has_test else list(runs)
@@ -158,11 +160,10 @@ def results_markdown(
     ]
     lines += _metric_table(head, head_start, ("eval", "train"))
     lines += _differences(head, arms[0], where)
-    if oracle_arm and oracle_arm in agg:
-        lines += _oracle_section(head, arms[0], oracle_arm, where)
+    lines += _oracle_section(head, arms[0], where)
     checked = goals(agg, arms[0], "mapo" if "mapo" in agg else arms[1])
     if checked:
-        lines += ["", f"## Goals, checked on the means ({where})", "",
+        lines += ["", f"## Goals, checked on the means, {where}", "",
                   "| goal | measured | met |", "|---|---|---|"]
         lines += [f"| {g} | {v} | {'n/a' if ok is None else ('yes' if ok else 'no')} |" for g, v, ok in checked]
     if has_test:
@@ -240,8 +241,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def write_results(
-    run_dirs: Sequence[str | Path], doc: str | Path, img_dir: str | Path, command: str, *, verifier: str = "",
-    oracle_arm: str | None = None,
+    run_dirs: Sequence[str | Path], doc: str | Path, img_dir: str | Path, command: str, *, verifier: str = ""
 ) -> Path:
     """Read ``run_dirs``, write the curves PNG into ``img_dir`` and the results document ``doc``; return ``doc``."""
     import torch
@@ -268,8 +268,7 @@ def write_results(
         "verifier": verifier or next((r["config"]["verifier"] for r in runs if r["config"].get("verifier")), "n/a"),
     }
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets,
-                                     oracle_arm=oracle_arm), encoding="utf-8")
+    doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets), encoding="utf-8")
     return doc
 
 

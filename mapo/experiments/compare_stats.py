@@ -184,6 +184,11 @@ def paired_differences(runs: Sequence[dict[str, Any]], baseline: str) -> list[di
     return out
 
 
+def oracle_arm(runs: Sequence[dict[str, Any]]) -> str | None:
+    """The first arm trained with ``semantic_target: oracle_iou`` (the per-turn credit bound), or None."""
+    return next((r["arm"] for r in runs if r["config"].get("semantic_target") == "oracle_iou"), None)
+
+
 def oracle_fractions(
     runs: Sequence[dict[str, Any]], baseline: str, oracle: str, *, resamples: int = 4000, seed: int = 0
 ) -> list[dict[str, Any]]:

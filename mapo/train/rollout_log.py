@@ -12,6 +12,10 @@ record per trajectory, with what the update used:
 - ``meta["train"]``: ``step`` (as in metrics.jsonl), ``prompt`` (the sample id), ``group``,
   ``member``, ``reward`` (``R_i``), ``acc``, ``estimator``, ``semantic_target``.
 
+Under data parallelism rank 0 alone writes, from the groups it played: the first groups of the step
+(``mapo.train.distributed.rank_span``), so a run saves what one process would whenever
+``save_rollouts_groups`` is at most ``prompts_per_step / W``, and fewer groups otherwise.
+
 Record ids are ``s<step>/<sample id>/m<member>``, so the members of a group (one sample id) keep
 their own crop files; they share member 0's copy of the input image (long side 512 px). A resumed run that saves a step again replaces that step's records.
 ``mapo report RUN`` shows them grouped by step and prompt (:mod:`mapo.report.rollouts`).
