@@ -156,8 +156,12 @@ def results_markdown(
         "Mean ± sample std over seeds; `(n=k)`: only k runs define the metric (e.g. crop IoU of a policy that "
         "made no crop). `n/a`: no run defines it." + (" The runs were made by the same command without "
         "`--report-only`." if "--report-only" in command else ""), "",
-        f"## {where[0].upper() + where[1:]}", "",
     ]
+    arm_lines = {r["arm"]: r.get("overrides") for r in runs}
+    if any(arm_lines.values()):
+        lines += ["Arms (overrides of the RL recipe; the first is the baseline): " + "; ".join(
+            f"`{a}`: " + (" ".join(f"`{o}`" for o in o_list) if o_list else "none") for a, o_list in arm_lines.items()) + ".", ""]
+    lines += [f"## {where[0].upper() + where[1:]}", ""]
     lines += _metric_table(head, head_start, ("eval", "train"))
     lines += _differences(head, arms[0], where)
     lines += _oracle_section(head, arms[0], where)

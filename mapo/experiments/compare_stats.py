@@ -79,14 +79,15 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         r["step_time_s"] = r["time_step"] - r.get("time_bootstrap", 0.0)
     curves = {key: [(r["step"], r[key]) for r in rows if key in r] for key, _ in CURVES}
     arm_file = run_dir / ARM_FILE
-    arm = json.loads(arm_file.read_text(encoding="utf-8"))["arm"] if arm_file.is_file() else config["advantage"]["estimator"]
+    arm_spec = json.loads(arm_file.read_text(encoding="utf-8")) if arm_file.is_file() else {}
+    arm = arm_spec.get("arm", config["advantage"]["estimator"])
     test = None
     if (run_dir / TEST_EVAL / "metrics.json").is_file():
         test_tools = json.loads((run_dir / TEST_EVAL / "metrics.json").read_text(encoding="utf-8"))["tools"]
         test = {"values": {key: test_tools.get(key) for key, _, source, _ in RESULT_METRICS if source == "eval"},
                 "n_eval": test_tools.get("n"), "per_sample": per_sample_outcomes(run_dir / TEST_EVAL / "predictions.jsonl")}
     return {
-        "run_dir": str(run_dir), "arm": arm, "seed": int(config["seed"]),
+        "run_dir": str(run_dir), "arm": arm, "overrides": list(arm_spec.get("overrides", [])), "seed": int(config["seed"]),
         "steps": int(config["steps"]), "values": values, "curves": curves, "n_eval": tools.get("n"),
         "config": config, "per_sample": per_sample_outcomes(run_dir / "eval" / "predictions.jsonl"), "test": test,
     }
