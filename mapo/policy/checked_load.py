@@ -145,7 +145,10 @@ def from_pretrained_strict(model_cls: type, root: Path, *, allow_partial: bool =
     """
     try:
         with quiet_transformers():
-            model, info = model_cls.from_pretrained(root, local_files_only=True, output_loading_info=True, **kwargs)
+            # ignore_mismatched_sizes: a wrong-shaped tensor is reported in `info` (refused below, by name)
+            # instead of a RuntimeError pointing at a table in the log.
+            model, info = model_cls.from_pretrained(root, local_files_only=True, output_loading_info=True,
+                                                    ignore_mismatched_sizes=True, **kwargs)
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - anything transformers or safetensors raises on a bad directory

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from mapo.config import from_dict, to_dict
-from mapo.errors import ModelError
+from mapo.errors import MapoError, ModelError
 from mapo.policy.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
 from mapo.policy.tokenizer import VISION_TOKENS
 from mapo.protocol import ProtocolConfig
@@ -288,13 +288,14 @@ def load_policy(
     try:
         with checked_load.quiet_transformers():
             processor = _load_processor(root, family.processor_cls())
-    except ValueError:
+    except MapoError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt tokenizer.json or processor file, whatever transformers raises
         raise ModelError(checked_load.load_failure(root, "tokenizer or processor", e)) from None
     checked_load.check_chat_template(processor.tokenizer, root)
+    _check_pixel_budget(processor, root)
+    _check_vocabulary(processor.tokenizer, config, root)
     model = checked_load.from_pretrained_strict(family.model_cls(), root, allow_partial=allow_partial, dtype=torch_dtype)
-    _check_vocabulary(processor.tokenizer, model, root)
     from mapo.policy.processor import check_matches_model
 
     check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")
@@ -306,13 +307,31 @@ def load_policy(
     return apply_lora(policy, lora) if lora is not None else policy
 
 
-def _check_vocabulary(tokenizer: Any, model: Any, root: Path) -> None:
-    """A token id past the embedding would index outside it (an error on GPU, garbage on some backends)."""
-    embeddings = model.get_input_embeddings()
-    rows = int(embeddings.weight.shape[0]) if embeddings is not None else None
-    if rows is not None and len(tokenizer) > rows:
-        raise ModelError(f"the tokenizer of {root} has {len(tokenizer)} tokens but the model's embedding has "
-                         f"{rows} rows; the tokenizer and the weights must come from the same checkpoint")
+def _check_pixel_budget(processor: Any, root: Path) -> None:
+    """The image processor's ``size`` (min and max pixels) must be positive with min <= max: otherwise no
+    image can be resized into it and every sample of an evaluation would be skipped."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    try:  # a dict or transformers' SizeDict
+        lo, hi = size["shortest_edge"], size["longest_edge"]
+    except (TypeError, KeyError):
+        return
+    if lo is None and hi is None:
+        return
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (lo, hi)) or lo > hi:
+        raise ModelError(f"the image processor of {root} (preprocessor_config.json) has size shortest_edge={lo!r}, "
+                         f"longest_edge={hi!r} (min and max pixels): both must be positive, min <= max")
+
+
+def _check_vocabulary(tokenizer: Any, config: dict[str, Any], root: Path) -> None:
+    """A token id past the embedding would index outside it (an error on GPU, garbage on some backends).
+
+    Checked from ``config.json`` before the model is built; the weights' own embedding is then
+    checked against the config by the strict load."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    rows = text.get("vocab_size", config.get("vocab_size"))
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ModelError(f"the tokenizer of {root} has {len(tokenizer)} tokens but config.json's vocab_size is "
+                         f"{rows}; the tokenizer and the weights must come from the same checkpoint")
 
 
 def _load_processor(root: Path, cls: type):
