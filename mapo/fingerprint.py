@@ -37,20 +37,25 @@ def module_digest(module: Any) -> str:
 
     Non-tensor entries (extra state) are hashed by their ``repr``.
     """
-    import torch
-
     h = hashlib.sha256()
     for name, value in module.state_dict().items():
-        if not isinstance(value, torch.Tensor):
-            h.update(f"{name}:{value!r};".encode())
-            continue
-        t = value.detach()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        if t.device.type == "meta" or t.numel() == 0:
-            continue
-        t = t.to("cpu").contiguous().reshape(-1)
-        h.update(memoryview(t.view(torch.uint8).numpy()))
+        update_with_tensor(h, name, value)
     return h.hexdigest()
+
+
+def update_with_tensor(h: Any, name: str, value: Any) -> None:
+    """Feed one ``state_dict`` entry to hash ``h``: its name, shape, dtype and every byte (copied to the CPU)."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        h.update(f"{name}:{value!r};".encode())
+        return
+    t = value.detach()
+    h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    if t.device.type == "meta" or t.numel() == 0:
+        return
+    t = t.to("cpu").contiguous().reshape(-1)
+    h.update(memoryview(t.view(torch.uint8).numpy()))
 
 
 def _cache_path() -> Path:
