@@ -5,8 +5,8 @@ What an evaluation's records depend on is identified by these hashes
 changed question in the middle of a file, is never mistaken for the old one.
 
 - :func:`module_digest`: sha256 of every tensor of a ``torch.nn.Module``'s
-  ``state_dict`` (name, shape, dtype and all bytes), tensor by tensor, so at most
-  one tensor is copied off the GPU at a time.
+  ``state_dict`` (name, shape, dtype and all bytes), tensor by tensor on a few
+  threads, so only a few tensors are copied off the GPU at a time.
 - :func:`file_digest`: sha256 of a file's bytes, read in 1 MiB blocks. The result
   is cached by the file's path, size, modification time (ns) and inode in
   ``$MAPO_CACHE_DIR/sha256.json`` (default ``~/.cache/mapo``), so resuming an
@@ -14,8 +14,8 @@ changed question in the middle of a file, is never mistaken for the old one.
   changes its mtime and is hashed again. A cache that cannot be read or written is
   ignored.
 
-Cost (``python scripts/fingerprint_cost.py``): hashing is sha256 at the CPU's speed,
-about 1 GB/s on one core; docs/eval.md gives the measured time for 7B-sized weights.
+Cost (``python scripts/fingerprint_cost.py``): sha256 at the CPU's speed, about 1 GB/s
+per core; docs/eval.md gives the measured time for 7B-sized weights.
 """
 
 from __future__ import annotations
@@ -32,30 +32,39 @@ CACHE_FILE = "sha256.json"
 MAX_CACHE_ENTRIES = 100_000  # the oldest entries are dropped beyond this
 
 
-def module_digest(module: Any) -> str:
-    """Hex sha256 of every tensor in ``module.state_dict()``: name, shape, dtype and every byte.
+def module_digest(module: Any, workers: int | None = None) -> str:
+    """Hex sha256 over every tensor in ``module.state_dict()``: name, shape, dtype and every byte.
 
+    Each tensor is hashed on its own (:func:`tensor_digest`), ``workers`` at a time (default:
+    the CPU count, at most 8; ``hashlib`` releases the GIL on large buffers, so threads run in
+    parallel), and the digest is the sha256 of the tensors' digests in ``state_dict`` order.
     Non-tensor entries (extra state) are hashed by their ``repr``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(module.state_dict().items())
+    workers = workers or min(8, os.cpu_count() or 1)
     h = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        update_with_tensor(h, name, value)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for digest in pool.map(lambda item: tensor_digest(*item), items):
+            h.update(digest)
     return h.hexdigest()
 
 
-def update_with_tensor(h: Any, name: str, value: Any) -> None:
-    """Feed one ``state_dict`` entry to hash ``h``: its name, shape, dtype and every byte (copied to the CPU)."""
+def tensor_digest(name: str, value: Any) -> bytes:
+    """sha256 of one ``state_dict`` entry: its name, shape, dtype and every byte (copied to the CPU)."""
     import torch
 
+    h = hashlib.sha256()
     if not isinstance(value, torch.Tensor):
         h.update(f"{name}:{value!r};".encode())
-        return
+        return h.digest()
     t = value.detach()
     h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-    if t.device.type == "meta" or t.numel() == 0:
-        return
-    t = t.to("cpu").contiguous().reshape(-1)
-    h.update(memoryview(t.view(torch.uint8).numpy()))
+    if t.device.type != "meta" and t.numel() > 0:
+        t = t.to("cpu").contiguous().reshape(-1)
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.digest()
 
 
 def _cache_path() -> Path:

@@ -191,17 +191,23 @@ def test_overwrite_of_an_old_directory_without_manifest_uses_the_records(model_d
     assert "images/mine.png" not in names and sum(n.startswith("images/") for n in names) == 2
 
 
-@pytest.mark.parametrize("where", ["data_folder", "inside_data_folder"])
+@pytest.mark.parametrize("where", ["mme_folder", "vstar_folder", "inside_vstar_folder", "holding_the_data"])
 def test_out_in_a_dataset_is_refused_and_the_dataset_untouched(model_dir, tmp_path, capsys, where):
-    write_samples(synth.generate(2, seed=5, config=LEVEL), tmp_path / "d", ["mme"])
-    folder = tmp_path / "d" / "mme"
+    fmt = "mme" if where == "mme_folder" else "vstar"
+    write_samples(synth.generate(2, seed=5, config=LEVEL), tmp_path / "d", [fmt])
+    folder = tmp_path / "d" / fmt
     before = sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
-    out = folder if where == "data_folder" else folder / "results"
-    source = next(folder.glob("*.json"))
+    out = {"inside_vstar_folder": folder / "results", "holding_the_data": tmp_path / "d"}.get(where, folder)
+    source = next(folder.glob("*.json")) if fmt == "mme" else folder
     for extra in ([], ["--overwrite"]):
         assert _eval(model_dir, str(source), out, *extra) == 2
         assert "never writes into a dataset" in _one_line(capsys)
     assert sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
+
+
+def test_out_beside_a_data_file_in_another_folder_is_fine(model_dir, tmp_path, monkeypatch):
+    tsv = _hrbench(tmp_path / "d", n=1)
+    assert _eval(model_dir, str(tsv), tsv.parent / "results", "benchmark=hrbench") == 0  # a sub-folder of a file's
 
 
 def test_out_with_foreign_files_is_refused_even_with_overwrite(model_dir, tmp_path, capsys):

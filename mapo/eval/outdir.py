@@ -140,6 +140,8 @@ def make_out_dir(out: Path, data: str) -> bool:
 
 
 def _refuse_overlap(out: Path, data: str) -> None:
+    """A folder source: ``out`` may not be it, be inside it, or hold it. A file source: ``out`` may not be the
+    file's folder (where an MME-RealWorld file keeps its ``images/``) or hold it; a sub-folder is fine."""
     if SYNTH_SPEC.match(str(data)) or not Path(data).exists():
         return
     try:
@@ -147,11 +149,16 @@ def _refuse_overlap(out: Path, data: str) -> None:
     except (OSError, RuntimeError):
         return
     folder = src if src.is_dir() else src.parent
-    if dst == folder or dst.is_relative_to(folder) or folder.is_relative_to(dst):
-        where = "is the data folder" if dst == folder else "is inside the data folder" if dst.is_relative_to(folder) \
-            else "holds the data"
-        raise DataError(f"--out {out} {where} ({folder}); an evaluation never writes into a dataset: choose an "
-                        "--out outside it")
+    if dst == folder:
+        where = "is the data folder"
+    elif src.is_dir() and dst.is_relative_to(folder):
+        where = "is inside the data folder"
+    elif folder.is_relative_to(dst):
+        where = "holds the data"
+    else:
+        return
+    raise DataError(f"--out {out} {where} ({folder}); an evaluation never writes into a dataset: choose an "
+                    "--out outside it")
 
 
 def claim_out_dir(out: Path, fingerprint: dict[str, str], *, overwrite: bool) -> None:
