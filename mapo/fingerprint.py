@@ -7,6 +7,8 @@ changed question in the middle of a file, is never mistaken for the old one.
 - :func:`module_digest`: sha256 of every tensor of a ``torch.nn.Module``'s
   ``state_dict`` (name, shape, dtype and all bytes), tensor by tensor on a few
   threads, so only a few tensors are copied off the GPU at a time.
+- :func:`model_digest`: for a model loaded strictly from files, the sha256 of those
+  files (cached) with the loaded dtypes; otherwise :func:`module_digest`.
 - :func:`file_digest`: sha256 of a file's bytes, read in 1 MiB blocks. The result
   is cached by the file's path, size, modification time (ns) and inode in
   ``$MAPO_CACHE_DIR/sha256.json`` (default ``~/.cache/mapo``), so resuming an
@@ -30,6 +32,49 @@ from typing import Any
 BLOCK = 1 << 20
 CACHE_FILE = "sha256.json"
 MAX_CACHE_ENTRIES = 100_000  # the oldest entries are dropped beyond this
+
+
+WEIGHT_FILES_ATTR = "mapo_weight_files"  # set on a model loaded strictly from files (mark_loaded_from)
+
+
+def mark_loaded_from(module: Any, files: Iterable[str | Path]) -> None:
+    """Record on ``module`` the weight files it was loaded from, every tensor accounted for (a strict load).
+
+    :func:`model_digest` then hashes those files (cached by size and mtime) instead of the tensors.
+    """
+    setattr(module, WEIGHT_FILES_ATTR, tuple(str(Path(f).resolve()) for f in files))
+
+
+def model_digest(module: Any) -> str:
+    """Hex sha256 identifying ``module``'s weights.
+
+    A model loaded strictly from files (:func:`mark_loaded_from`: ``load_policy``,
+    ``load_verifier``) is identified by every byte of those files (:func:`file_digests`,
+    cached by size and mtime, so a resumed evaluation does not read 15 GB again), the
+    dtype of each tensor as loaded, and each tensor's first and last values in memory (a
+    model trained after loading differs there). Any other model: :func:`module_digest`.
+    """
+    files = getattr(module, WEIGHT_FILES_ATTR, None)
+    if not files or not all(Path(f).is_file() for f in files):
+        return module_digest(module)
+    h = hashlib.sha256(b"files:")
+    for f, digest in zip(files, file_digests(files)):
+        h.update(f"{Path(f).name}:{digest};".encode())
+    h.update(_ends_signature(module))
+    return h.hexdigest()
+
+
+def _ends_signature(module: Any) -> bytes:
+    import torch
+
+    h = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        flat = value.detach().reshape(-1)
+        ends = torch.cat([flat[:32], flat[-32:]]).float().cpu().numpy().tobytes() if flat.numel() else b""
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype}:".encode() + ends)
+    return h.digest()
 
 
 def module_digest(module: Any, workers: int | None = None) -> str:

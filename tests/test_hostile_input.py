@@ -81,6 +81,26 @@ def test_a_changed_weight_is_a_different_model(model_dir, tmp_path, capsys, chan
     assert "different model" in line and "--overwrite" in line
 
 
+def test_the_weight_files_hash_is_cached_and_still_sees_a_change(model_dir, tmp_path, monkeypatch):
+    from mapo import fingerprint
+    from mapo.eval.outdir import _module_fingerprint
+    from mapo.policy import load_policy
+
+    model = _copy(model_dir, tmp_path)
+    first = _module_fingerprint(load_policy(model).model)
+    monkeypatch.setattr(fingerprint, "_sha256_file", lambda path: pytest.fail(f"{path} was read again"))
+    assert _module_fingerprint(load_policy(model).model) == first  # from the cache: size, mtime, inode unchanged
+    monkeypatch.undo()
+    weights = load_file(str(model / "model.safetensors"))
+    name = max(weights, key=lambda k: weights[k].numel())
+    weights[name].view(-1)[weights[name].numel() // 2] += 1.0
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    policy = load_policy(model)
+    assert _module_fingerprint(policy.model) != first
+    policy.model.get_input_embeddings().weight.data[0, 0] += 1.0  # trained in memory after loading
+    assert _module_fingerprint(policy.model) != _module_fingerprint(load_policy(model).model)
+
+
 def test_a_question_changed_mid_file_is_different_data(model_dir, tmp_path, capsys):
     tsv = _hrbench(tmp_path / "data", n=3)
     out = tmp_path / "e"

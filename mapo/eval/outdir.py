@@ -13,7 +13,7 @@ from mapo.config import to_dict
 from mapo.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import SYNTH_SPEC
-from mapo.fingerprint import file_digests, module_digest
+from mapo.fingerprint import file_digests, model_digest
 from mapo.rollout import RolloutConfig
 
 
@@ -32,8 +32,9 @@ FINGERPRINT_IGNORE = ("verifier_batch_size", "image_max_side")
 def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalConfig, rollout: RolloutConfig) -> dict[str, str]:
     """``{"model", "verifier", "data", "config"}``: short hashes of what an evaluation's records depend on.
 
-    The model and verifier are hashed from every byte of their weights in memory
-    (:func:`mapo.fingerprint.module_digest`); the data from every byte of its files
+    The model and verifier are hashed from every byte of their weights
+    (:func:`mapo.fingerprint.model_digest`: the files a strict load read, else the
+    tensors in memory); the data from every byte of its files
     (:func:`data_fingerprint`); the config from its YAML form with the resolved
     protocol, without :data:`FINGERPRINT_IGNORE` and the rollout batch size.
     """
@@ -56,7 +57,7 @@ def _module_fingerprint(module: Any) -> str:
 
     if not isinstance(module, torch.nn.Module):
         return "unknown"
-    return module_digest(module)[:16]
+    return model_digest(module)[:16]
 
 
 def data_fingerprint(data: str) -> str:

@@ -71,12 +71,13 @@ def evaluate(
     base = config.rollout_config()
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol.
     base = dataclasses.replace(base, protocol=protocol_for_policy(base.protocol, getattr(policy, "protocol", None)))
-    fingerprint = eval_fingerprint(data, policy, verifier, config, base)
     created = make_out_dir(out, data)
     from mapo.train.run_dir import RunDirLock
 
-    # One evaluation at a time in OUT: a second one would append the same samples again.
+    # One evaluation at a time in OUT: a second one would append the same samples again. Taken before the
+    # fingerprint, which reads every weight byte, so a second eval is refused at once.
     with RunDirLock(out, created=created, what="eval directory"):
+        fingerprint = eval_fingerprint(data, policy, verifier, config, base)
         claim_out_dir(out, fingerprint, overwrite=overwrite)
         return _run(samples, origins, load_report, data, out, policy, verifier, config, base, benchmark, limit,
                     progress, run_info, forced_turns, fingerprint)

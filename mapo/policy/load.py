@@ -296,6 +296,10 @@ def load_policy(
     _check_pixel_budget(processor, root)
     _check_vocabulary(processor.tokenizer, config, root)
     model = checked_load.from_pretrained_strict(family.model_cls(), root, allow_partial=allow_partial, dtype=torch_dtype)
+    if not allow_partial:  # every tensor came from these files: the eval fingerprint may hash them (cached)
+        from mapo.fingerprint import mark_loaded_from
+
+        mark_loaded_from(model, sorted(root.glob("*.safetensors")))
     from mapo.policy.processor import check_matches_model
 
     check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")

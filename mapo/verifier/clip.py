@@ -201,6 +201,9 @@ def load_verifier(
     dtype = resolve_dtype(dtype)
     model_cls = CLIPModel if config["model_type"] == "clip" else SiglipModel
     model = checked_load.from_pretrained_strict(model_cls, path, dtype=dtype)
+    from mapo.fingerprint import mark_loaded_from
+
+    mark_loaded_from(model, sorted(path.glob("*.safetensors")))
     try:
         with checked_load.quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
