@@ -147,11 +147,21 @@ def _write_skipped_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def commonest_reasons(rows: Sequence[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
-    """``[{"reason", "rows"}]``: the most frequent skip reasons, with the sample's own name taken out of the text."""
+    """``[{"reason", "rows"}]``: the most frequent skip reasons, most frequent first.
+
+    Reasons that differ only in numbers or in the sample's own id count as one; ``reason``
+    is the first row's text of each.
+    """
     from collections import Counter
 
-    counts = Counter(_general_reason(str(r.get("reason", "")), str(r.get("id", ""))) for r in rows)
-    return [{"reason": reason, "rows": n} for reason, n in counts.most_common(top)]
+    counts: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for r in rows:
+        text = str(r.get("reason", ""))
+        key = _general_reason(text, str(r.get("id", "")))
+        counts[key] += 1
+        example.setdefault(key, text)
+    return [{"reason": example[key], "rows": n} for key, n in counts.most_common(top)]
 
 
 def _general_reason(reason: str, sample_id: str) -> str:
