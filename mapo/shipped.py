@@ -72,8 +72,13 @@ def verify(
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = dict(manifest["files"])
+    except RecursionError:
+        raise error(f"{manifest_path} is not a valid manifest (nested too deeply); rebuild with: {rebuild}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise error(f"{manifest_path} is not a valid manifest ({e}); rebuild with: {rebuild}") from None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise error(f"{manifest_path} is not a valid manifest (files must map names to sha256 texts); rebuild with: "
+                    f"{rebuild}")
     _check_coverage(root, files, shipped_files, what=what, rebuild=rebuild, error=error)
     missing = sorted(name for name in files if not (root / name).is_file())
     if missing:

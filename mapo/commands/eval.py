@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(missing)} required")
         import torch
 
+        from mapo.device_check import check_device, check_threads
         from mapo.policy import load_policy
 
-        if args.threads:
+        check_device(args.device)
+        if check_threads(args.threads):
             torch.set_num_threads(args.threads)
         policy = load_policy(args.model, dtype=args.dtype, device=args.device)
         verifier = None
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"mapo eval: {e}", file=sys.stderr)
         return 2
     _print_skipped(result.metrics)
+    if not result.metrics["official"].get("n") and result.metrics["broken_rows"]:
+        print(f"mapo eval: {nothing_evaluated(result.metrics, result.out)}", file=sys.stderr)
+        return 1
     official, stats = result.metrics["official"], result.metrics["tools"]
     print(json.dumps({"overall": official.get("overall"), "n": official.get("n"),
                       "broken_rows": result.metrics["broken_rows"], **{k: stats[k] for k in (
@@ -122,6 +127,14 @@ def _load_config(path: str | None, items: list[str]):
     from mapo.eval import EvalConfig
 
     return from_dict(EvalConfig, resolve_data(EvalConfig, path, items, base=to_dict(EvalConfig())))
+
+
+def nothing_evaluated(metrics: dict, out: Path) -> str:
+    """One line for an evaluation whose every row was skipped: how many, the commonest reason, where they are listed."""
+    reasons = metrics.get("skipped_reasons") or [{"reason": "?", "rows": 0}]
+    top = reasons[0]
+    return (f"nothing was evaluated: all {metrics['broken_rows']} row(s) were skipped; the commonest reason "
+            f"({top['rows']} row(s)): {top['reason']}. Every row and its reason: {Path(out) / 'skipped_rows.jsonl'}")
 
 
 def _print_skipped(metrics: dict) -> None:

@@ -62,7 +62,17 @@ from mapo.eval.config import (
     EvalConfig,
     deepeyes_rollout,
 )
-from mapo.eval.outdir import EVAL_FILE, FINGERPRINT_IGNORE, OUTPUTS, claim_out_dir, data_fingerprint, eval_fingerprint
+from mapo.eval.outdir import (
+    EVAL_FILE,
+    FINGERPRINT_IGNORE,
+    MANIFEST_FILE,
+    OUTPUTS,
+    SKIPPED_FILE,
+    claim_out_dir,
+    data_fingerprint,
+    eval_fingerprint,
+    written_outputs,
+)
 from mapo.eval.record import trajectory_record
 from mapo.eval.run import MAX_LISTED_ROWS, EvalResult, ProgressLine, evaluate
 from mapo.eval.samples import MAX_SYNTH_SAMPLES, SYNTH_SPEC, judge, load_eval_samples, official_scores
@@ -75,10 +85,12 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "FINGERPRINT_IGNORE",
+    "MANIFEST_FILE",
     "MAX_LISTED_ROWS",
     "MAX_SYNTH_SAMPLES",
     "OUTPUTS",
     "ProgressLine",
+    "SKIPPED_FILE",
     "SYNTH_SPEC",
     "claim_out_dir",
     "data_fingerprint",
@@ -89,4 +101,5 @@ __all__ = [
     "load_eval_samples",
     "official_scores",
     "trajectory_record",
+    "written_outputs",
 ]

@@ -168,12 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check the shipped files against the manifest")
     p.add_argument("--path", default=str(DEFAULT_DIR))
     args = parser.parse_args(argv)
-    if args.cmd == "ship":
-        manifest = ship(args.run_dir, args.out, command=args.command, config_file=args.config_file)
-        print(f"shipped {len(manifest['files'])} files to {args.out}")
-    else:
-        manifest = verify(args.path)
-        print(f"ok: {len(manifest['files'])} files match {Path(args.path) / MANIFEST}")
+    try:
+        if args.cmd == "ship":
+            manifest = ship(args.run_dir, args.out, command=args.command, config_file=args.config_file)
+            print(f"shipped {len(manifest['files'])} files to {args.out}")
+        else:
+            manifest = verify(args.path)
+            print(f"ok: {len(manifest['files'])} files match {Path(args.path) / MANIFEST}")
+    except (ValueError, OSError) as e:  # ShippedCheckpointError is a ValueError
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

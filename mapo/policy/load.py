@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from mapo.config import from_dict, to_dict
+from mapo.errors import MapoError, ModelError
 from mapo.policy.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
 from mapo.policy.tokenizer import VISION_TOKENS
 from mapo.protocol import ProtocolConfig
@@ -239,8 +240,15 @@ def load_policy(
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     device: str | torch.device = "cpu",
     lora: LoraOptions | None = None,
+    allow_partial: bool = False,
 ) -> Policy:
     """Load a local checkpoint directory (model + processor + tokenizer) as a :class:`Policy`.
+
+    Loading is strict (:mod:`mapo.policy.checked_load`): a ``manifest.json`` in the directory
+    is verified, the config's sizes are checked, and weights that lack a tensor the config
+    asks for (or hold one it has no place for, or of the wrong shape) are refused with the
+    tensors' names, as are a pickle-only ``pytorch_model.bin``, a damaged safetensors file,
+    a tokenizer larger than the model's vocabulary and a chat template that cannot render.
 
     Args:
         path: a local directory written by ``save_pretrained`` (e.g. Qwen2.5-VL-7B-Instruct,
@@ -248,27 +256,50 @@ def load_policy(
         dtype: ``auto`` keeps the checkpoint's dtype; ``float32``/``bfloat16``/``float16`` cast.
         device: where to put the model (``cpu``, ``cuda``, ``cuda:1`` …).
         lora: wrap the loaded model with fresh LoRA adapters (requires peft).
+        allow_partial: research only: let tensors the weights lack be initialised at random
+            (transformers' behaviour) instead of refusing the checkpoint.
 
     Raises:
         FileNotFoundError: ``path`` is not a directory, or lacks files (named in the message).
         ValueError: an unsupported model type (the message lists the supported ones), a
-            processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``.
+            processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``;
+            :class:`~mapo.errors.ModelError` (a ``ValueError``) for every check above.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root} (models are never downloaded)")
-    missing = missing_files(root)
+    from mapo.policy import checked_load
+
+    checked_load.verify_manifest(root)
+    try:
+        missing = missing_files(root)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ModelError(f"checkpoint {root} has a damaged index or config file ({e})") from None
     if missing:
         raise FileNotFoundError(f"checkpoint {root} is missing: {', '.join(missing)}")
     if (root / "adapter_config.json").is_file():
         return _load_adapter(root, dtype=dtype, device=device)
 
-    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    config = checked_load.read_config(root)
+    checked_load.check_weight_files(root)
     model_type = config.get("model_type")
     family = family_of(model_type, f"checkpoint {root}")
     torch_dtype = resolve_dtype(dtype, config.get("dtype", config.get("torch_dtype")))
-    processor = _load_processor(root, family.processor_cls())
-    model = family.model_cls().from_pretrained(root, dtype=torch_dtype, local_files_only=True)
+    try:
+        with checked_load.quiet_transformers():
+            processor = _load_processor(root, family.processor_cls())
+    except MapoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt tokenizer.json or processor file, whatever transformers raises
+        raise ModelError(checked_load.load_failure(root, "tokenizer or processor", e)) from None
+    checked_load.check_chat_template(processor.tokenizer, root)
+    _check_pixel_budget(processor, root)
+    _check_vocabulary(processor.tokenizer, config, root)
+    model = checked_load.from_pretrained_strict(family.model_cls(), root, allow_partial=allow_partial, dtype=torch_dtype)
+    if not allow_partial:  # every tensor came from these files: the eval fingerprint may hash them (cached)
+        from mapo.fingerprint import mark_loaded_from
+
+        mark_loaded_from(model, sorted(root.glob("*.safetensors")))
     from mapo.policy.processor import check_matches_model
 
     check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")
@@ -278,6 +309,33 @@ def load_policy(
         model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root), protocol=read_protocol(root)
     )
     return apply_lora(policy, lora) if lora is not None else policy
+
+
+def _check_pixel_budget(processor: Any, root: Path) -> None:
+    """The image processor's ``size`` (min and max pixels) must be positive with min <= max: otherwise no
+    image can be resized into it and every sample of an evaluation would be skipped."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    try:  # a dict or transformers' SizeDict
+        lo, hi = size["shortest_edge"], size["longest_edge"]
+    except (TypeError, KeyError):
+        return
+    if lo is None and hi is None:
+        return
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (lo, hi)) or lo > hi:
+        raise ModelError(f"the image processor of {root} (preprocessor_config.json) has size shortest_edge={lo!r}, "
+                         f"longest_edge={hi!r} (min and max pixels): both must be positive, min <= max")
+
+
+def _check_vocabulary(tokenizer: Any, config: dict[str, Any], root: Path) -> None:
+    """A token id past the embedding would index outside it (an error on GPU, garbage on some backends).
+
+    Checked from ``config.json`` before the model is built; the weights' own embedding is then
+    checked against the config by the strict load."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    rows = text.get("vocab_size", config.get("vocab_size"))
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ModelError(f"the tokenizer of {root} has {len(tokenizer)} tokens but config.json's vocab_size is "
+                         f"{rows}; the tokenizer and the weights must come from the same checkpoint")
 
 
 def _load_processor(root: Path, cls: type):

@@ -360,12 +360,15 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
 
 def config_from_run_dir(run_dir: str | Path) -> dict:
     """The YAML mapping a run was started with (``RUN_DIR/config.yaml``)."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"cannot resume {run_dir}: no config.yaml there (not a `mapo train` run directory)")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from mapo.config import _read_text, load_yaml
+
+    data = load_yaml(_read_text(path), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged: it must hold a mapping")
+    return data
 
 
 __all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "needs_verifier", "train",
