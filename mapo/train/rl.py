@@ -71,7 +71,7 @@ import torch.distributed
 
 from mapo.advantage import AdvantageConfig, estimator_facts
 from mapo.config import knob, to_dict
-from mapo.data.prepare import pixel_range, prepare_sample
+from mapo.data.prepare import pixel_range, policy_tool, prepare_sample
 from mapo.loss import LossConfig
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
@@ -238,7 +238,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
     # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
-    data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
+    # Samples are fitted for the policy's own patch x merge factor (28 or 32 px), as the rollout plays them.
+    data.prepare = functools.partial(
+        prepare_sample, tool=policy_tool(rollout_cfg.tool, policy.processor), pixels=pixel_range(policy.processor)
+    )
     data.prepare_heldout()
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
