@@ -166,7 +166,7 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
-    if config.tool_from_samples and config.preset == "mapo":
+    if config.tool_from_samples:
         from mapo.data.task import tool_config_for
 
         if sample.task is not None:
