@@ -57,6 +57,8 @@ def evaluate(
         overwrite: clear an ``out`` that holds an evaluation of another model, data or
             config instead of refusing it.
     """
+    from mapo.data.prepare import pixel_range, policy_tool
+
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
     if limit is not None and limit < 1:
@@ -97,12 +99,14 @@ def _run(samples, origins, load_report, data, out, policy, verifier, config, bas
         file, row = origins.get(sample.id, (str(data), sample.id))
         skipped.append({"file": file, "row": row, "id": sample.id, "reason": reason, "stage": "play"})
 
-    pixels = pixel_range(getattr(policy, "processor", None))
+    processor = getattr(policy, "processor", None)
+    pixels = pixel_range(processor)
     total, finished = len(samples), len(samples) - len(todo)
     if progress:
         progress(finished, total)
     for chunk in _chunks_by_tool(todo, base, config):
-        rc = dataclasses.replace(base, tool=_tool_for(chunk[0], base, config))
+        # Fitted for the policy's own patch x merge factor, the one the rollout applies (28 or 32 px).
+        rc = dataclasses.replace(base, tool=policy_tool(_tool_for(chunk[0], base, config), processor))
         ready = _prepare(chunk, rc.tool, pixels, skip)
         trajectories = _play(ready, policy, rc, forced_turns, skip)
         scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
@@ -218,7 +222,7 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
-    if config.tool_from_samples and config.preset == "mapo":
+    if config.tool_from_samples:
         from mapo.data.task import tool_config_for
 
         if sample.task is not None:

@@ -71,7 +71,7 @@ import torch.distributed
 
 from mapo.advantage import AdvantageConfig, estimator_facts
 from mapo.config import knob, to_dict
-from mapo.data.prepare import pixel_range, prepare_sample
+from mapo.data.prepare import pixel_range, policy_tool, prepare_sample
 from mapo.loss import LossConfig
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
@@ -119,11 +119,15 @@ class RLConfig:
     steps: int = knob(200, "optimizer steps of the outer loop (one rollout batch each)")
     prompts_per_step: int = knob(8, "prompts (groups) per step; batch = prompts_per_step * rollout.group_size trajectories")
     seed: int = knob(0, "seed of the run: prompt order, rollout sampling, mini-batch shuffling")
-    policy: str | None = knob(None, "starting policy: a local checkpoint directory (e.g. runs/sft/final) or 'default'")
+    policy: str | None = knob(
+        None, "starting policy: a local checkpoint directory (e.g. runs/sft/final), 'default' (the shipped warm start) "
+        "or shipped:NAME (mapo/assets/NAME, wherever mapo is installed)")
     policy_dtype: str = knob("auto", "dtype to load the policy in: auto (the checkpoint's), float32, bfloat16")
     device: str = knob("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     amp: Literal["off", "bf16"] = knob("off", "mixed precision of the training forward: off or bf16 (autocast)")
-    verifier: str | None = knob(None, "semantic verifier: a local CLIP directory; required by mapo, mapo_gated, reward_mix")
+    verifier: str | None = knob(
+        None, "semantic verifier: a local CLIP directory, 'default' or mapo/assets/verifier (the shipped one, wherever "
+        "mapo is installed); required by mapo, mapo_gated, reward_mix")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both", "oracle_iou"] = knob(
         "description", "what is scored against each crop: the description that follows it (paper), the tool "
@@ -209,6 +213,7 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     """
     from mapo.policy import load_policy
     from mapo.verifier.clip import check_model_dir, load_verifier
+    from mapo.verifier.default import resolve_verifier_dir
 
     info = dp.DistInfo() if info is None else info
     run_dir = Path(run_dir)
@@ -218,8 +223,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     device = resolve_device(cfg.device, info)
     dp.init_distributed(device, info)
     check_policy_path(cfg.policy)
-    if cfg.verifier is not None:
-        check_model_dir(cfg.verifier)
+    # 'default', shipped:NAME and mapo/assets/NAME mean the shipped verifier, whatever the current folder.
+    verifier_dir = resolve_verifier_dir(cfg.verifier) if cfg.verifier is not None else None
+    if verifier_dir is not None:
+        check_model_dir(verifier_dir)
     data = load_data(cfg.data)
     if not needs_verifier(cfg.semantic_target):
         require_target_boxes(data)  # the oracle scores crops against target boxes: refuse data without them now
@@ -241,7 +248,7 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         reference = load_start_policy(cfg, device)
         reference.model.eval().requires_grad_(False)
     # No embedding cache: a score must not depend on which batch first embedded its crop (resume exactness).
-    verifier = load_verifier(cfg.verifier, device=device, cache_images=False) if cfg.verifier else None
+    verifier = load_verifier(verifier_dir, device=device, cache_images=False) if verifier_dir else None
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol;
     # its checkpoints record the protocol used here, so a resumed run resolves the same way.
     protocol = protocol_for_policy(cfg.rollout.protocol, policy.protocol, on_conflict=note_to_stderr if info.is_main else None)
@@ -253,7 +260,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
     # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
-    data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
+    # Samples are fitted for the policy's own patch x merge factor (28 or 32 px), as the rollout plays them.
+    data.prepare = functools.partial(
+        prepare_sample, tool=policy_tool(rollout_cfg.tool, policy.processor), pixels=pixel_range(policy.processor)
+    )
     data.prepare_heldout()
     optimizer = build_optimizer(policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)

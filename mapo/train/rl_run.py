@@ -72,7 +72,9 @@ def check_policy_path(policy: str) -> None:
             raise ValueError("policy: 'default' needs a shipped warm start, which this version lacks; give a checkpoint "
                              "directory (e.g. runs/sft/final from `mapo sft`)")
         return
-    path = Path(policy)
+    from mapo.policy.default import resolve_policy_dir
+
+    path = resolve_policy_dir(policy)  # shipped:NAME and mapo/assets/NAME mean the shipped checkpoint
     if not path.is_dir():
         raise ValueError(f"policy {policy!r} is not a directory (expected a local checkpoint, e.g. runs/sft/final)")
     missing = missing_files(path)
@@ -82,15 +84,15 @@ def check_policy_path(policy: str) -> None:
 
 def load_start_policy(cfg: Any, device: torch.device):
     """The starting policy of ``cfg.policy`` ('default' or a checkpoint directory) on ``device``."""
-    from mapo.policy import load_policy
-
     if cfg.policy == "default":
         import mapo.policy
 
         policy = mapo.policy.load_default()
         policy.model.to(device)
         return policy
-    return load_policy(cfg.policy, dtype=cfg.policy_dtype, device=device)
+    from mapo.policy.default import load_named_policy
+
+    return load_named_policy(cfg.policy, dtype=cfg.policy_dtype, device=device)
 
 
 SKIPPED_FILE = "skipped_rows.jsonl"  # one {"file", "row", "id", "reason"} per training sample that cannot be played
