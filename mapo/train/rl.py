@@ -83,12 +83,15 @@ from mapo.train.common import (
     OptimConfig,
     build_optimizer,
     build_scheduler,
+    atomic_write_text,
     latest_checkpoint,
     load_trainer_state,
     lock_run_dir,
     prepare_run_dir,
+    read_json_file,
     seed_everything,
 )
+from mapo.train.finetune import FinetuneConfig, load_dtype, prepare_policy
 from mapo.train.rl_data import RLDataConfig, load_data, shuffled_index  # noqa: F401 - re-exported
 from mapo.train.rl_eval import eval_text, evaluate
 from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
@@ -104,8 +107,9 @@ from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
 from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_update re-exported
 
 RUN_KIND = "rl"
-# Keys that may change between a run and its resume (they do not change what is trained).
-RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads")
+# Keys that may change between a run and its resume (they do not change what is trained). ``steps`` may only
+# grow (:func:`extend_steps`): the steps already taken, and the learning-rate schedule, stay as they were.
+RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads", "steps")
 
 
 # ----------------------------------------------------------------------------- config
@@ -122,6 +126,7 @@ class RLConfig:
     policy_dtype: str = knob("auto", "dtype to load the policy in: auto (the checkpoint's), float32, bfloat16")
     device: str = knob("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     amp: Literal["off", "bf16"] = knob("off", "mixed precision of the training forward: off or bf16 (autocast)")
+    finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA; gradient checkpointing")
     verifier: str | None = knob(None, "semantic verifier: a local CLIP directory; required by mapo, mapo_gated, reward_mix")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both"] = knob(
@@ -216,14 +221,18 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         if ckpt is None:
             raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
     dp.run_on_main(lambda: prepare_run_dir(run_dir, cfg, kind=RUN_KIND, resume=resume, ignore=RESUMABLE_KEYS), info)
+    horizon = dp.run_on_main(lambda: extend_steps(run_dir, ckpt, cfg.steps), info) if ckpt else cfg.steps
+    horizon = dp.broadcast_object(horizon, info)
     seed_everything(cfg.seed)
 
-    policy = load_policy(ckpt / "model", dtype=cfg.policy_dtype, device=device) if ckpt else load_start_policy(cfg, device)
+    dtype = load_dtype(cfg.policy_dtype, cfg.finetune)  # float32 master weights for full fine-tuning
+    policy = load_policy(ckpt / "model", dtype=dtype, device=device) if ckpt else load_start_policy(cfg, device, dtype)
+    policy = prepare_policy(policy, cfg.finetune)  # LoRA adapters (a LoRA checkpoint keeps its own), checkpointing
     policy.model.train()
-    dp.broadcast_parameters(policy.model, info)  # replicas start identical whatever each rank loaded
+    trainer = dp.wrap_for_training(dp.LogprobForward(policy.model), info)  # DDP under torchrun: replicas start equal
     reference = None
     if cfg.loss.kl_coef > 0:
-        reference = load_start_policy(cfg, device)
+        reference = load_start_policy(cfg, device, dtype)
         reference.model.eval().requires_grad_(False)
     # No embedding cache: a score must not depend on which batch first embedded its crop (resume exactness).
     verifier = load_verifier(cfg.verifier, device=device, cache_images=False) if cfg.verifier else None
@@ -241,16 +250,42 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
     data.prepare_heldout()
     optimizer = build_optimizer(policy.model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, horizon)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
               else dp.NullLogger())
-    run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info)
+    run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info,
+              schedule_steps=horizon, trainer=trainer)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)
         run.step, run.skipped_updates = int(state["step"]), int(state.get("skipped_updates", 0))
         logger.truncate_after(run.step)
     run.reported = set(skipped_ids(run_dir / SKIPPED_FILE))
     return run
+
+
+def extend_steps(run_dir: Path, ckpt: Path, steps: int) -> int:
+    """Check a resume's ``steps`` against checkpoint ``ckpt``, record a raised one; return the schedule horizon.
+
+    ``steps`` may be raised on resume (``mapo train --resume RUN_DIR steps=400``), never set below the
+    checkpoint's step. A raised value is written to ``RUN_DIR/config.yaml`` (a later plain ``--resume``
+    continues to it). The learning-rate schedule keeps the horizon the run started with (recorded in the
+    checkpoint as ``schedule_steps``), so the steps already taken keep their rates and the added steps run at the
+    schedule's final rate (``optim.min_lr_ratio * optim.lr`` for cosine and linear).
+    """
+    import yaml
+
+    state = read_json_file(ckpt / "state.json")
+    done = int(state["step"])
+    saved = config_from_run_dir(run_dir)
+    before = int(saved.get("steps", steps))
+    if steps < done:
+        raise ValueError(f"steps={steps} is below the {done} steps {run_dir} has already taken: --resume may raise "
+                         f"steps (e.g. steps={max(before, done) * 2}), not lower them")
+    if steps != before:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump({**saved, "steps": steps}, sort_keys=False))
+        say(f"{run_dir}: steps {before} -> {steps}; the learning-rate schedule keeps its horizon of "
+            f"{int(state.get('schedule_steps', before))} steps", True)
+    return int(state.get("schedule_steps", before))
 
 
 def train(
