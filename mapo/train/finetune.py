@@ -100,7 +100,12 @@ def prepare_policy(policy: Any, cfg: FinetuneConfig) -> Any:
         if cfg.freeze_vision:
             vision_tower(policy.model).requires_grad_(False)
     if cfg.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = policy.model
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x; older: the alias
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy
 
 
