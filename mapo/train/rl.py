@@ -92,6 +92,7 @@ from mapo.train.common import (
     seed_everything,
 )
 from mapo.train.finetune import FinetuneConfig, load_dtype, prepare_policy
+from mapo.train.interrupt import StopOnInterrupt, TrainingInterrupted, resume_command
 from mapo.train.rl_data import RLDataConfig, load_data, shuffled_index  # noqa: F401 - re-exported
 from mapo.train.rl_eval import eval_text, evaluate
 from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
@@ -342,8 +343,8 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
         run.logger.close()
         return json.loads(summary_path.read_text(encoding="utf-8"))
     try:
-        with StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
-                          mode=progress if main else "off") as bar:
+        with StopOnInterrupt() as stop, StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
+                                                     mode=progress if main else "off") as bar:
             report_skipped(run)  # held-out samples that cannot be played
             while run.step < cfg.steps:
                 last = rl_step(run, forced_turns)
@@ -355,10 +356,17 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
                     run.last_eval = evaluate(run)  # rank 0 alone; the others wait at the next step's first collective
                     run.logger.log(run.step, run.last_eval)
                     bar.note(f"rl eval step {run.step}: " + eval_text(run.last_eval))
-                if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps and main:
+                periodic = cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps
+                if periodic and main:
                     save(run)
                 bar.update(run.step, {"reward": last["reward_mean"], "acc": last["accuracy"],
                                       "tool": last["tool_call_rate"]})
+                if run.step < cfg.steps and stop.requested(info.distributed):  # Ctrl-C: checkpoint, then stop
+                    if main and not periodic:
+                        save(run)
+                    dp.barrier(info)
+                    raise TrainingInterrupted(run.run_dir, run.step, cfg.steps,
+                                              resume_command(run.run_dir, info.world_size))
         if main:
             save(run)
             run.policy.save(run.run_dir / "final")
