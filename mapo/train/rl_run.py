@@ -51,7 +51,11 @@ def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use device: cpu)")
+        if torch.version.cuda is None:  # the CPU build of torch that `make setup` installs by default
+            raise ValueError(f"device {name!r} asked for, but this torch ({torch.__version__}) is a CPU build: install "
+                             "the CUDA build with `make setup GPU=cu128` (README, \"GPU\"), or use device: cpu")
+        raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} sees no GPU (driver, "
+                         "CUDA_VISIBLE_DEVICES?); or use device: cpu")
     if device.type == "cuda" and info.distributed:
         if device.index is not None:
             raise ValueError(f"device {name!r} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
