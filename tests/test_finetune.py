@@ -165,3 +165,34 @@ def test_a_lora_run_can_start_from_a_lora_policy_and_keeps_its_adapter(assets, t
     assert any(not torch.equal(first[k], again[k]) for k in first)
     record = json.loads((tmp_path / "second" / "final" / "adapter_config.json").read_text())
     assert record["base_model_name_or_path"] == str(assets[0].resolve())
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
+def test_real_model_configs_load_with_lora_and_checkpointing(name):
+    from mapo.config import load_config
+    from mapo.train.rl import RLConfig
+
+    cfg = load_config(RLConfig, f"configs/{name}.yaml", ["policy=/models/x", "verifier=/models/clip", "data.source=/d"])
+    assert cfg.finetune.method == "lora" and cfg.finetune.gradient_checkpointing and cfg.amp == "bf16"
+    assert cfg.finetune.lora_dropout == 0.0 and cfg.loss.kl_coef == 0.0 and cfg.rollout.group_size == 8
+
+
+def test_the_readme_rl_command_runs_on_a_data_folder_with_the_7b_config(assets, tmp_path, capsys):
+    """configs/qwen2_5_vl_7b.yaml with the README's overrides (policy, verifier, data.source), shrunk to one
+    CPU step of the tiny policy: LoRA, checkpointing, bf16 autocast and a V* folder as training data."""
+    from mapo.cli import main
+    from mapo.data import synth
+    from mapo.data.writers import write_vstar
+    from test_train import LEVEL
+
+    write_vstar(synth.generate(4, seed=3, config=LEVEL), tmp_path / "vstar")
+    run = tmp_path / "run"
+    rc = main(["train", "--config", "configs/qwen2_5_vl_7b.yaml", "--out", str(run), "--no-progress",
+               f"policy={assets[0]}", f"verifier={assets[1]}", f"data.source={tmp_path / 'vstar'}",
+               "steps=1", "prompts_per_step=1", "rollout.group_size=2", "rollout.max_turns=2",
+               "rollout.max_new_tokens_per_turn=16", "data.n_eval=1", "bootstrap_every=0", "device=cpu",
+               "tensorboard=false", "threads=1"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    row = [r for r in read_metrics(run / "metrics.jsonl") if "reward_mean" in r][0]
+    assert row["step"] == 1 and row["grad_norm"] >= 0
