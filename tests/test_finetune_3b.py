@@ -51,6 +51,8 @@ def test_3b_width_run_trains_and_resumes(release_3b, tmp_path, method):
         raw = base_config(release_3b, None, steps=steps, save_every=1, prompts_per_step=1, bootstrap_every=0,
                           # float32 on CPU: bfloat16 matmuls are slow on CPUs without bf16 units
                           policy_dtype="float32", advantage=dict(estimator="grpo"), micro_batch_size=1,
+                          # an entropy bonus: a gradient even when a group's rewards tie (random weights)
+                          loss=dict(entropy_coef=0.01),
                           rollout=dict(group_size=2, max_turns=2, max_new_tokens_per_turn=24, batch_size=2),
                           optim=dict(lr=1e-3, warmup_frac=0.0, schedule="constant"), data=dict(n_eval=0),
                           finetune=dict(method=method, lora_r=8, lora_alpha=16, gradient_checkpointing=True))
