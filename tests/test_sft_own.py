@@ -124,3 +124,19 @@ def test_mapo_sft_data_trains_on_the_assistant_turns_of_an_eval(tiny_policy_dir,
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_lora_sft_on_own_data_saves_an_adapter_and_resumes(tiny_policy_dir, tmp_path):
+    from mapo.config import from_dict
+    from mapo.train.sft import SFTConfig, run_sft
+
+    path = _eval_dir(tmp_path / "eval")
+    raw = dict(steps=2, batch_size=2, save_every=1, log_every=1, tensorboard=False, progress=False,
+               policy=dict(init_from=str(tiny_policy_dir)), data=dict(source=str(path)), eval=dict(n_rollout=0),
+               finetune=dict(method="lora", lora_r=4, lora_alpha=8, gradient_checkpointing=True))
+    run_sft(from_dict(SFTConfig, raw), tmp_path / "sft", stop_after=1)
+    assert (tmp_path / "sft" / "checkpoints" / "step_000001" / "model" / "adapter_model.safetensors").is_file()
+    run_sft(from_dict(SFTConfig, raw), tmp_path / "sft", resume=True)
+    assert (tmp_path / "sft" / "final" / "adapter_config.json").is_file()
+    with pytest.raises(ValueError, match="needs policy.init_from"):
+        from_dict(SFTConfig, {**raw, "policy": {}})

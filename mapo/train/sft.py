@@ -47,6 +47,7 @@ from mapo.train.common import (
     save_checkpoint,
     seed_everything,
 )
+from mapo.train.finetune import FinetuneConfig, prepare_policy
 from mapo.train.sft_data import (  # noqa: F401  (IGNORE, synth_config, ...: importable from here as before)
     IGNORE,
     SFTDataConfig,
@@ -114,6 +115,8 @@ class SFTConfig:
     optim: OptimConfig = knob(factory=OptimConfig, help="optimiser and schedule")
     protocol: ProtocolConfig = knob(factory=ProtocolConfig, help="tags and prompts (must match the rollout's)")
     eval: SFTEvalConfig = knob(factory=SFTEvalConfig, help="held-out evaluation")
+    finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA (needs policy.init_from); "
+                                    "gradient checkpointing")
     log_every: int = knob(5, "log training metrics every this many steps")
     eval_every: int = knob(100, "teacher-forced held-out eval every this many steps (0 = only at the end)")
     save_every: int = knob(100, "checkpoint every this many steps (0 = only at the end)")
@@ -137,6 +140,9 @@ class SFTConfig:
             raise ValueError(f"letter_loss_weight must be > 0, got {self.letter_loss_weight}")
         if not self.word_loss_weight > 0:
             raise ValueError(f"word_loss_weight must be > 0, got {self.word_loss_weight}")
+        if self.finetune.method == "lora" and self.policy.init_from is None:
+            raise ValueError("finetune.method lora needs policy.init_from (a checkpoint the adapter can name as its "
+                             "base); a freshly built tiny policy has none")
         if self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}) so evaluation is held out")
 
@@ -185,6 +191,7 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
         policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype)
     else:  # a fresh policy whose processor passes the training level's images unchanged
         policy = build_policy(cfg.policy, tool_config_for(synth_config(cfg.data)))
+    policy = prepare_policy(policy, cfg.finetune)  # LoRA adapters (a LoRA checkpoint keeps its own), checkpointing
     policy.model.train()
     policy.protocol = cfg.protocol  # recorded with every save (mapo_protocol.json): RL and eval prompt alike
     optimizer = build_optimizer(policy.model, cfg.optim)
