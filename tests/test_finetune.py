@@ -196,3 +196,16 @@ def test_the_readme_rl_command_runs_on_a_data_folder_with_the_7b_config(assets, 
     assert (run / "final" / "adapter_model.safetensors").is_file()
     row = [r for r in read_metrics(run / "metrics.jsonl") if "reward_mean" in r][0]
     assert row["step"] == 1 and row["grad_norm"] >= 0
+
+
+def test_a_cuda_device_on_a_cpu_build_is_one_line_naming_the_gpu_install(monkeypatch):
+    from mapo.train.rl_run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match="CPU build: install the CUDA build with `make setup GPU=cu128`") as e:
+        resolve_device("cuda")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(ValueError, match="sees no GPU"):
+        resolve_device("cuda:0")
