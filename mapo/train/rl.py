@@ -81,9 +81,9 @@ from mapo.train import distributed as dp
 from mapo.train.common import (
     MetricsLogger,
     OptimConfig,
+    atomic_write_text,
     build_optimizer,
     build_scheduler,
-    atomic_write_text,
     latest_checkpoint,
     load_trainer_state,
     lock_run_dir,
@@ -124,7 +124,8 @@ class RLConfig:
     prompts_per_step: int = knob(8, "prompts (groups) per step; batch = prompts_per_step * rollout.group_size trajectories")
     seed: int = knob(0, "seed of the run: prompt order, rollout sampling, mini-batch shuffling")
     policy: str | None = knob(None, "starting policy: a local checkpoint directory (e.g. runs/sft/final) or 'default'")
-    policy_dtype: str = knob("auto", "dtype to load the policy in: auto (the checkpoint's), float32, bfloat16")
+    policy_dtype: str = knob("auto", "dtype to load the policy in: auto (finetune.method full: float32 master "
+                                     "weights; lora: the checkpoint's own), float32, bfloat16")
     device: str = knob("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     amp: Literal["off", "bf16"] = knob("off", "mixed precision of the training forward: off or bf16 (autocast)")
     finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA; gradient checkpointing")
