@@ -5,8 +5,9 @@ The checkpoint is :func:`mapo.policy.real_shapes.write_release_dir`'s ``qwen2_5_
 trains 1 step with a checkpoint, is resumed with ``steps`` raised to 2, and must log both steps and move its
 weights in step 2. LoRA checkpoints must hold the adapter and its optimizer state only.
 
-Slow (``make test-slow``): the full run holds ~0.45 B float32 weights with their gradients and AdamW moments
-(about 7 GB) and writes a ~5 GB checkpoint; about 2-4 minutes on 2 cores.
+Slow (``make test-slow``): the full run holds ~0.45 B float32 weights with their gradients and AdamW moments and
+writes a 5.4 GB checkpoint (model/ 1.8 GB, trainer.pt 3.6 GB; LoRA: 6.3 MB and 3.4 MB). Measured with
+``/usr/bin/time -v pytest -m slow -s tests/test_finetune_3b.py``: 110 s of CPU, 13 GB peak resident memory.
 """
 
 from __future__ import annotations
