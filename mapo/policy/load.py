@@ -76,6 +76,7 @@ class Policy:
         if self.protocol is not None:
             vision = getattr(getattr(self.model, "config", None), "vision_config", None)
             write_protocol(out, self.protocol, vision=vision)
+            write_system_template(out, self.protocol)
 
     @property
     def vision_token_ids(self) -> list[int]:
@@ -123,6 +124,45 @@ def write_protocol(out_dir: str | Path, protocol: ProtocolConfig, vision: Any = 
     path = Path(out_dir) / PROTOCOL_FILE
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+SYSTEM_MARK = "{#- mapo: the system prompt this policy was trained with, used when a conversation has none #}"
+
+
+def with_default_system(template: str, system: str) -> str:
+    """``template`` that renders ``system`` as the system message of a conversation that has none.
+
+    A preamble reassigns ``messages`` (Jinja top-level ``set``), so the template's own logic, Qwen2-VL's
+    "You are a helpful assistant." default included, sees a conversation that opens with the system
+    message; a conversation with its own system message is rendered unchanged. Applied once: a template
+    that carries the preamble already has it replaced.
+    """
+    if template.startswith(SYSTEM_MARK):
+        template = template.split("\n", 2)[2]  # the mark line and the preamble line of an earlier save
+    literal = json.dumps(system)  # a Jinja string literal: JSON's escapes are Python's
+    preamble = ("{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', "
+                f"'content': [{{'type': 'text', 'text': {literal}}}]}}] + messages %}}{{%- endif %}}")
+    return f"{SYSTEM_MARK}\n{preamble}\n{template}"
+
+
+def write_system_template(out_dir: str | Path, protocol: ProtocolConfig) -> None:
+    """Put ``protocol``'s system prompt (the tool schema and tag grammar) into the chat template files of
+    ``out_dir`` (``chat_template.jinja``, and ``tokenizer_config.json``'s copy), so plain transformers
+    (``apply_chat_template`` without a system message) prompts the policy as mapo does."""
+    from mapo.protocol import system_prompt
+
+    system = system_prompt(protocol)
+    root = Path(out_dir)
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        jinja.write_text(with_default_system(jinja.read_text(encoding="utf-8"), system), encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        path = root / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data.get("chat_template"), str):
+                data["chat_template"] = with_default_system(data["chat_template"], system)
+                path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_patch_factor(root: str | Path) -> int | None:
