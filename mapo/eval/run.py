@@ -57,8 +57,6 @@ def evaluate(
         overwrite: clear an ``out`` that holds an evaluation of another model, data or
             config instead of refusing it.
     """
-    from mapo.data.prepare import pixel_range, policy_tool
-
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
     if limit is not None and limit < 1:
@@ -88,7 +86,7 @@ def evaluate(
 def _run(samples, origins, load_report, data, out, policy, verifier, config, base, benchmark, limit, progress,
          run_info, forced_turns, fingerprint) -> EvalResult:
     """The loop of :func:`evaluate` once ``out`` is claimed and locked."""
-    from mapo.data.prepare import pixel_range
+    from mapo.data.prepare import pixel_range, policy_tool
 
     pred_path = out / "predictions.jsonl"
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
