@@ -8,16 +8,25 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# GPU=cu128 (or cu126, cu129, ...: a CUDA build on PyTorch's wheel index) installs the CUDA build of the same
+# pinned torch (2.13.0, still through constraints.txt), e.g. `make setup GPU=cu128`; on an existing CPU
+# environment it replaces torch in place. Empty: the CPU wheel.
+GPU ?=
+TORCH_SOURCE := $(if $(GPU),--index-url https://download.pytorch.org/whl/$(GPU),)
 
 .PHONY: setup setup-test demo test test-slow clean
 
 setup: $(STAMP)
+ifneq ($(GPU),)
+	$(PY) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" || $(PIP) --force-reinstall $(TORCH_SOURCE) torch==2.13.0
+	$(PY) -c "import torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'CUDA', torch.version.cuda, '-', torch.cuda.get_device_name(0) if ok else 'no GPU visible (driver?)')"
+endif
 
 setup-test: $(TEST_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	$(PIP) $(TORCH_SOURCE) torch==2.13.0
 	$(PIP) -e .
 	touch $(STAMP)
 

@@ -18,7 +18,7 @@ The result is (B, T), exactly 0 where ``segment_ids == -1``. The trainer never
 branches on the estimator's name: it calls ``get_estimator(config.estimator)``.
 
 Where we depart from or guess at the paper (arXiv 2604.06777): the paper's advantage
-formula is not public. ``mapo`` below is *our* definition (DESIGN notes section 4):
+formula is not public. ``mapo`` below is *our* definition (docs/algorithm.md):
 
 - outcome part: GRPO, numerically identical to verl's
   ``compute_grpo_outcome_advantage`` (unbiased ``torch.std``, ``eps`` added to the

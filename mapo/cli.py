@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"mapo {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    from mapo.errors import MapoError
+
     try:
         return int(module.run(args) or 0)
+    except MapoError as e:  # bad input that a command did not report itself: still one line, never a traceback
+        print(f"mapo {name}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -7,12 +7,18 @@ Overrides are ``dotted.key=value`` strings whose value is parsed as YAML
 (``lr=3e-4``, ``tags.answer=ans``, ``sizes=[1,2]``).
 
 Invalid combinations are rejected in each dataclass's ``__post_init__`` with a
-message that says why.
+message that says why. Every number must be finite (``.nan`` and ``.inf`` are refused).
+
+YAML is read by :func:`load_yaml`, stricter than ``yaml.safe_load``: a key given twice in
+one mapping is an error (YAML would silently keep the last), aliases may not expand to more
+than :data:`MAX_CONFIG_VALUES` values nor refer to themselves ("billion laughs"), nesting is
+bounded, and any error is a :class:`~mapo.errors.ConfigError` naming the file and line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,7 +26,101 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mapo.errors import ConfigError
+
 T = TypeVar("T")
+
+MAX_CONFIG_VALUES = 100_000  # values a config may hold once its YAML aliases are expanded
+MAX_CONFIG_DEPTH = 64  # nesting of mappings and lists
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of base: an intended override
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (lines {first} and {line}); keep one",
+                        key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The data in YAML ``text`` (``where`` names it in errors: a file, an override); see the module docstring.
+
+    Raises:
+        ConfigError: not YAML, a tag other than plain data (``!!python/...``), a duplicate key,
+            aliases that expand without bound or refer to themselves, or nesting too deep.
+    """
+    if _flow_depth(text) > MAX_CONFIG_DEPTH:  # checked before parsing: PyYAML takes seconds to fail on 100,000 '['
+        raise ConfigError(f"{where} is nested more than {MAX_CONFIG_DEPTH} levels deep; a config is not")
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where} is not a valid config: {problem}{at}; configs hold plain YAML values "
+                          "(mappings, lists, numbers, text)") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config") from None
+    check_size(data, where)
+    return data
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` outside quotes and comments (a cheap over-estimate)."""
+    depth = deepest = 0
+    quote = None
+    comment = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def check_size(data: Any, where: str) -> None:
+    """:class:`ConfigError` when ``data`` (as aliases would expand it) holds more than :data:`MAX_CONFIG_VALUES`
+    values, nests deeper than :data:`MAX_CONFIG_DEPTH`, or contains itself."""
+    count = 0
+    stack: list[tuple[Any, int, tuple[int, ...]]] = [(data, 0, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_CONFIG_VALUES} values (YAML aliases of aliases?); "
+                              "a config is far smaller: write the values out")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where} is nested more than {MAX_CONFIG_DEPTH} levels deep; a config is not")
+        if isinstance(node, (dict, list)):
+            if id(node) in path:
+                raise ConfigError(f"{where} refers to itself (a YAML alias inside its own anchor)")
+            children = node.values() if isinstance(node, dict) else node
+            inner = (*path, id(node))
+            stack.extend((child, depth + 1, inner) for child in children)
 
 
 def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
@@ -122,9 +222,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"config key '{where}' must be a number, got {value!r}")
         try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"config key '{where}' must be a number, got {value!r}") from None
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"config key '{where}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{where}' must be a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ValueError(f"config key '{where}' must be an integer, got {value!r}")
@@ -185,7 +288,8 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: '{p}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = load_yaml(raw, f"override {key.strip()}=...") if raw.strip() else ""
+    check_size(out, "the config with its overrides")
     return out
 
 
@@ -204,13 +308,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(_read_text(path), f"config file {path}")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping at the top level")
         data = loaded
     return from_dict(cls, apply_overrides(data, overrides))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def find_config_file(path: str | Path) -> Path | None:

@@ -16,7 +16,7 @@ and decides what happens next:
   the episode instead (``max_images``).
 
 The engine tokenizes the observation and checks it fits its token budget *before*
-appending it (DESIGN §5: an observation is never truncated): it then calls
+appending it (an observation is never truncated, docs/rollout.md): it then calls
 :meth:`Episode.add_observation`, or :meth:`Episode.finish` with ``max_tokens``.
 Pure Python: no model, no tokens. The attribute names (``turns``, ``tool_calls``,
 ``crops``, ``descriptions``, ``answer_text``, ``used_tool``, ``finish_reason``) are

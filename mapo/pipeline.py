@@ -58,6 +58,7 @@ from mapo.pipeline_summary import (  # noqa: F401  (importable from here as befo
     training_trend,
     verdict,
 )
+from mapo.shipped import SHIPPED_PREFIX
 from mapo.stage_cache import (  # noqa: F401
     SPEED_ONLY_KEYS,
     STAGE_VERSION,
@@ -174,9 +175,6 @@ def _verifier_mismatch(config: VerifierTrainConfig, manifest: dict[str, Any]) ->
     return None
 
 
-SHIPPED_PREFIX = "shipped:"  # warmstart.source naming a checkpoint under mapo/assets/
-
-
 def warmstart_stage(
     cfg: PipelineConfig, log: Callable[[str], None] = print, progress: bool | str = False
 ) -> tuple[Path, str, bool]:
@@ -185,12 +183,14 @@ def warmstart_stage(
     A shipped or given checkpoint counts as reused (nothing was trained).
     """
     source = cfg.warmstart.source
-    if source.startswith(SHIPPED_PREFIX):
+    if source.startswith(SHIPPED_PREFIX):  # 'shipped:NAME': a checkpoint under mapo/assets/
         from mapo.policy import default
+        from mapo.policy.default import resolve_policy_dir
 
-        path = Path(default.DEFAULT_DIR).parent / source[len(SHIPPED_PREFIX):]
-        if not path.is_dir() or path.parent != Path(default.DEFAULT_DIR).parent:
-            raise ValueError(f"warmstart.source {source!r}: no shipped checkpoint {path.name!r} in {path.parent}")
+        try:
+            path = resolve_policy_dir(source)  # the one resolver of shipped names (mapo.shipped.shipped_dir)
+        except ValueError as e:
+            raise ValueError(f"warmstart.source {e}") from None
         default.verify(path)  # an altered checkpoint is an error, not a silent fallback
         log(f"warm start: the shipped checkpoint {path}")
         return path, "shipped", True

@@ -28,7 +28,7 @@ Choices and departures (nothing here is specified by the MAPO paper):
 - ``top_p < 1`` and ``greedy`` change how tokens are *chosen*, but the recorded
   log-prob is still the full tempered distribution (top-p-free), so with them
   the recorded log-probs are not those of the behaviour policy.
-- The budget is checked *before* an observation is appended (DESIGN §5); an
+- The budget is checked *before* an observation is appended (docs/rollout.md); an
   observation that does not fit ends the episode with ``max_tokens`` or
   ``max_images`` instead of being truncated.
 - Continuous batching is per turn: a finished episode's slot is refilled at the

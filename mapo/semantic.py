@@ -1,6 +1,6 @@
 """The MAPO semantic score s_{i,k}: one definition for training, evaluation, the report and verl.
 
-Semantic scores (our reading of MAPO, DESIGN §4). Observation ``k`` of
+Semantic scores (our reading of MAPO, docs/algorithm.md). Observation ``k`` of
 trajectory ``i`` is scored ``s_{i,k} = verifier(text, crop_k)`` where ``text`` is
 the description opening the next segment (``semantic_target="description"``,
 the paper's choice), the tool call's own ``label`` (``"label"``: the stated

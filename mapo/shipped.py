@@ -18,6 +18,33 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+SHIPPED_PREFIX = "shipped:"  # 'shipped:NAME' names the checkpoint mapo/assets/NAME
+_ASSETS_RELATIVE = ("mapo", "assets")  # how configs write a shipped path: mapo/assets/NAME
+
+
+def shipped_dir(name: str) -> Path | None:
+    """The shipped checkpoint directory ``name`` names, or None when it names none.
+
+    ``shipped:NAME`` is ``mapo/assets/NAME`` of the installed package. A relative path
+    ``mapo/assets/NAME`` (as the configs write the verifier) means the same directory whatever
+    the current folder, unless that path exists in the current folder. A name that
+    points outside ``mapo/assets`` is refused.
+
+    Raises:
+        ValueError: ``shipped:NAME`` with no such checkpoint (the message lists the shipped ones).
+    """
+    if name.startswith(SHIPPED_PREFIX):
+        path = ASSETS_DIR / name[len(SHIPPED_PREFIX):]
+        if not name[len(SHIPPED_PREFIX):] or path.resolve().parent != ASSETS_DIR or not path.is_dir():
+            names = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / MANIFEST).is_file())
+            raise ValueError(f"{name!r}: no shipped checkpoint of that name; shipped: {', '.join(names)}")
+        return path
+    parts = Path(name).parts
+    if len(parts) >= 3 and parts[:2] == _ASSETS_RELATIVE and not Path(name).exists():
+        path = ASSETS_DIR.joinpath(*parts[2:])
+        return path if path.resolve().is_relative_to(ASSETS_DIR) else None
+    return None
 
 
 class ShippedCheckpointError(ValueError):
@@ -72,8 +99,13 @@ def verify(
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = dict(manifest["files"])
+    except RecursionError:
+        raise error(f"{manifest_path} is not a valid manifest (nested too deeply); rebuild with: {rebuild}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise error(f"{manifest_path} is not a valid manifest ({e}); rebuild with: {rebuild}") from None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise error(f"{manifest_path} is not a valid manifest (files must map names to sha256 texts); rebuild with: "
+                    f"{rebuild}")
     _check_coverage(root, files, shipped_files, what=what, rebuild=rebuild, error=error)
     missing = sorted(name for name in files if not (root / name).is_file())
     if missing:

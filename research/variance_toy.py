@@ -1,6 +1,6 @@
 """A "which box to zoom" bandit where the true policy gradient is known in closed form.
 
-The claim under test (DESIGN notes section 4): coupling a per-turn semantic score into
+The claim under test (docs/algorithm.md): coupling a per-turn semantic score into
 the advantage gives a lower-variance policy-gradient estimate than outcome-only GRPO.
 
 The toy. A softmax policy over ``M`` boxes with logits ``theta`` (M,). One episode has

@@ -49,7 +49,7 @@ GROUP = 8  # trajectories per prompt (G)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/gpu_check.json", help="JSON file of results")
-    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {sorted(SHAPES)}")
+    p.add_argument("--shapes", default="qwen2_5_vl_7b,qwen3_vl_8b", help=f"comma-separated, from {sorted(SHAPES)}")
     p.add_argument("--batches", default="8,32,64", help="rollout batch sizes (episodes generated together)")
     p.add_argument("--side", type=int, default=448, help="view and observation side in pixels (square budgets)")
     p.add_argument("--sampled-tokens", type=int, default=128,

@@ -4,6 +4,7 @@
   pixel budgets are the module's ``TOOL`` (a ``ToolConfig``) where the module defines one, else the default.
 - ``tiny_policy_dir`` / ``tiny_verifier_dir``: one saved tiny policy and tiny CLIP for the whole session
   (:mod:`tiny_assets`); read-only, a test that alters them copies them first.
+- File hashes are cached in a folder of the session (``MAPO_CACHE_DIR``).
 - ``tiny_clip``: :func:`tiny_assets.save_tiny_clip`, for modules that need a CLIP of their own size.
 """
 
@@ -13,6 +14,14 @@ import pytest
 import torch
 
 import tiny_assets
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _file_hash_cache(tmp_path_factory):
+    """File hashes (mapo.fingerprint) are cached in a folder of the session, never in the user's ~/.cache."""
+    import os
+
+    os.environ["MAPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("mapo-cache"))
 
 
 @pytest.fixture(scope="module")

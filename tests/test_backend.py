@@ -14,6 +14,7 @@ from mapo.data.task import tool_config_for
 from mapo.policy import build_tiny_policy, load_policy
 from mapo.policy.backend import Qwen3VLBackend, QwenVLBackend, backend_for
 from mapo.rollout import RolloutConfig, rollout
+from mapo.tools import ToolConfig
 from mapo.trajectory import collate, sequence_logprobs
 
 torch.set_num_threads(1)
@@ -157,3 +158,43 @@ def test_qwen3_tiny_pipeline_sft_then_rl_then_eval(tmp_path):
                  "--no-progress", "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=2"]) == 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["view_size"] == [96, 96] for r in records)  # 32-px view of the 112-px budget
+
+
+# An exact 256 x 256 budget: a multiple of Qwen3-VL's 32 px, not of Qwen2.5-VL's 28 px (252 x 252 falls short).
+EXACT_256 = ToolConfig(view_min_pixels=256 * 256, view_max_pixels=256 * 256, obs_min_pixels=256 * 256,
+                       obs_max_pixels=256 * 256)
+
+
+@pytest.fixture(scope="module")
+def qwen3_256():
+    """A tiny Qwen3-VL whose processor takes exactly 256 x 256 pixels, like the real one's minimum."""
+    return build_tiny_policy("tiny", arch="qwen3_vl", tool_config=EXACT_256, seed=0, text_layers=1, vision_depth=1)
+
+
+def test_eval_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
+    """`mapo eval` fits each image for 32 px on Qwen3-VL: a 448 x 448 image plays at 256 x 256, none is skipped."""
+    from mapo.eval import EvalConfig, evaluate
+
+    config = EvalConfig(tool_from_samples=False, rollout=RolloutConfig(
+        group_size=1, greedy=True, batch_size=2, max_turns=1, max_new_tokens_per_turn=4, tool=EXACT_256))
+    result = evaluate("synth:2", tmp_path / "eval", policy=qwen3_256, config=config)
+    assert result.metrics["broken_rows"] == 0 and result.metrics["skipped_rows"] == []
+    records = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["view_size"] for r in records] == [[256, 256], [256, 256]]
+
+
+def test_training_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
+    """`mapo train` fits its prompts and held-out samples for 32 px on Qwen3-VL (no sample is skipped)."""
+    from mapo.config import from_dict
+    from mapo.train.rl import RLConfig, setup
+
+    qwen3_256.save(tmp_path / "policy")
+    cfg = from_dict(RLConfig, dict(
+        policy=str(tmp_path / "policy"), steps=1, prompts_per_step=1, tool_from_data=False, tensorboard=False,
+        advantage=dict(estimator="grpo"), data=dict(n_eval=2),
+        rollout=dict(group_size=2, tool=dict(view_min_pixels=256 * 256, view_max_pixels=256 * 256,
+                                             obs_min_pixels=256 * 256, obs_max_pixels=256 * 256)),
+    ))
+    run = setup(cfg, tmp_path / "rl", resume=False)
+    assert run.data.skipped == {} and len(run.data.heldout) == 2
+    assert run.data.prepare(run.data.prompts(0, 1)[0]).image.size == (448, 448)  # played as it is, at 256 x 256

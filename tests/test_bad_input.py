@@ -144,7 +144,7 @@ def test_reusing_an_eval_dir_with_another_model_data_or_config_is_refused(policy
     out = tmp_path / "e"
     evaluate("synth:2:easy:7", out, policy=policy, config=cfg)
     other = build_tiny_policy("tiny", tool_config=TOOL, seed=1)
-    with pytest.raises(ValueError, match="different model; .*--overwrite"):
+    with pytest.raises(ValueError, match=r"different model \(.*\); .*--overwrite"):
         evaluate("synth:2:easy:7", out, policy=other, config=cfg)
     with pytest.raises(ValueError, match="different data"):
         evaluate("synth:2:easy:8", out, policy=policy, config=cfg)

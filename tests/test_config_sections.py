@@ -22,7 +22,7 @@ from mapo.verifier.train import VerifierTrainConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Each file's command: `mapo demo` / `experiment compare` / `sft` / `train` / `verifier train`.
 CLASS_OF = {"demo": PipelineConfig, "compare": CompareConfig, "sft": SFTConfig, "warmstart": SFTConfig,
-            "train": RLConfig, "verifier": VerifierTrainConfig}
+            "train": RLConfig, "verifier": VerifierTrainConfig, "qwen2": RLConfig, "qwen3": RLConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

@@ -233,3 +233,15 @@ def test_source_path_uses_that_directory_or_says_what_is_missing(shipped, tmp_pa
         verifier_stage(pipeline(tmp_path, verifier_source=str(tmp_path)), log=lambda _: None)
     with pytest.raises(ValueError, match="verifier_source must be"):
         pipeline(tmp_path, verifier_source="")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "compare.yaml", "compare_150steps.yaml", "compare_distractors.yaml"])
+def test_the_configs_that_say_they_use_the_shipped_verifier_do(name):
+    """A `verifier:` block that drifts from the shipped recipe would silently train a verifier (minutes) instead."""
+    import yaml
+
+    from mapo.pipeline import PipelineConfig, _verifier_mismatch
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "configs" / name).read_text())
+    cfg = from_dict(PipelineConfig, raw.get("pipeline", raw))  # a compare nests its pipeline block
+    assert _verifier_mismatch(cfg.verifier, default.verify()) is None

@@ -4,7 +4,8 @@ One pair of spawned ranks (the expensive part: each imports torch and transforme
 plays every multi-rank scenario in turn, while the test process runs the
 single-process references; the tests then compare what both wrote:
 
-- a toy step of each ``agg_loss`` mode with :func:`allreduce_gradients`;
+- a toy step of each ``agg_loss`` mode through torch's DDP (:func:`wrap_for_training`, :func:`micro_steps`),
+  a rank with fewer micro-batches (or none) padding with zero-loss ones;
 - ``mapo train`` for 1 step with 2 ranks vs 1 process (same updated weights);
 - ``mapo train`` for 2 steps with 2 ranks, interrupted after step 1's checkpoint,
   resumed with 2 ranks, and (on a copy) with 1 rank, vs 2 uninterrupted steps in
@@ -68,11 +69,38 @@ class _Toy(torch.nn.Module):
         self.unused = torch.nn.Linear(1, 1)  # never in the loss: its grad must stay None, as in one process
 
 
-def _loss(model, rows, mode, denominator):
+def _loss(model, rows, mode, denominator, micro=None):
+    """The loss of ``rows`` (whole groups); with ``micro`` (a subset of rows) only that subset's share of it."""
     x, tokens, mask, segments, outcome, semantic, group = (t[rows] for t in _data())
     adv = get_estimator("mapo")(outcome, group, segments, semantic, config=AdvantageConfig())  # (b, T)
+    if micro is not None:  # as mapo train: advantages of the whole groups, the loss of a micro-batch
+        keep = [rows.index(r) for r in micro]
+        x, tokens, mask, adv = x[keep], tokens[keep], mask[keep], adv[keep]
     logp = torch.log_softmax(model.used(x), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)  # (b, T)
     return agg_loss(-adv * logp, mask, mode, denominator=denominator)
+
+
+class _ToyForward(torch.nn.Module):
+    """What DDP wraps: the toy loss of some rows (the policy's LogprobForward in mapo train)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rows, micro, mode, denominator):
+        return _loss(self.model, rows, mode, denominator, micro=micro)
+
+
+def _ddp_step(info, rows, mode, micro_size):
+    """One accumulated step through DDP: this rank's ``rows`` in micro-batches of ``micro_size``."""
+    model = _Toy()
+    trainer = D.wrap_for_training(_ToyForward(model), info)
+    denominator = D.global_denominator(_local_count(rows, mode), info)
+    micros = [rows[i : i + micro_size] for i in range(0, len(rows), micro_size)]
+    for micro, real in D.micro_steps(trainer, micros, [0, 1, 2], info):
+        loss = trainer([0, 1, 2] if not real else rows, micro, mode, denominator)
+        (loss if real else loss * 0.0).backward()
+    return model
 
 
 def _local_count(rows, mode):
@@ -94,18 +122,13 @@ def _toy_scenarios(info, out):
     first, count = D.rank_span(P, info)  # this rank's prompts; all G samples of each stay here
     rows = [p * G + k for p in range(first, first + count) for k in range(G)]
     for mode in MODES:
-        model = _Toy()
-        denominator = D.global_denominator(_local_count(rows, mode), info)
-        _loss(model, rows, mode, denominator).backward()
-        D.allreduce_gradients(model, info, bucket_numel=7)  # several buckets
+        # Rank 0 holds 2 micro-batches, rank 1 3 (micro-batches of 4, 2 rows): counts differ between ranks.
+        model = _ddp_step(info, rows, mode, micro_size=4 if info.is_main else 2)
         if info.is_main:
             out[mode] = _updated(model)
             out["unused_grad_is_none"] = model.unused.weight.grad is None
-    # A mini-batch with no rows on rank 1: it contributes zeros, rank 0's rows make the gradient.
-    model = _Toy()
-    if info.is_main:
-        _loss(model, [0, 1, 2], "token-mean", _local_count([0, 1, 2], "token-mean")).backward()
-    D.allreduce_gradients(model, info)
+    # A mini-batch with no rows on rank 1: it pads, contributes zeros, rank 0's rows make the gradient.
+    model = _ddp_step(info, [0, 1, 2] if info.is_main else [], "token-mean", micro_size=2)
     out[f"empty_rank_{info.rank}"] = _updated(model)
     out[f"metrics{info.rank}"] = D.mean_metrics(
         {"reward": float(info.rank), "pairs": 3.0} | ({"only_on_1": 5.0} if info.rank else {}), weight=1.0 + info.rank,

@@ -140,7 +140,7 @@ def test_bad_synth_spec_is_explained():
 def test_partial_rollout_overrides_keep_eval_defaults():
     from mapo.commands.eval import _load_config
 
-    c = _load_config(None, ["rollout.tool.view_max_pixels=1003520", "rollout.batch_size=3"])
+    c, _ = _load_config(None, ["rollout.tool.view_max_pixels=1003520", "rollout.batch_size=3"])
     assert (c.rollout.group_size, c.rollout.greedy, c.rollout.batch_size) == (1, True, 3)
     assert c.rollout.tool.view_max_pixels == 1003520
 

@@ -39,11 +39,16 @@ def test_a_failed_first_eval_leaves_no_directory(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
-def test_a_failed_resume_keeps_the_directory(tmp_path, monkeypatch):
+def test_a_failed_resume_keeps_the_directory(tmp_path, monkeypatch, capsys):
     _failing_eval(monkeypatch)
     out = tmp_path / "eval"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError):
         main(["eval", "--data", "synth:2", "--model", "m", "--out", str(out), "--no-progress"])
+    assert out.is_dir()  # it was there before this run
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder with someone else's files is refused before any work
+    assert main(["eval", "--data", "synth:2", "--model", "m", "--out", str(out), "--no-progress"]) == 2
+    assert "holds files that mapo did not write (notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"

@@ -157,7 +157,7 @@ def test_processor_expands_images_and_marks_mm_tokens(policy):
 
 
 def test_mm_token_type_ids_give_3d_positions(policy):
-    """Without mm_token_type_ids transformers 5.x falls back to 1-D positions (DESIGN §5)."""
+    """Without mm_token_type_ids transformers 5.x falls back to 1-D positions (docs/policy.md)."""
     text, images = _conversation(policy)
     inputs = policy.processor(text=[text], images=images, return_tensors="pt")
     rope = policy.model.model.get_rope_index

@@ -102,6 +102,9 @@ def test_real_shape_eval_episode_matches_one_hf_forward(tmp_path, monkeypatch, s
         f"rollout.tool.obs_min_pixels={budget}", f"rollout.tool.obs_max_pixels={budget}",
     ])
     assert code == 0
+    # The sample was played, not skipped (a wrong patch factor in eval's preparation skips it).
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["broken_rows"] == 0 and metrics["skipped_rows"] == [], metrics["skipped_rows"]
     policy, (t,) = played["policy"], played["trajectories"]
 
     # The checkpoint is what it claims: real widths, real special-token ids.

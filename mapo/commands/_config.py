@@ -47,12 +47,12 @@ def overrides(args: argparse.Namespace, extra: typing.Iterable[str] = ()) -> lis
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file, with a clear error when it is missing or not a mapping."""
-    import yaml
+    from mapo.config import _read_text, load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    loaded = load_yaml(_read_text(path), f"config file {path}") or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {path} must hold a mapping at the top level")
     return loaded

@@ -56,7 +56,10 @@ def _rollout(args: argparse.Namespace) -> int:
     for name in ("samples", "group_size", "batch_size", "max_new_tokens", "max_turns"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.threads is not None:
+    from mapo.device_check import check_device, check_threads
+
+    check_device(args.device)
+    if args.threads is not None and check_threads(args.threads):
         torch.set_num_threads(args.threads)
     level = synth.level_config(args.level)
     tool = synth.tool_config_for(level)

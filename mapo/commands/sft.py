@@ -2,6 +2,8 @@
 
 - ``mapo sft --config configs/sft_tiny.yaml --out runs/sft [key=value ...]``
 - ``mapo sft --resume runs/sft [log_every=10 ...]`` continues from the newest checkpoint
+- ``mapo sft --data runs/eval/predictions.jsonl policy.init_from=MODEL ...`` trains on your own conversations
+  (an eval's trajectories, or an SFT parquet: :mod:`mapo.train.sft_own`)
 - ``mapo sft --config FILE [key=value ...] --show-config`` prints the effective config with each knob's help
 - ``mapo sft --summary RUN_DIR`` prints the loss curve and the held-out metrics of a run
 """
@@ -19,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/sft", help="run directory, must be new or empty (default runs/sft)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="resume the run in RUN_DIR (reads its config.yaml)")
     parser.add_argument("--summary", default=None, metavar="RUN_DIR", help="print a run's loss curve and eval, and exit")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="train on your own conversations: an eval's predictions.jsonl (or its directory) or an SFT "
+                             "parquet (shorthand for data.source=PATH)")
     parser.add_argument("--no-progress", action="store_true",
                         help="plain log lines instead of a progress bar (the default when output is not a terminal)")
     add_config_arguments(parser, example="steps=50 optim.lr=3e-4")
@@ -34,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
         if args.resume and args.config:
             raise ValueError("give either --resume RUN_DIR (its config.yaml is used) or --config, not both")
         base = config_from_run_dir(args.resume) if args.resume else None
+        extra = [f"data.source={args.data}"] if args.data is not None else []
         if args.show_config:
-            return _config.show(SFTConfig, args, base=base)
-        cfg = _config.load(SFTConfig, args, base=base)
+            return _config.show(SFTConfig, args, base=base, extra=extra)
+        cfg = _config.load(SFTConfig, args, base=base, extra=extra)
         run_dir = args.resume or args.out
         final = run_sft(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else None)
     except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)

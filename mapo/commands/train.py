@@ -1,7 +1,8 @@
 """``mapo train``: reinforcement learning of the policy with GRPO or MAPO.
 
 - ``mapo train --config configs/train_tiny.yaml --out runs/rl [--algo mapo|grpo|mapo_gated|reward_mix] [key=value ...]``
-- ``mapo train --resume runs/rl [log_every=5 ...]`` continues from the newest checkpoint
+- ``mapo train --resume runs/rl [steps=400 log_every=5 ...]`` continues from the newest checkpoint (``steps`` may
+  be raised); Ctrl-C during a run writes a checkpoint after the current step and prints this command
 - ``mapo train --config FILE [key=value ...] --show-config`` prints the effective config with each knob's help
 - ``torchrun --nproc-per-node N -m mapo train ...`` trains data-parallel (docs/scale_out.md)
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mapo.commands import _config
+    from mapo.train.interrupt import TrainingInterrupted
     from mapo.train.rl import RLConfig, config_from_run_dir, train
 
     extra = [f"advantage.estimator={args.algo}"] if args.algo is not None else []
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = _config.load(RLConfig, args, base=base, extra=extra)
         run_dir = args.resume or args.out
         summary = train(cfg, run_dir, resume=bool(args.resume), progress="lines" if args.no_progress else "auto")
+    except TrainingInterrupted as e:  # Ctrl-C: a checkpoint was written; the message is the resume command
+        print(f"mapo train: {e}", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as e:  # OSError: an --out that cannot be written (read-only, full disk)
         print(f"mapo train: {e}", file=sys.stderr)
         return 2

@@ -93,9 +93,11 @@ def _train(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     import torch
 
+    from mapo.device_check import check_device, check_threads
     from mapo.verifier import load_verifier
 
-    if args.threads is not None:
+    check_device(args.device)
+    if args.threads is not None and check_threads(args.threads):
         torch.set_num_threads(args.threads)
     return load_verifier(args.model, device=args.device, dtype=args.dtype)
 

@@ -49,6 +49,21 @@ def pixel_range(processor: Any) -> tuple[int, int] | None:
         return None
 
 
+def policy_tool(tool: ToolConfig, processor: Any) -> ToolConfig:
+    """``tool`` with the side multiple (patch x merge) of the policy whose ``processor`` sees the images.
+
+    A sample must be fitted for the factor the rollout will use (28 px for Qwen2.5-VL, 32 px for
+    Qwen3-VL): fitted for 28 px, a 448x448 image misses an exact 256x256 budget that 32 px meets.
+    ``tool`` is returned as it is when the processor does not say (no ``image_processor``).
+    """
+    from mapo.policy.processor import processor_factor
+    from mapo.tools import with_factor
+
+    if getattr(processor, "image_processor", None) is None:
+        return tool
+    return with_factor(tool, processor_factor(processor))
+
+
 def fit_image(
     image: Image.Image, tool: ToolConfig, pixels: tuple[int, int] | None = None
 ) -> tuple[Image.Image, tuple[float, float], str | None]:
@@ -141,4 +156,4 @@ def prepare_sample(sample: Sample, tool: ToolConfig, pixels: tuple[int, int] | N
     return dataclasses.replace(sample, image=fitted, boxes=boxes, meta={**sample.meta, "image_adjusted": note})
 
 
-__all__ = ["fit_image", "pixel_range", "prepare_sample"]
+__all__ = ["fit_image", "pixel_range", "policy_tool", "prepare_sample"]

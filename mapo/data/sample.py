@@ -32,6 +32,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 LETTERS = string.ascii_uppercase
 
+# The image formats mapo reads (the suffixes the readers accept: .jpg .jpeg .png .webp .bmp). PIL would
+# otherwise open anything it has a plugin for, e.g. an EPS renamed .png, which runs Ghostscript.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+
 
 @dataclass
 class Box:
@@ -148,8 +152,7 @@ def open_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         where, fp = f"{len(src)}-byte image", io.BytesIO(bytes(src))
     elif isinstance(src, (str, Path)):
         where = str(src)
-        if not Path(src).is_file():
-            raise ValueError(f"image file not found: {where}")
+        _check_file(src)
         fp = where
     else:
         raise ValueError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
@@ -157,7 +160,7 @@ def open_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         with warnings.catch_warnings():
             # We apply our own limit; PIL's warning below its hard limit is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(fp)
+            im = Image.open(fp, formats=IMAGE_FORMATS)
             _check_pixels(im.size, max_pixels, where)
             im.load()
     except Image.DecompressionBombError as e:
@@ -180,14 +183,13 @@ def probe_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
         where, fp = f"{len(src)}-byte image", io.BytesIO(bytes(src))
     elif isinstance(src, (str, Path)):
         where, fp = str(src), str(src)
-        if not Path(src).is_file():
-            raise ValueError(f"image file not found: {where}")
+        _check_file(src)
     else:
         raise ValueError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
+            with Image.open(fp, formats=IMAGE_FORMATS) as im:
                 size = im.size
     except Image.DecompressionBombError as e:
         raise ValueError(f"{where}: image over PIL's pixel limit (decompression-bomb guard): {e}") from None
@@ -195,6 +197,17 @@ def probe_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
         raise ValueError(f"cannot decode image {where}: {e}") from None
     _check_pixels(size, max_pixels, where)
     return size
+
+
+def _check_file(src: str | Path) -> None:
+    """``ValueError`` unless ``src`` names a file (a path the OS cannot look up, e.g. too long, is named too)."""
+    where = str(src) if len(str(src)) <= 200 else f"{str(src)[:200]}... ({len(str(src))} characters)"
+    try:
+        found = Path(src).is_file()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"unusable image path {where}: {getattr(e, 'strerror', None) or e}") from None
+    if not found:
+        raise ValueError(f"image file not found: {where}")
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:

@@ -20,8 +20,8 @@ The same rule reads every benchmark, MME-RealWorld included. It departs from
 the harnesses on purpose in two places: a sentence that starts with "Because"
 or "Based" is not read as B (lmms-eval's V* reader and MME-RealWorld's script
 do), and an empty answer is no answer (MME-RealWorld's script reads "A").
-MME-RealWorld's own reader is :func:`mapo.data.harness.mme_official`
-(``--scoring lmms-eval`` or ``vlmevalkit``).
+MME-RealWorld's own reader is :func:`mapo.data.harness.mme_realworld`
+(``--scoring lmms-eval``; ``vlmevalkit`` upper-cases the answer first).
 
 Aggregation, per benchmark:
 

@@ -21,9 +21,8 @@ questions come with no such guarantee (objects are visible in the global view,
 as in V*).
 
 **Position cues (a departure from realism, on purpose).** A tiny policy trained
-from scratch learns *what* is in an image quickly but *where* slowly (DESIGN §8:
-a background tinted by position took a 0.7 M-parameter model from 6% to 42%
-hit@0.5 in 3.5 minutes). So the background carries a tint whose red channel
+from scratch learns *what* is in an image quickly but *where* slowly
+(docs/warmstart.md measures it stage by stage). So the background carries a tint whose red channel
 grows with x and whose blue channel grows with y (``tint_strength``), optional
 faint grid lines (``grid_lines``), and objects sit on a coarse grid
 (``grid``, ``cell_aligned``) so target boxes in view pixels take few values.

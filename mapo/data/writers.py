@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from mapo.data.sample import LETTERS, Sample, correct_first
+from mapo.data.sample import IMAGE_FORMATS, LETTERS, Sample, correct_first
 
 FORMATS = ("vstar", "hrbench", "mme", "deepeyes")
 EXTRA_KEY = "mapo"
@@ -78,7 +78,7 @@ def _encoded(sample: Sample) -> tuple[bytes, str]:
     if isinstance(src, (bytes, bytearray)):
         data = bytes(src)
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 fmt = (im.format or "PNG").lower()
         except (OSError, Image.UnidentifiedImageError) as e:
             raise ValueError(f"sample {sample.id}: image bytes cannot be decoded: {e}") from None

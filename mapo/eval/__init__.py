@@ -38,11 +38,15 @@ Decisions and departures:
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
   (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_samples`` those budgets are used,
-  as in SFT and RL. Real benchmarks use ``rollout.tool``.
-- The ``deepeyes`` preset reproduces DeepEyes' prompts and observation text
-  (``eval/eval_vstar.py`` of Visual-Agent/DeepEyes) and its pixel budgets
-  (max 16384·28·28); MAPO's description tag is still parsed but not asked for,
-  so DeepEyes-style models get ``s_missing`` for every observation.
+  as in SFT and RL. Real benchmarks use ``rollout.tool``, which :func:`eval_config` fills
+  with the model's own processor range (:mod:`mapo.eval.config`).
+- Each sample is fitted for the policy's own patch x merge factor (28 px for Qwen2.5-VL,
+  32 px for Qwen3-VL), the one the rollout applies (:func:`mapo.data.prepare.policy_tool`).
+- The ``deepeyes`` / ``deepeyes-hrbench`` presets reproduce DeepEyes' prompts,
+  observation text, pixel budgets (max 16384·28·28), turns and tokens per turn
+  (``eval/eval_vstar.py`` / ``eval/eval_hrbench.py`` of Visual-Agent/DeepEyes); MAPO's
+  description tag is still parsed but not asked for, so DeepEyes-style models get
+  ``s_missing`` for every observation.
 - Semantic scores are training's (:mod:`mapo.semantic`: the same
   ``semantic_target``, description-length guard and ``s_missing`` rules), so
   the eval's ``semantic_score_mean`` is the quantity MAPO optimises.
@@ -59,10 +63,23 @@ from mapo.eval.config import (
     DEEPEYES_INSTRUCTION,
     DEEPEYES_MAX_PIXELS,
     DEEPEYES_SYSTEM,
+    PRESETS,
     EvalConfig,
     deepeyes_rollout,
+    eval_config,
+    model_layer,
 )
-from mapo.eval.outdir import EVAL_FILE, FINGERPRINT_IGNORE, OUTPUTS, claim_out_dir, data_fingerprint, eval_fingerprint
+from mapo.eval.outdir import (
+    EVAL_FILE,
+    FINGERPRINT_IGNORE,
+    MANIFEST_FILE,
+    OUTPUTS,
+    SKIPPED_FILE,
+    claim_out_dir,
+    data_fingerprint,
+    eval_fingerprint,
+    written_outputs,
+)
 from mapo.eval.record import trajectory_record
 from mapo.eval.run import MAX_LISTED_ROWS, EvalResult, ProgressLine, evaluate
 from mapo.eval.samples import MAX_SYNTH_SAMPLES, SYNTH_SPEC, judge, load_eval_samples, official_scores
@@ -74,19 +91,25 @@ __all__ = [
     "EVAL_FILE",
     "EvalConfig",
     "EvalResult",
+    "PRESETS",
     "FINGERPRINT_IGNORE",
+    "MANIFEST_FILE",
     "MAX_LISTED_ROWS",
     "MAX_SYNTH_SAMPLES",
     "OUTPUTS",
     "ProgressLine",
+    "SKIPPED_FILE",
     "SYNTH_SPEC",
     "claim_out_dir",
     "data_fingerprint",
     "deepeyes_rollout",
+    "eval_config",
     "eval_fingerprint",
     "evaluate",
     "judge",
     "load_eval_samples",
+    "model_layer",
     "official_scores",
     "trajectory_record",
+    "written_outputs",
 ]

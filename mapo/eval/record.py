@@ -21,6 +21,12 @@ def _stem(sample_id: str) -> str:
     return f"{safe}-{hashlib.sha1(sample_id.encode('utf-8')).hexdigest()[:8]}"
 
 
+def output_names(trajectory: Any) -> list[str]:
+    """The files :func:`trajectory_record` saves for ``trajectory``, relative to the eval directory."""
+    stem = _stem(trajectory.sample.id)
+    return [f"images/{stem}.jpg"] + [f"crops/{stem}_{j}.png" for j, crop in enumerate(trajectory.crops) if crop is not None]
+
+
 def trajectory_record(
     trajectory: Any, scores: list[float | None], out: Path, benchmark: str, config: EvalConfig
 ) -> PredictionRecord:

@@ -12,9 +12,10 @@ from typing import Any
 
 from mapo import tools
 from mapo.config import to_dict
+from mapo.errors import DataError
 from mapo.eval.config import EvalConfig
-from mapo.eval.outdir import _write_json_atomic, claim_out_dir, eval_fingerprint
-from mapo.eval.record import trajectory_record
+from mapo.eval.outdir import SKIPPED_FILE, _write_json_atomic, claim_out_dir, eval_fingerprint, make_out_dir, record_outputs
+from mapo.eval.record import output_names, trajectory_record
 from mapo.eval.samples import _benchmark_of, load_eval_samples, official_scores
 from mapo.protocol import protocol_for_policy
 from mapo.records import append_jsonl, read_jsonl, record_statistics
@@ -56,8 +57,6 @@ def evaluate(
         overwrite: clear an ``out`` that holds an evaluation of another model, data or
             config instead of refusing it.
     """
-    from mapo.data.prepare import pixel_range
-
     if not isinstance(config, EvalConfig):
         raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
     if limit is not None and limit < 1:
@@ -65,14 +64,30 @@ def evaluate(
     out = Path(out)
     samples, load_report = load_eval_samples(data, limit)
     origins = load_report.pop("origins")
-    if not samples:
-        raise ValueError(f"no samples could be loaded from {data}: {load_report['issues'][:3]}")
-    benchmark = config.benchmark or _benchmark_of(samples)
+    if not samples and not load_report["skipped_rows"]:
+        raise DataError(f"no samples in {data}: the source holds no rows")
+    # Every row skipped at load: OUT still gets skipped_rows.jsonl and metrics.json saying why.
+    benchmark = config.benchmark or (_benchmark_of(samples) if samples else str(load_report.get("format") or "unknown"))
     base = config.rollout_config()
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol.
     base = dataclasses.replace(base, protocol=protocol_for_policy(base.protocol, getattr(policy, "protocol", None)))
-    fingerprint = eval_fingerprint(data, policy, verifier, config, base)
-    claim_out_dir(out, fingerprint, overwrite=overwrite)
+    created = make_out_dir(out, data)
+    from mapo.train.run_dir import RunDirLock
+
+    # One evaluation at a time in OUT: a second one would append the same samples again. Taken before the
+    # fingerprint, which reads every weight byte, so a second eval is refused at once.
+    with RunDirLock(out, created=created, what="eval directory"):
+        fingerprint = eval_fingerprint(data, policy, verifier, config, base)
+        claim_out_dir(out, fingerprint, overwrite=overwrite)
+        return _run(samples, origins, load_report, data, out, policy, verifier, config, base, benchmark, limit,
+                    progress, run_info, forced_turns, fingerprint)
+
+
+def _run(samples, origins, load_report, data, out, policy, verifier, config, base, benchmark, limit, progress,
+         run_info, forced_turns, fingerprint) -> EvalResult:
+    """The loop of :func:`evaluate` once ``out`` is claimed and locked."""
+    from mapo.data.prepare import pixel_range, policy_tool
+
     pred_path = out / "predictions.jsonl"
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
     todo = [s for s in samples if s.id not in done]
@@ -82,25 +97,28 @@ def evaluate(
         file, row = origins.get(sample.id, (str(data), sample.id))
         skipped.append({"file": file, "row": row, "id": sample.id, "reason": reason, "stage": "play"})
 
-    pixels = pixel_range(getattr(policy, "processor", None))
+    processor = getattr(policy, "processor", None)
+    pixels = pixel_range(processor)
     total, finished = len(samples), len(samples) - len(todo)
     if progress:
         progress(finished, total)
     for chunk in _chunks_by_tool(todo, base, config):
-        rc = dataclasses.replace(base, tool=_tool_for(chunk[0], base, config))
+        # Fitted for the policy's own patch x merge factor, the one the rollout applies (28 or 32 px).
+        rc = dataclasses.replace(base, tool=policy_tool(_tool_for(chunk[0], base, config), processor))
         ready = _prepare(chunk, rc.tool, pixels, skip)
         trajectories = _play(ready, policy, rc, forced_turns, skip)
         scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
         for t, sc in zip(trajectories, scores):
+            record_outputs(out, output_names(t))  # listed before they are written: --overwrite finds them all
             append_jsonl(pred_path, trajectory_record(t, sc, out, benchmark, config))
         finished += len(chunk)
         if progress:
             progress(finished, total)
-    read = read_jsonl(pred_path)
+    records_read = read_jsonl(pred_path).records if pred_path.exists() else []  # none: every sample was skipped
     dropped = {row["id"] for row in skipped}
     scored = [s for s in samples if s.id not in dropped]
     ids = {s.id for s in scored}
-    records = [r for r in read.records if r.id in ids]
+    records = [r for r in records_read if r.id in ids]
     skipped_rows = load_report.pop("skipped_rows") + skipped
     metrics = {
         "benchmark": benchmark,
@@ -111,11 +129,49 @@ def evaluate(
                  "adjusted_images": sum("image_adjusted" in r.meta for r in records)},
         "broken_rows": len(skipped_rows),
         "skipped_rows": skipped_rows[:MAX_LISTED_ROWS],
+        "skipped_reasons": commonest_reasons(skipped_rows),
         "run": {**(run_info or {}), "data": str(data), "limit": limit, "config": to_dict(config),
                 "protocol": to_dict(base.protocol), "fingerprint": fingerprint},
     }
+    _write_skipped_rows(out / SKIPPED_FILE, skipped_rows)
     _write_json_atomic(out / "metrics.json", metrics)
     return EvalResult(metrics, out, len(todo) - len(skipped))
+
+
+def _write_skipped_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Every skipped row, one JSON object a line (``metrics.json`` lists the first :data:`MAX_LISTED_ROWS`)."""
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def commonest_reasons(rows: Sequence[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
+    """``[{"reason", "rows"}]``: the most frequent skip reasons, most frequent first.
+
+    Reasons that differ only in numbers or in the sample's own id count as one; ``reason``
+    is the first row's text of each.
+    """
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for r in rows:
+        text = str(r.get("reason", ""))
+        key = _general_reason(text, str(r.get("id", "")))
+        counts[key] += 1
+        example.setdefault(key, text)
+    return [{"reason": example[key], "rows": n} for key, n in counts.most_common(top)]
+
+
+def _general_reason(reason: str, sample_id: str) -> str:
+    import re
+
+    if sample_id:
+        reason = reason.replace(f"sample {sample_id}: ", "").replace(sample_id, "<id>")
+    return re.sub(r"\d+", "N", reason)[:200]  # "image is 50x50" and "image is 60x60" are one reason
 
 
 MAX_LISTED_ROWS = 1000  # skipped rows listed in metrics.json (all are counted in broken_rows)
@@ -164,7 +220,7 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
-    if config.tool_from_samples and config.preset == "mapo":
+    if config.tool_from_samples:
         from mapo.data.task import tool_config_for
 
         if sample.task is not None:

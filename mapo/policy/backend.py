@@ -245,7 +245,7 @@ class QwenVLBackend:
         """Last hidden states (B, T, H) of a collated batch, one training-style forward.
 
         The model computes its own M-RoPE positions from ``mm_token_type_ids`` (transformers
-        5.x silently falls back to 1-D positions without it, DESIGN §5).
+        5.x silently falls back to 1-D positions without it; docs/policy.md).
         """
         device = self.device
         return self.core(

@@ -94,6 +94,25 @@ def load_default(path: str | Path = DEFAULT_DIR, *, device: str = "cpu"):
     return load_policy(path, dtype="float32", device=device)
 
 
+def resolve_policy_dir(name: str | Path) -> Path:
+    """The directory a policy name means: ``default`` (:data:`DEFAULT_DIR`), ``shipped:NAME`` or
+    ``mapo/assets/NAME`` (the shipped checkpoint, whatever the current folder), else the path itself."""
+    if str(name) == "default":
+        return DEFAULT_DIR
+    return shipped.shipped_dir(str(name)) or Path(name)
+
+
+def load_named_policy(name: str | Path, *, dtype: str = "auto", device: str = "cpu"):
+    """Load the policy ``name`` means (:func:`resolve_policy_dir`); a shipped one is checked against its manifest
+    first (:func:`verify`), as ``mapo train policy=default`` and the demo check it."""
+    import mapo.policy  # through the package, so that a test can stand in for load_policy
+
+    path = resolve_policy_dir(name)
+    if path.resolve().parent == DEFAULT_DIR.parent.resolve():
+        verify(path)
+    return mapo.policy.load_policy(path, dtype=dtype, device=device)
+
+
 def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The SFT runs that ``config``'s run started from, oldest first: ``{"run", "config"}`` each.
 
@@ -168,12 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check the shipped files against the manifest")
     p.add_argument("--path", default=str(DEFAULT_DIR))
     args = parser.parse_args(argv)
-    if args.cmd == "ship":
-        manifest = ship(args.run_dir, args.out, command=args.command, config_file=args.config_file)
-        print(f"shipped {len(manifest['files'])} files to {args.out}")
-    else:
-        manifest = verify(args.path)
-        print(f"ok: {len(manifest['files'])} files match {Path(args.path) / MANIFEST}")
+    try:
+        if args.cmd == "ship":
+            manifest = ship(args.run_dir, args.out, command=args.command, config_file=args.config_file)
+            print(f"shipped {len(manifest['files'])} files to {args.out}")
+        else:
+            manifest = verify(args.path)
+            print(f"ok: {len(manifest['files'])} files match {Path(args.path) / MANIFEST}")
+    except (ValueError, OSError) as e:  # ShippedCheckpointError is a ValueError
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from mapo.config import from_dict, to_dict
+from mapo.errors import MapoError, ModelError
 from mapo.policy.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
 from mapo.policy.tokenizer import VISION_TOKENS
 from mapo.protocol import ProtocolConfig
@@ -75,6 +76,7 @@ class Policy:
         if self.protocol is not None:
             vision = getattr(getattr(self.model, "config", None), "vision_config", None)
             write_protocol(out, self.protocol, vision=vision)
+            write_system_template(out, self.protocol)
 
     @property
     def vision_token_ids(self) -> list[int]:
@@ -122,6 +124,45 @@ def write_protocol(out_dir: str | Path, protocol: ProtocolConfig, vision: Any = 
     path = Path(out_dir) / PROTOCOL_FILE
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+SYSTEM_MARK = "{#- mapo: the system prompt this policy was trained with, used when a conversation has none #}"
+
+
+def with_default_system(template: str, system: str) -> str:
+    """``template`` that renders ``system`` as the system message of a conversation that has none.
+
+    A preamble reassigns ``messages`` (Jinja top-level ``set``), so the template's own logic, Qwen2-VL's
+    "You are a helpful assistant." default included, sees a conversation that opens with the system
+    message; a conversation with its own system message is rendered unchanged. Applied once: a template
+    that carries the preamble already has it replaced.
+    """
+    if template.startswith(SYSTEM_MARK):
+        template = template.split("\n", 2)[2]  # the mark line and the preamble line of an earlier save
+    literal = json.dumps(system)  # a Jinja string literal: JSON's escapes are Python's
+    preamble = ("{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', "
+                f"'content': [{{'type': 'text', 'text': {literal}}}]}}] + messages %}}{{%- endif %}}")
+    return f"{SYSTEM_MARK}\n{preamble}\n{template}"
+
+
+def write_system_template(out_dir: str | Path, protocol: ProtocolConfig) -> None:
+    """Put ``protocol``'s system prompt (the tool schema and tag grammar) into the chat template files of
+    ``out_dir`` (``chat_template.jinja``, and ``tokenizer_config.json``'s copy), so plain transformers
+    (``apply_chat_template`` without a system message) prompts the policy as mapo does."""
+    from mapo.protocol import system_prompt
+
+    system = system_prompt(protocol)
+    root = Path(out_dir)
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        jinja.write_text(with_default_system(jinja.read_text(encoding="utf-8"), system), encoding="utf-8")
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        path = root / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data.get("chat_template"), str):
+                data["chat_template"] = with_default_system(data["chat_template"], system)
+                path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_patch_factor(root: str | Path) -> int | None:
@@ -239,8 +280,15 @@ def load_policy(
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     device: str | torch.device = "cpu",
     lora: LoraOptions | None = None,
+    allow_partial: bool = False,
 ) -> Policy:
     """Load a local checkpoint directory (model + processor + tokenizer) as a :class:`Policy`.
+
+    Loading is strict (:mod:`mapo.policy.checked_load`): a ``manifest.json`` in the directory
+    is verified, the config's sizes are checked, and weights that lack a tensor the config
+    asks for (or hold one it has no place for, or of the wrong shape) are refused with the
+    tensors' names, as are a pickle-only ``pytorch_model.bin``, a damaged safetensors file,
+    a tokenizer larger than the model's vocabulary and a chat template that cannot render.
 
     Args:
         path: a local directory written by ``save_pretrained`` (e.g. Qwen2.5-VL-7B-Instruct,
@@ -248,27 +296,50 @@ def load_policy(
         dtype: ``auto`` keeps the checkpoint's dtype; ``float32``/``bfloat16``/``float16`` cast.
         device: where to put the model (``cpu``, ``cuda``, ``cuda:1`` …).
         lora: wrap the loaded model with fresh LoRA adapters (requires peft).
+        allow_partial: research only: let tensors the weights lack be initialised at random
+            (transformers' behaviour) instead of refusing the checkpoint.
 
     Raises:
         FileNotFoundError: ``path`` is not a directory, or lacks files (named in the message).
         ValueError: an unsupported model type (the message lists the supported ones), a
-            processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``.
+            processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``;
+            :class:`~mapo.errors.ModelError` (a ``ValueError``) for every check above.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root} (models are never downloaded)")
-    missing = missing_files(root)
+    from mapo.policy import checked_load
+
+    checked_load.verify_manifest(root)
+    try:
+        missing = missing_files(root)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ModelError(f"checkpoint {root} has a damaged index or config file ({e})") from None
     if missing:
         raise FileNotFoundError(f"checkpoint {root} is missing: {', '.join(missing)}")
     if (root / "adapter_config.json").is_file():
         return _load_adapter(root, dtype=dtype, device=device)
 
-    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    config = checked_load.read_config(root)
+    checked_load.check_weight_files(root)
     model_type = config.get("model_type")
     family = family_of(model_type, f"checkpoint {root}")
     torch_dtype = resolve_dtype(dtype, config.get("dtype", config.get("torch_dtype")))
-    processor = _load_processor(root, family.processor_cls())
-    model = family.model_cls().from_pretrained(root, dtype=torch_dtype, local_files_only=True)
+    try:
+        with checked_load.quiet_transformers():
+            processor = _load_processor(root, family.processor_cls())
+    except MapoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt tokenizer.json or processor file, whatever transformers raises
+        raise ModelError(checked_load.load_failure(root, "tokenizer or processor", e)) from None
+    checked_load.check_chat_template(processor.tokenizer, root)
+    _check_pixel_budget(processor, root)
+    _check_vocabulary(processor.tokenizer, config, root)
+    model = checked_load.from_pretrained_strict(family.model_cls(), root, allow_partial=allow_partial, dtype=torch_dtype)
+    if not allow_partial:  # every tensor came from these files: the eval fingerprint may hash them (cached)
+        from mapo.fingerprint import mark_loaded_from
+
+        mark_loaded_from(model, sorted(root.glob("*.safetensors")))
     from mapo.policy.processor import check_matches_model
 
     check_matches_model(processor, model.config.vision_config, f"checkpoint {root}")
@@ -278,6 +349,33 @@ def load_policy(
         model=model, processor=processor, tokenizer=processor.tokenizer, path=str(root), protocol=read_protocol(root)
     )
     return apply_lora(policy, lora) if lora is not None else policy
+
+
+def _check_pixel_budget(processor: Any, root: Path) -> None:
+    """The image processor's ``size`` (min and max pixels) must be positive with min <= max: otherwise no
+    image can be resized into it and every sample of an evaluation would be skipped."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    try:  # a dict or transformers' SizeDict
+        lo, hi = size["shortest_edge"], size["longest_edge"]
+    except (TypeError, KeyError):
+        return
+    if lo is None and hi is None:
+        return
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (lo, hi)) or lo > hi:
+        raise ModelError(f"the image processor of {root} (preprocessor_config.json) has size shortest_edge={lo!r}, "
+                         f"longest_edge={hi!r} (min and max pixels): both must be positive, min <= max")
+
+
+def _check_vocabulary(tokenizer: Any, config: dict[str, Any], root: Path) -> None:
+    """A token id past the embedding would index outside it (an error on GPU, garbage on some backends).
+
+    Checked from ``config.json`` before the model is built; the weights' own embedding is then
+    checked against the config by the strict load."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    rows = text.get("vocab_size", config.get("vocab_size"))
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ModelError(f"the tokenizer of {root} has {len(tokenizer)} tokens but config.json's vocab_size is "
+                         f"{rows}; the tokenizer and the weights must come from the same checkpoint")
 
 
 def _load_processor(root: Path, cls: type):

@@ -2,7 +2,7 @@
 
 ``transformers.Qwen2_5_VLProcessor`` (and ``Qwen3VLProcessor``) insist on a video
 processor, and Qwen's video processor needs torchvision, which has no CPU build on
-our machines (DESIGN §7). :class:`ImageOnlyQwen2_5_VLProcessor` and
+the CPU machines mapo is tested on (docs/policy.md). :class:`ImageOnlyQwen2_5_VLProcessor` and
 :class:`ImageOnlyQwen3VLProcessor` are the same processors with images and text
 only: same image-token expansion, same ``mm_token_type_ids`` (which transformers
 5.x needs for 3-D M-RoPE positions), same chat template. They load the processor

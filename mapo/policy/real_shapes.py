@@ -1,4 +1,4 @@
-"""Random-weight checkpoints with the real shapes of Qwen2.5-VL-7B and Qwen3-VL-8B, in the release layout.
+"""Random-weight checkpoints with the real shapes of Qwen2.5-VL-3B/7B and Qwen3-VL-8B, in the release layout.
 
 :func:`write_release_dir` writes a directory that looks like the published
 checkpoint to every loader: ``config.json`` with the published config values,
@@ -14,7 +14,7 @@ deepstack, log-probs) at the real widths on a CPU with few layers
 (``text_layers=2, vision_depth=2``: ``tests/test_real_shapes.py``), and measuring
 speed and memory at full depth on a GPU (``scripts/gpu_check.py``). Nothing here
 is downloaded; the config values are transcribed from the public ``config.json`` and
-``preprocessor_config.json`` of ``Qwen/Qwen2.5-VL-7B-Instruct`` and
+``preprocessor_config.json`` of ``Qwen/Qwen2.5-VL-3B-Instruct``, ``Qwen/Qwen2.5-VL-7B-Instruct`` and
 ``Qwen/Qwen3-VL-8B-Instruct``.
 
 Departures, all stated: with fewer vision blocks, the blocks that use full attention
@@ -65,6 +65,28 @@ class RealShape:
 
 
 SHAPES: dict[str, RealShape] = {
+    "qwen2_5_vl_3b": RealShape(
+        model_type="qwen2_5_vl",
+        text=dict(
+            vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+            sliding_window=32768, max_window_layers=70, hidden_act="silu", tie_word_embeddings=True,
+            bos_token_id=151643, eos_token_id=151645,
+        ),
+        vision=dict(
+            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+            hidden_act="silu", tokens_per_second=2, in_chans=3,
+        ),
+        preprocessor=dict(
+            min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2,
+            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        ),
+        added_tokens=QWEN25_TAIL,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        full_depth_keys=("fullatt_block_indexes",),
+    ),
     "qwen2_5_vl_7b": RealShape(
         model_type="qwen2_5_vl",
         text=dict(
@@ -135,7 +157,8 @@ def model_config(name: str, *, text_layers: int | None = None, vision_depth: int
         vision["depth"] = vision_depth
     return family_of(shape.model_type).config_cls()(
         text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
-        vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False,
+        vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),  # the 3B shares embedding and lm_head
     )
 
 
@@ -170,7 +193,8 @@ def write_weights(config, out: Path, *, seed: int = 0, dtype: torch.dtype = torc
     cls = family_of(config.model_type).model_cls()
     with torch.device("meta"):
         skeleton = cls(config)
-    names = [(n, p.shape) for n, p in skeleton.state_dict().items()]
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()  # stored once, as released
+    names = [(n, p.shape) for n, p in skeleton.state_dict().items() if n not in tied]
     generator = torch.Generator().manual_seed(seed)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size, total = 0, 0
@@ -221,7 +245,7 @@ def write_release_dir(
     """Write a random-weight checkpoint of shape ``name`` in the release layout; return its path.
 
     Args:
-        name: ``qwen2_5_vl_7b`` or ``qwen3_vl_8b`` (:data:`SHAPES`).
+        name: ``qwen2_5_vl_3b``, ``qwen2_5_vl_7b`` or ``qwen3_vl_8b`` (:data:`SHAPES`).
         out: directory to create (must not hold a checkpoint already).
         text_layers, vision_depth: fewer layers/blocks than published (None: full depth).
         seed: seed of the weights.

@@ -9,8 +9,8 @@ entries instead of Qwen's 151k.
 Where we depart from Qwen:
 
 - **Coordinates are single tokens.** Qwen's pre-tokeniser splits every digit
-  (``512`` is three tokens). DESIGN §8 found that mapping image positions to
-  coordinate tokens is the bottleneck of a tiny model, so by default every
+  (``512`` is three tokens). Mapping image positions to coordinate tokens is what
+  a tiny model learns slowest (docs/policy.md, docs/warmstart.md), so by default every
   integer ``0..max_number`` is an added (non-special) token: ``[12, 640]`` costs
   one token per coordinate. Larger numbers still tokenise (``1234`` ->
   ``123`` ``4``) and decode exactly. ``max_number=None`` restores Qwen's

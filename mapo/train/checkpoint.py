@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mapo.errors import DataError
 from mapo.train.run_dir import atomic_write_text, read_json_file
 
 CHECKPOINTS = "checkpoints"
@@ -91,10 +92,32 @@ def save_checkpoint(
     that resume would pick up. Older checkpoints beyond ``keep_last`` are deleted.
     """
     ckpt_root = Path(run_dir) / CHECKPOINTS
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
-    final = ckpt_root / name
     tmp = ckpt_root / f".{name}.tmp"
+    try:
+        final = _write_checkpoint(ckpt_root, name, tmp, step, save_model, optimizer, scheduler, state)
+    except OSError as e:
+        # A full disk (or a quota, or a vanished mount): drop the half-written copy and stop with one line;
+        # the previous checkpoint was never touched, so resume starts from it.
+        shutil.rmtree(tmp, ignore_errors=True)
+        sound = latest_checkpoint(run_dir)
+        last = f"the last sound checkpoint is {sound}" if sound else "there is no earlier checkpoint"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {name} in {ckpt_root}: {e.strerror or e}; training stopped, {last}. "
+            f"Free some space, then resume with --resume {run_dir}"
+        ) from None
+    _prune(ckpt_root, keep_last)
+    return final
+
+
+class CheckpointWriteError(DataError):
+    """A checkpoint could not be written (full disk …); the previous one is intact."""
+
+
+def _write_checkpoint(ckpt_root: Path, name: str, tmp: Path, step: int, save_model: Callable[[Path], None],
+                      optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> Path:
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / name
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -109,7 +132,6 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(ckpt_root / LATEST, name + "\n")
-    _prune(ckpt_root, keep_last)
     return final
 
 
@@ -160,7 +182,7 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
     try:
         files = read_json_file(record_path)["files"]
         expected = {str(name): (int(v["size"]), str(v["sha256"])) for name, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         return f"{record_path} is damaged ({e})"
     for name, (size, digest) in sorted(expected.items()):
         path = ckpt / name
@@ -211,9 +233,14 @@ def load_trainer_state(ckpt: str | Path, optimizer: torch.optim.Optimizer, sched
         raise ValueError(f"{path} is damaged (truncated or not a trainer state): {e}") from None
     if not isinstance(blob, dict) or not {"optimizer", "scheduler", "rng"} <= set(blob):
         raise ValueError(f"{path} is not a trainer state (expected optimizer, scheduler and rng entries)")
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    restore_rng_state(blob["rng"])
+    try:
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        restore_rng_state(blob["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        raise DataError(f"{path} does not fit this run (damaged, or from another model or optimizer: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); resume from another "
+                        "checkpoint or start a new run") from None
     state = read_json_file(ckpt / "state.json")
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"{ckpt / 'state.json'} is damaged: it must be a JSON object with a step")

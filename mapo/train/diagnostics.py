@@ -8,7 +8,7 @@ Every function here is pure given its inputs (no trainer state), so the trainer
 and the tests call the same code. Formulas of every
 metric: ``docs/metrics.md``.
 
-Gradient variance (DESIGN §4, "the theoretical claim, made measurable"): the
+Gradient variance (docs/algorithm.md: the claim that the semantic term lowers it, made measurable): the
 bootstrap of :func:`bootstrap_variance` over per-trajectory projections
 ``p_i = ∇l_i · v`` of the policy gradient on one fixed, seeded random unit
 direction ``v`` (the same for every algorithm so that numbers compare). The

@@ -13,15 +13,20 @@ The contract (what a data-parallel step means in mapo; docs/scale_out.md):
   so a rank draws exactly what a single process would for the same prompts.
 - **One loss for the whole batch.** Each rank aggregates its tokens with
   :func:`mapo.loss.agg_loss` over the *global* count (:func:`global_denominator`)
-  and :func:`allreduce_gradients` *sums* the gradients, so the update is the
-  single-process update for every ``agg_loss`` mode (invariant to W).
-- **Why not DDP.** The training forward calls the core model and ``lm_head``
-  directly (:func:`mapo.rollout.sequence_logprobs`), bypassing a DDP wrapper's
-  ``forward``, and with ``minibatches > 1`` a rank may hold any number of a
-  mini-batch's rows (zero included), hence a different number of backward passes,
-  which DDP's per-backward all-reduce cannot match. One explicit all-reduce after
-  gradient accumulation handles both; it does not overlap communication with the
-  backward pass (at the scale where that matters, use verl: docs/scale_out.md).
+  and the gradients are *summed* over ranks, so the update is the single-process
+  update for every ``agg_loss`` mode (invariant to W).
+- **torch's DDP moves the gradients.** :func:`wrap_for_training` wraps the training
+  forward (:class:`LogprobForward`: the log-prob forward of
+  :func:`mapo.trajectory.sequence_logprobs`) in ``DistributedDataParallel``, whose
+  bucketed all-reduce overlaps the backward pass; a communication hook makes it a sum
+  instead of DDP's mean. Gradient accumulation runs the micro-batches of a mini-batch
+  under ``no_sync`` and synchronises on the last one. With ``minibatches > 1`` a rank may
+  hold any number of a mini-batch's rows (zero included), while DDP needs every rank to
+  run the same number of synchronised backward passes: :func:`micro_steps` makes every
+  rank run the largest count, a rank with fewer running a forward of one of its rows
+  with the loss multiplied by 0 (zeros for the sum, the same collectives). The bootstrap's
+  per-trajectory gradients (``torch.autograd.grad``) bypass the wrapper. Beyond a node,
+  or to shard the weights, use verl (docs/scale_out.md).
 - **Rank 0 writes.** Metrics, checkpoints, the final policy and the summary are
   written by rank 0 only (:attr:`DistInfo.is_main`); :func:`run_on_main` runs a
   rank-0-only step and re-raises its ``ValueError`` on every rank, so a refused
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -143,41 +149,60 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def allreduce_gradients(model: torch.nn.Module, info: DistInfo, bucket_numel: int = 1 << 24) -> None:
-    """Sum every trainable parameter's ``.grad`` over ranks, in place (call after gradient accumulation).
+class LogprobForward(torch.nn.Module):
+    """The training forward as a module (what DDP wraps): ``forward(batch, temperature=, return_entropy=)`` is
+    :func:`mapo.trajectory.sequence_logprobs` of ``model``."""
 
-    A rank that holds no rows of a mini-batch has ``grad`` None: it contributes zeros. A
-    parameter with no gradient on *any* rank keeps ``grad`` None, as in one process (AdamW
-    skips it rather than decaying it). Gradients travel in flat buckets of at most
-    ``bucket_numel`` elements (one all-reduce each) to bound the extra memory.
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, temperature: float = 1.0, return_entropy: bool = False):
+        from mapo.trajectory import sequence_logprobs
+
+        return sequence_logprobs(self.model, batch, temperature=temperature, return_entropy=return_entropy)
+
+
+def _sum_hook(state, bucket):  # no annotations: DDP checks them against its own types
+    """DDP communication hook: sum the bucket (a ``dist.GradBucket``) over ranks (DDP's own hook averages)."""
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def wrap_for_training(module: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``module`` itself in one process; under torchrun ``DistributedDataParallel(module)`` summing gradients.
+
+    DDP broadcasts rank 0's parameters and buffers at construction, so replicas start
+    identical whatever each rank loaded. Parameters that do not require grad (a LoRA
+    base, a frozen vision tower) take no part in the all-reduce.
     """
     if not info.distributed:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    has_grad = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(has_grad, op=dist.ReduceOp.SUM)
-    params = [p for p, n in zip(params, has_grad.tolist()) if n > 0]
-    for bucket in _buckets(params, bucket_numel):
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in bucket:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: a trainable weight that a forward does not reach (a layer a model skips) must not
+    # leave its bucket waiting; unused on every rank, its grad stays None, as in one process.
+    ddp = DistributedDataParallel(module, device_ids=None, forward_sync_buffers=False, find_unused_parameters=True)
+    ddp.register_comm_hook(state=None, hook=_sum_hook)
+    return ddp
 
 
-def _buckets(params: Sequence[torch.nn.Parameter], max_numel: int) -> list[list[torch.nn.Parameter]]:
-    """Consecutive groups of same-dtype, same-device parameters of at most ``max_numel`` elements (or one)."""
-    out: list[list[torch.nn.Parameter]] = []
-    size = 0
-    for p in params:
-        if out and size + p.numel() <= max_numel and (out[-1][0].dtype, out[-1][0].device) == (p.dtype, p.device):
-            out[-1].append(p)
-            size += p.numel()
-        else:
-            out.append([p])
-            size = p.numel()
-    return out
+def micro_steps(trainer: torch.nn.Module, micro_batches: Sequence[T], padding: T, info: DistInfo):
+    """Yield ``(micro_batch, real)`` for gradient accumulation; run its forward and backward in the loop body.
+
+    Every rank gets the same number of steps (the largest count over ranks): the missing
+    ones yield ``(padding, False)``, whose loss the caller multiplies by 0. Under DDP every
+    step but the last runs under ``no_sync`` (gradients accumulate locally); the last one's
+    backward sums them over ranks.
+    """
+    count = len(micro_batches)
+    if info.distributed:
+        t = torch.tensor([count], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        count = int(t.item())
+    for i in range(count):
+        local = nullcontext() if i == count - 1 or not hasattr(trainer, "no_sync") else trainer.no_sync()
+        with local:
+            yield (micro_batches[i], True) if i < len(micro_batches) else (padding, False)
 
 
 def sum_over_ranks(values: Mapping[str, float], info: DistInfo) -> dict[str, float]:
@@ -246,13 +271,13 @@ def run_on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
     return result
 
 
-def broadcast_parameters(model: torch.nn.Module, info: DistInfo) -> None:
-    """Copy rank 0's parameters and buffers to every rank (replicas start identical whatever each loaded)."""
+def broadcast_object(value: T, info: DistInfo) -> T:
+    """Rank 0's ``value`` on every rank (a picklable object)."""
     if not info.distributed:
-        return
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
+        return value
+    box = [value if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class NullLogger:
@@ -281,9 +306,9 @@ def cleanup(info: DistInfo) -> None:
 __all__ = [
     "DistInfo",
     "NullLogger",
-    "allreduce_gradients",
+    "LogprobForward",
     "barrier",
-    "broadcast_parameters",
+    "broadcast_object",
     "check_batch_split",
     "cleanup",
     "dist_info_from_env",
@@ -291,7 +316,9 @@ __all__ = [
     "global_denominator",
     "init_distributed",
     "mean_metrics",
+    "micro_steps",
     "run_on_main",
     "rank_span",
     "sum_over_ranks",
+    "wrap_for_training",
 ]

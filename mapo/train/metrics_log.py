@@ -68,11 +68,18 @@ def _as_float(key: str, value: Any) -> float:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The records of a ``metrics.jsonl`` (a partial last line from a crash is skipped)."""
+    """The records of a ``metrics.jsonl``: JSON objects with an integer ``step``.
+
+    Anything else (a partial last line from a crash, a line edited by hand that is not a
+    record, bytes that are not UTF-8) is skipped.
+    """
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
     return records

@@ -71,7 +71,7 @@ import torch.distributed
 
 from mapo.advantage import AdvantageConfig, estimator_facts
 from mapo.config import knob, to_dict
-from mapo.data.prepare import pixel_range, prepare_sample
+from mapo.data.prepare import pixel_range, policy_tool, prepare_sample
 from mapo.loss import LossConfig
 from mapo.progress import StepProgress, say
 from mapo.protocol import note_to_stderr, protocol_for_policy
@@ -81,14 +81,18 @@ from mapo.train import distributed as dp
 from mapo.train.common import (
     MetricsLogger,
     OptimConfig,
+    atomic_write_text,
     build_optimizer,
     build_scheduler,
     latest_checkpoint,
     load_trainer_state,
     lock_run_dir,
     prepare_run_dir,
+    read_json_file,
     seed_everything,
 )
+from mapo.train.finetune import FinetuneConfig, load_dtype, prepare_policy
+from mapo.train.interrupt import StopOnInterrupt, TrainingInterrupted, resume_command
 from mapo.train.rl_data import RLDataConfig, load_data, require_target_boxes, shuffled_index  # noqa: F401 - re-exported
 from mapo.train.rl_eval import eval_text, evaluate
 from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
@@ -104,9 +108,10 @@ from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
 from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_update re-exported
 
 RUN_KIND = "rl"
-# Keys that may change between a run and its resume (they do not change what is trained).
+# Keys that may change between a run and its resume (they do not change what is trained). ``steps`` may only
+# grow (:func:`extend_steps`): the steps already taken, and the learning-rate schedule, stay as they were.
 RESUMABLE_KEYS = ("log_every", "eval_every", "save_every", "keep_last", "tensorboard", "wandb", "threads",
-                  "save_rollouts_every", "save_rollouts_groups")
+                  "save_rollouts_every", "save_rollouts_groups", "steps")
 
 
 # ----------------------------------------------------------------------------- config
@@ -119,11 +124,17 @@ class RLConfig:
     steps: int = knob(200, "optimizer steps of the outer loop (one rollout batch each)")
     prompts_per_step: int = knob(8, "prompts (groups) per step; batch = prompts_per_step * rollout.group_size trajectories")
     seed: int = knob(0, "seed of the run: prompt order, rollout sampling, mini-batch shuffling")
-    policy: str | None = knob(None, "starting policy: a local checkpoint directory (e.g. runs/sft/final) or 'default'")
-    policy_dtype: str = knob("auto", "dtype to load the policy in: auto (the checkpoint's), float32, bfloat16")
+    policy: str | None = knob(
+        None, "starting policy: a local checkpoint directory (e.g. runs/sft/final), 'default' (the shipped warm start) "
+        "or shipped:NAME (mapo/assets/NAME, wherever mapo is installed)")
+    policy_dtype: str = knob("auto", "dtype to load the policy in: auto (finetune.method full: float32 master "
+                                     "weights; lora: the checkpoint's own), float32, bfloat16")
     device: str = knob("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     amp: Literal["off", "bf16"] = knob("off", "mixed precision of the training forward: off or bf16 (autocast)")
-    verifier: str | None = knob(None, "semantic verifier: a local CLIP directory; required by mapo, mapo_gated, reward_mix")
+    finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA; gradient checkpointing")
+    verifier: str | None = knob(
+        None, "semantic verifier: a local CLIP directory, 'default' or mapo/assets/verifier (the shipped one, wherever "
+        "mapo is installed); required by mapo, mapo_gated, reward_mix")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both", "oracle_iou"] = knob(
         "description", "what is scored against each crop: the description that follows it (paper), the tool "
@@ -209,6 +220,7 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     """
     from mapo.policy import load_policy
     from mapo.verifier.clip import check_model_dir, load_verifier
+    from mapo.verifier.default import resolve_verifier_dir
 
     info = dp.DistInfo() if info is None else info
     run_dir = Path(run_dir)
@@ -218,8 +230,10 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     device = resolve_device(cfg.device, info)
     dp.init_distributed(device, info)
     check_policy_path(cfg.policy)
-    if cfg.verifier is not None:
-        check_model_dir(cfg.verifier)
+    # 'default', shipped:NAME and mapo/assets/NAME mean the shipped verifier, whatever the current folder.
+    verifier_dir = resolve_verifier_dir(cfg.verifier) if cfg.verifier is not None else None
+    if verifier_dir is not None:
+        check_model_dir(verifier_dir)
     data = load_data(cfg.data)
     if not needs_verifier(cfg.semantic_target):
         require_target_boxes(data)  # the oracle scores crops against target boxes: refuse data without them now
@@ -231,17 +245,21 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
         if ckpt is None:
             raise ValueError(f"cannot resume {run_dir}: it holds no complete checkpoint")
     dp.run_on_main(lambda: prepare_run_dir(run_dir, cfg, kind=RUN_KIND, resume=resume, ignore=RESUMABLE_KEYS), info)
+    horizon = dp.run_on_main(lambda: extend_steps(run_dir, ckpt, cfg.steps), info) if ckpt else cfg.steps
+    horizon = dp.broadcast_object(horizon, info)
     seed_everything(cfg.seed)
 
-    policy = load_policy(ckpt / "model", dtype=cfg.policy_dtype, device=device) if ckpt else load_start_policy(cfg, device)
+    dtype = load_dtype(cfg.policy_dtype, cfg.finetune)  # float32 master weights for full fine-tuning
+    policy = load_policy(ckpt / "model", dtype=dtype, device=device) if ckpt else load_start_policy(cfg, device, dtype)
+    policy = prepare_policy(policy, cfg.finetune)  # LoRA adapters (a LoRA checkpoint keeps its own), checkpointing
     policy.model.train()
-    dp.broadcast_parameters(policy.model, info)  # replicas start identical whatever each rank loaded
+    trainer = dp.wrap_for_training(dp.LogprobForward(policy.model), info)  # DDP under torchrun: replicas start equal
     reference = None
     if cfg.loss.kl_coef > 0:
-        reference = load_start_policy(cfg, device)
+        reference = load_start_policy(cfg, device, dtype)
         reference.model.eval().requires_grad_(False)
     # No embedding cache: a score must not depend on which batch first embedded its crop (resume exactness).
-    verifier = load_verifier(cfg.verifier, device=device, cache_images=False) if cfg.verifier else None
+    verifier = load_verifier(verifier_dir, device=device, cache_images=False) if verifier_dir else None
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol;
     # its checkpoints record the protocol used here, so a resumed run resolves the same way.
     protocol = protocol_for_policy(cfg.rollout.protocol, policy.protocol, on_conflict=note_to_stderr if info.is_main else None)
@@ -253,19 +271,48 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
 
         rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
     # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
-    data.prepare = functools.partial(prepare_sample, tool=rollout_cfg.tool, pixels=pixel_range(policy.processor))
+    # Samples are fitted for the policy's own patch x merge factor (28 or 32 px), as the rollout plays them.
+    data.prepare = functools.partial(
+        prepare_sample, tool=policy_tool(rollout_cfg.tool, policy.processor), pixels=pixel_range(policy.processor)
+    )
     data.prepare_heldout()
     optimizer = build_optimizer(policy.model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, horizon)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
               else dp.NullLogger())
-    run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info)
+    run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info,
+              schedule_steps=horizon, trainer=trainer)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)
         run.step, run.skipped_updates = int(state["step"]), int(state.get("skipped_updates", 0))
         logger.truncate_after(run.step)
     run.reported = set(skipped_ids(run_dir / SKIPPED_FILE))
     return run
+
+
+def extend_steps(run_dir: Path, ckpt: Path, steps: int) -> int:
+    """Check a resume's ``steps`` against checkpoint ``ckpt``, record a raised one; return the schedule horizon.
+
+    ``steps`` may be raised on resume (``mapo train --resume RUN_DIR steps=400``), never set below the
+    checkpoint's step. A raised value is written to ``RUN_DIR/config.yaml`` (a later plain ``--resume``
+    continues to it). The learning-rate schedule keeps the horizon the run started with (recorded in the
+    checkpoint as ``schedule_steps``), so the steps already taken keep their rates and the added steps run at the
+    schedule's final rate (``optim.min_lr_ratio * optim.lr`` for cosine and linear).
+    """
+    import yaml
+
+    state = read_json_file(ckpt / "state.json")
+    done = int(state["step"])
+    saved = config_from_run_dir(run_dir)
+    before = int(saved.get("steps", steps))
+    if steps < done:
+        raise ValueError(f"steps={steps} is below the {done} steps {run_dir} has already taken: --resume may raise "
+                         f"steps (e.g. steps={max(before, done) * 2}), not lower them")
+    if steps != before:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump({**saved, "steps": steps}, sort_keys=False))
+        say(f"{run_dir}: steps {before} -> {steps}; the learning-rate schedule keeps its horizon of "
+            f"{int(state.get('schedule_steps', before))} steps", True)
+    return int(state.get("schedule_steps", before))
 
 
 def train(
@@ -322,8 +369,8 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
         run.logger.close()
         return json.loads(summary_path.read_text(encoding="utf-8"))
     try:
-        with StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
-                          mode=progress if main else "off") as bar:
+        with StopOnInterrupt() as stop, StepProgress(f"rl {cfg.advantage.estimator}", cfg.steps, start=run.step,
+                                                     mode=progress if main else "off") as bar:
             report_skipped(run)  # held-out samples that cannot be played
             while run.step < cfg.steps:
                 last = rl_step(run, forced_turns)
@@ -335,10 +382,17 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
                     run.last_eval = evaluate(run)  # rank 0 alone; the others wait at the next step's first collective
                     run.logger.log(run.step, run.last_eval)
                     bar.note(f"rl eval step {run.step}: " + eval_text(run.last_eval))
-                if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps and main:
+                periodic = cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps
+                if periodic and main:
                     save(run)
                 bar.update(run.step, {"reward": last["reward_mean"], "acc": last["accuracy"],
                                       "tool": last["tool_call_rate"]})
+                if run.step < cfg.steps and stop.requested(info.distributed):  # Ctrl-C: checkpoint, then stop
+                    if main and not periodic:
+                        save(run)
+                    dp.barrier(info)
+                    raise TrainingInterrupted(run.run_dir, run.step, cfg.steps,
+                                              resume_command(run.run_dir, info.world_size))
         if main:
             save(run)
             run.policy.save(run.run_dir / "final")
@@ -360,12 +414,15 @@ def _train(config: RLConfig, run_dir: str | Path, resume: bool, progress: bool |
 
 def config_from_run_dir(run_dir: str | Path) -> dict:
     """The YAML mapping a run was started with (``RUN_DIR/config.yaml``)."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"cannot resume {run_dir}: no config.yaml there (not a `mapo train` run directory)")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from mapo.config import _read_text, load_yaml
+
+    data = load_yaml(_read_text(path), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged: it must hold a mapping")
+    return data
 
 
 __all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "needs_verifier", "train",

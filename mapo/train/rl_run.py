@@ -40,6 +40,8 @@ class Run:
     last_eval: dict = dataclasses.field(default_factory=dict)
     dist: dp.DistInfo = dataclasses.field(default_factory=dp.DistInfo)  # this rank (single process: rank 0 of 1)
     reported: set = dataclasses.field(default_factory=set)  # ids of skipped samples already reported
+    schedule_steps: int = 0  # horizon of the learning-rate schedule: the steps the run started with
+    trainer: Any = None  # the training forward (dp.LogprobForward of policy.model; DDP-wrapped under torchrun)
 
 
 def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
@@ -49,7 +51,11 @@ def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use device: cpu)")
+        if torch.version.cuda is None:  # the CPU build of torch that `make setup` installs by default
+            raise ValueError(f"device {name!r} asked for, but this torch ({torch.__version__}) is a CPU build: install "
+                             "the CUDA build with `make setup GPU=cu128` (README, \"GPU\"), or use device: cpu")
+        raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} sees no GPU (driver, "
+                         "CUDA_VISIBLE_DEVICES?); or use device: cpu")
     if device.type == "cuda" and info.distributed:
         if device.index is not None:
             raise ValueError(f"device {name!r} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
@@ -72,7 +78,9 @@ def check_policy_path(policy: str) -> None:
             raise ValueError("policy: 'default' needs a shipped warm start, which this version lacks; give a checkpoint "
                              "directory (e.g. runs/sft/final from `mapo sft`)")
         return
-    path = Path(policy)
+    from mapo.policy.default import resolve_policy_dir
+
+    path = resolve_policy_dir(policy)  # shipped:NAME and mapo/assets/NAME mean the shipped checkpoint
     if not path.is_dir():
         raise ValueError(f"policy {policy!r} is not a directory (expected a local checkpoint, e.g. runs/sft/final)")
     missing = missing_files(path)
@@ -80,17 +88,18 @@ def check_policy_path(policy: str) -> None:
         raise ValueError(f"policy {policy!r} is not a policy checkpoint directory: missing {', '.join(missing)}")
 
 
-def load_start_policy(cfg: Any, device: torch.device):
-    """The starting policy of ``cfg.policy`` ('default' or a checkpoint directory) on ``device``."""
-    from mapo.policy import load_policy
-
+def load_start_policy(cfg: Any, device: torch.device, dtype: str | None = None):
+    """The starting policy of ``cfg.policy`` ('default' or a checkpoint directory) on ``device``, in ``dtype``
+    (default ``cfg.policy_dtype``; the shipped default is float32)."""
     if cfg.policy == "default":
         import mapo.policy
 
         policy = mapo.policy.load_default()
         policy.model.to(device)
         return policy
-    return load_policy(cfg.policy, dtype=cfg.policy_dtype, device=device)
+    from mapo.policy.default import load_named_policy
+
+    return load_named_policy(cfg.policy, dtype=cfg.policy_dtype if dtype is None else dtype, device=device)
 
 
 SKIPPED_FILE = "skipped_rows.jsonl"  # one {"file", "row", "id", "reason"} per training sample that cannot be played
@@ -126,7 +135,8 @@ def save(run: Run) -> None:
     """Checkpoint the run at ``run.step`` (model, optimizer, scheduler, data cursor, skipped updates)."""
     save_checkpoint(
         run.run_dir, run.step, save_model=run.policy.save, optimizer=run.optimizer, scheduler=run.scheduler,
-        state={"cursor": run.step * run.cfg.prompts_per_step, "skipped_updates": run.skipped_updates},
+        state={"cursor": run.step * run.cfg.prompts_per_step, "skipped_updates": run.skipped_updates,
+               "schedule_steps": run.schedule_steps or run.cfg.steps},
         keep_last=run.cfg.keep_last,
     )
 

@@ -137,14 +137,21 @@ def _loss_denominator(mask: torch.Tensor, agg_mode: str) -> float:
     return float((mask.sum(dim=1) > 0).sum())
 
 
-def _forward(run: Run, full: TrainBatch, rows: list[int], advantages: torch.Tensor):
-    """Rows ``rows`` of the step's batch: (batch, advantages (b, T'), logp (b, T'), entropy, ref_logp or None)."""
+def _forward(run: Run, full: TrainBatch, rows: list[int], advantages: torch.Tensor, synced: bool = True):
+    """Rows ``rows`` of the step's batch: (batch, advantages (b, T'), logp (b, T'), entropy, ref_logp or None).
+
+    ``synced``: through ``run.trainer`` (DDP under torchrun: its backward sums gradients over ranks);
+    False for gradients taken with ``torch.autograd.grad`` (the bootstrap), which DDP must not see.
+    """
     batch = full.select(rows)
     T = batch.input_ids.shape[1]  # right padding: the first T columns of the full batch
     adv = advantages[rows, :T].to(run.device)  # (b, T')
     temperature = run.rollout_cfg.temperature
     with _autocast(run):
-        logp, entropy = sequence_logprobs(run.policy.model, batch, temperature=temperature, return_entropy=True)
+        if synced and run.trainer is not None:
+            logp, entropy = run.trainer(batch, temperature=temperature, return_entropy=True)
+        else:
+            logp, entropy = sequence_logprobs(run.policy.model, batch, temperature=temperature, return_entropy=True)
     ref_logp = None
     if run.reference is not None:
         with torch.no_grad():
@@ -175,12 +182,18 @@ def update_policy(run: Run, batch: TrainBatch, advantages: torch.Tensor) -> dict
             denominator = dp.global_denominator(_loss_denominator(mask, cfg.loss.agg_mode), run.dist)
             run.optimizer.zero_grad(set_to_none=True)
             total = 0.0
-            for micro in _micro_batches(rows, cfg.micro_batch_size):
+            # Every rank runs as many micro-batches as the fullest one (padding: row 0 with its loss times 0);
+            # the last one's backward sums the gradients over ranks (DDP).
+            micros = _micro_batches(rows, cfg.micro_batch_size)
+            for micro, real in dp.micro_steps(run.trainer, micros, [0], run.dist):
                 part, adv, logp, entropy, ref_logp = _forward(run, batch, micro, advantages)
                 loss, m = policy_loss(
                     logp, part.old_logprobs.to(run.device), adv, part.loss_mask.to(run.device),
                     config=cfg.loss, ref_logp=ref_logp, entropy=entropy, denominator=denominator,
                 )
+                if not real:
+                    (loss * 0.0).backward()
+                    continue
                 loss.backward()
                 total += float(loss.detach())
                 tokens = float(part.loss_mask.sum())
@@ -189,7 +202,6 @@ def update_policy(run: Run, batch: TrainBatch, advantages: torch.Tensor) -> dict
                         sums[k] = sums.get(k, 0.0) + m[k] * tokens
                         weights[k] = weights.get(k, 0.0) + tokens
             # Each rank's loss is its share of the global loss: summed gradients are the global gradient.
-            dp.allreduce_gradients(run.policy.model, run.dist)
             total = dp.sum_over_ranks({"loss": total}, run.dist)["loss"]
             norm, skipped = apply_update(run.policy.model, run.optimizer, cfg.optim.grad_clip, total)
             run.skipped_updates += int(skipped)
@@ -257,7 +269,7 @@ def gradient_variance(run: Run, batch: TrainBatch, advantages: torch.Tensor) -> 
     pg_only = dataclasses.replace(cfg.loss, kl_coef=0.0, entropy_coef=0.0)
     projections = []
     for i in range(len(batch)):
-        row, adv, logp, _, _ = _forward(run, batch, [i], advantages)
+        row, adv, logp, _, _ = _forward(run, batch, [i], advantages, synced=False)
         loss, _ = policy_loss(
             logp, row.old_logprobs.to(run.device), adv, row.loss_mask.to(run.device),
             config=pg_only, denominator=denominator,

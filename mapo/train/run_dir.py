@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from mapo.config import to_dict
+from mapo.errors import DataError
 
 LOCK = ".lock"
 
@@ -102,18 +103,26 @@ class RunDirLock:
     Use as a context manager; the file is removed on release.
     """
 
-    def __init__(self, run_dir: str | Path, *, created: bool = False):
+    def __init__(self, run_dir: str | Path, *, created: bool = False, what: str = "run directory"):
         self.path = Path(run_dir) / LOCK
+        self.what = what  # how messages name the directory ("run directory", "eval directory")
         self.created = created  # the directory was made for this lock: removed on release if still empty
         self._fd: int | None = None
 
     def acquire(self) -> RunDirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # O_NOFOLLOW: a .lock that is a symbolic link (to a file elsewhere) is refused, never written through.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(f"the lock {self.path} is a symbolic link; mapo does not write through links: "
+                                "remove it and try again") from None
+            raise DataError(f"cannot create the lock {self.path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ValueError(self._busy_message(self._owner())) from None
+            raise DataError(self._busy_message(self._owner())) from None
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 os.close(fd)
@@ -121,7 +130,7 @@ class RunDirLock:
             owner = self._owner()
             if owner and owner.get("host") == os.uname().nodename and _pid_alive(owner.get("pid")):
                 os.close(fd)
-                raise ValueError(self._busy_message(owner)) from None
+                raise DataError(self._busy_message(owner)) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename}).encode())
         self._fd = fd
@@ -154,7 +163,7 @@ class RunDirLock:
     def _busy_message(self, owner: dict[str, Any] | None) -> str:
         who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
         return (
-            f"run directory {self.path.parent} is in use by {who} (lock {self.path}); wait for it to finish, "
+            f"{self.what} {self.path.parent} is in use by {who} (lock {self.path}); wait for it to finish, "
             "or stop it, before resuming"
         )
 

@@ -1,4 +1,5 @@
-"""SFT warm start: supervised training on oracle transcripts of the synthetic task.
+"""SFT warm start: supervised training on oracle transcripts of the synthetic task, or on your own
+conversations (``data.source``: an eval's ``predictions.jsonl`` or an SFT parquet, :mod:`mapo.train.sft_own`).
 
 Recipe, top to bottom: ``setup`` (policy, optimiser, run directory, resume, token classes) ->
 ``loop`` (batch of oracle transcripts -> masked next-token loss -> AdamW step ->
@@ -46,6 +47,7 @@ from mapo.train.common import (
     save_checkpoint,
     seed_everything,
 )
+from mapo.train.finetune import FinetuneConfig, prepare_policy
 from mapo.train.sft_data import (  # noqa: F401  (IGNORE, synth_config, ...: importable from here as before)
     IGNORE,
     SFTDataConfig,
@@ -113,6 +115,8 @@ class SFTConfig:
     optim: OptimConfig = knob(factory=OptimConfig, help="optimiser and schedule")
     protocol: ProtocolConfig = knob(factory=ProtocolConfig, help="tags and prompts (must match the rollout's)")
     eval: SFTEvalConfig = knob(factory=SFTEvalConfig, help="held-out evaluation")
+    finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA (needs policy.init_from); "
+                                    "gradient checkpointing")
     log_every: int = knob(5, "log training metrics every this many steps")
     eval_every: int = knob(100, "teacher-forced held-out eval every this many steps (0 = only at the end)")
     save_every: int = knob(100, "checkpoint every this many steps (0 = only at the end)")
@@ -136,6 +140,9 @@ class SFTConfig:
             raise ValueError(f"letter_loss_weight must be > 0, got {self.letter_loss_weight}")
         if not self.word_loss_weight > 0:
             raise ValueError(f"word_loss_weight must be > 0, got {self.word_loss_weight}")
+        if self.finetune.method == "lora" and self.policy.init_from is None:
+            raise ValueError("finetune.method lora needs policy.init_from (a checkpoint the adapter can name as its "
+                             "base); a freshly built tiny policy has none")
         if self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}) so evaluation is held out")
 
@@ -167,6 +174,8 @@ class _State:
     step: int  # optimizer steps done
     cursor: int  # training examples consumed
     token_classes: TokenClasses  # number and capital-letter token ids (loss weights, accuracies)
+    own: list | None = None  # data.source's training conversations (mapo.train.sft_own); None = synthetic
+    own_heldout: list | None = None  # data.source's held-out conversations
 
 
 def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
@@ -182,6 +191,7 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
         policy = load_policy(ckpt / "model", dtype=cfg.policy.dtype)
     else:  # a fresh policy whose processor passes the training level's images unchanged
         policy = build_policy(cfg.policy, tool_config_for(synth_config(cfg.data)))
+    policy = prepare_policy(policy, cfg.finetune)  # LoRA adapters (a LoRA checkpoint keeps its own), checkpointing
     policy.model.train()
     policy.protocol = cfg.protocol  # recorded with every save (mapo_protocol.json): RL and eval prompt alike
     optimizer = build_optimizer(policy.model, cfg.optim)
@@ -190,7 +200,23 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)
         step, cursor = int(state["step"]), int(state["cursor"])
-    return _State(policy, optimizer, scheduler, step, cursor, TokenClasses.of(policy.tokenizer))
+    own = own_heldout = None
+    if cfg.data.source is not None:  # read before training starts: a source with no usable row stops here
+        from mapo.train import sft_own
+
+        conversations = sft_own.load_conversations(cfg.data.source, cfg.protocol, only_correct=cfg.data.only_correct)
+        own, own_heldout = sft_own.split(conversations, cfg.eval.n_teacher_forced)
+    return _State(policy, optimizer, scheduler, step, cursor, TokenClasses.of(policy.tokenizer), own, own_heldout)
+
+
+def _training_batch(st: _State, cfg: SFTConfig) -> list[Transcript]:
+    """The next ``batch_size`` transcripts: the synthetic oracle's, or ``data.source``'s conversations."""
+    if st.own is None:
+        return training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
+    from mapo.train import sft_own
+
+    picks = [st.own[sft_own.example_index(c, len(st.own), cfg.data.seed)] for c in range(st.cursor, st.cursor + cfg.batch_size)]
+    return sft_own.transcripts(picks, st.policy.processor)
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -199,7 +225,7 @@ def _setup(cfg: SFTConfig, run_dir: Path, resume: bool) -> _State:
 def train_step(st: _State, cfg: SFTConfig) -> dict[str, float]:
     """One optimizer step on the next ``batch_size`` transcripts."""
     started = time.perf_counter()
-    batch = training_transcripts(st.cursor, cfg.batch_size, st.policy.processor, cfg)
+    batch = _training_batch(st, cfg)
     inputs, labels = collate(batch, st.policy, cfg.data.max_length)
     data_s = time.perf_counter() - started
     words = answer_word_mask(batch, labels, st.policy.tokenizer, option_scan=cfg.data.scan_words_weighted,
@@ -254,7 +280,7 @@ def _run_sft(
     st = _setup(cfg, run_dir, resume)
     logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg))
     logger.truncate_after(st.step)
-    eval_transcripts = _heldout_transcripts(st.policy, cfg)
+    eval_transcripts = _heldout_transcripts(st, cfg)
     save = lambda: save_checkpoint(  # noqa: E731 - three call sites below
         run_dir, st.step, save_model=st.policy.save, optimizer=st.optimizer, scheduler=st.scheduler,
         state={"cursor": st.cursor}, keep_last=cfg.keep_last,
@@ -268,7 +294,7 @@ def _run_sft(
             bar.update(st.step, {"loss": metrics["train/loss"], "token_acc": metrics["train/token_acc"]})
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                 logger.log(st.step, metrics)
-            if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps:
+            if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps and eval_transcripts:
                 held_out = teacher_forced_eval(st.policy, cfg, eval_transcripts, st.token_classes)
                 logger.log(st.step, held_out)
                 bar.note(f"sft eval step {st.step}: " + "  ".join(f"{k} {v:.3f}" for k, v in held_out.items()))
@@ -280,8 +306,8 @@ def _run_sft(
                 return {}
     save()
     st.policy.save(run_dir / "final")
-    final = teacher_forced_eval(st.policy, cfg, eval_transcripts, st.token_classes)
-    if cfg.eval.n_rollout:
+    final = teacher_forced_eval(st.policy, cfg, eval_transcripts, st.token_classes) if eval_transcripts else {}
+    if cfg.eval.n_rollout and st.own is None:  # own conversations carry no task to replay
         final.update(rollout_eval(st.policy, cfg, heldout_samples(cfg, cfg.eval.n_rollout)))
     logger.log(st.step, final)
     logger.close()
@@ -289,7 +315,12 @@ def _run_sft(
     return final
 
 
-def _heldout_transcripts(policy, cfg: SFTConfig) -> list[Transcript]:
+def _heldout_transcripts(st: _State, cfg: SFTConfig) -> list[Transcript]:
+    policy = st.policy
+    if st.own is not None:
+        from mapo.train import sft_own
+
+        return sft_own.transcripts(st.own_heldout, policy.processor)
     samples = heldout_samples(cfg, cfg.eval.n_teacher_forced)
     return [
         make_transcript(s, policy.processor, seed=cfg.eval.seed * 1_000_003 + i, data=cfg.data, protocol=cfg.protocol)
@@ -299,12 +330,15 @@ def _heldout_transcripts(policy, cfg: SFTConfig) -> list[Transcript]:
 
 def config_from_run_dir(run_dir: str | Path) -> dict:
     """The YAML mapping a run was started with (``RUN_DIR/config.yaml``)."""
-    import yaml
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml: not an SFT run directory")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from mapo.config import _read_text, load_yaml
+
+    data = load_yaml(_read_text(path), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged: it must hold a mapping")
+    return data
 
 
 __all__ = [

@@ -33,6 +33,10 @@ IGNORE = -100  # label of tokens outside the loss (torch's cross-entropy ignore_
 class SFTDataConfig:
     """Where the oracle transcripts come from."""
 
+    source: str | None = knob(None, "your own conversations instead of the synthetic oracle: an eval's "
+                              "predictions.jsonl (or its directory) or an SFT parquet (messages + images; "
+                              "mapo.train.sft_own); null = the synthetic task")
+    only_correct: bool = knob(True, "with a predictions.jsonl source, train on the rows the eval scored correct only")
     level: str = knob("easy", "synthetic task level (mapo.data.synth.LEVELS)")
     synth: SynthOverrides = knob(factory=SynthOverrides, help="SynthConfig knobs on top of the level, e.g. {tint_strength: 0.5}")
     seed: int = knob(0, "seed of the training samples")

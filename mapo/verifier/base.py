@@ -14,8 +14,7 @@ Decisions (the paper names a "CLIP-style" verifier and nothing more):
   for tool calls that got no description.
 - Descriptions longer than the text encoder's context are truncated (the tail is
   dropped) and flagged in :class:`ScoreResult.truncated`; penalising them is the
-  caller's decision (DESIGN §4: "descriptions longer than a limit are
-  penalised").
+  caller's decision (docs/verifier.md).
 - Images of any PIL mode are accepted; see :func:`prepare_image` for what is done
   to grayscale, alpha, palette, tiny and huge images before the model sees them.
 """

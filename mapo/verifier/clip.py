@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mapo.errors import ModelError
+
 from mapo.verifier.base import (
     S_MISSING_DEFAULT,
     EmbeddingCache,
@@ -146,8 +148,8 @@ def check_model_dir(path: str | Path) -> Path:
         raise ValueError(f"{path} is not a CLIP model directory: config.json is missing")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err or type(err).__name__}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
@@ -190,15 +192,24 @@ def load_verifier(
     """
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, SiglipModel
 
+    from mapo.policy import checked_load
+
     path = check_model_dir(path)
+    checked_load.verify_manifest(path)  # a shipped verifier, or a copy of one, wherever it is
+    config = checked_load.read_config(path)
+    checked_load.check_weight_files(path)
     dtype = resolve_dtype(dtype)
-    model_cls = CLIPModel if json.loads((path / "config.json").read_text())["model_type"] == "clip" else SiglipModel
+    model_cls = CLIPModel if config["model_type"] == "clip" else SiglipModel
+    model = checked_load.from_pretrained_strict(model_cls, path, dtype=dtype)
+    from mapo.fingerprint import mark_loaded_from
+
+    mark_loaded_from(model, sorted(path.glob("*.safetensors")))
     try:
-        model = model_cls.from_pretrained(path, local_files_only=True, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"could not load the verifier from {path}: {type(err).__name__}: {err}") from err
+        with checked_load.quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
+    except Exception as err:  # noqa: BLE001 - a corrupt tokenizer or processor file, whatever transformers raises
+        raise ModelError(checked_load.load_failure(path, "tokenizer or image processor", err)) from None
     return ClipVerifier(
         model,
         tokenizer,

@@ -70,6 +70,14 @@ def load_default(path: str | Path = DEFAULT_DIR, **kwargs: Any):
     return load_verifier(path, **kwargs)
 
 
+def resolve_verifier_dir(name: str | Path) -> Path:
+    """The directory a verifier name means: ``default`` (:data:`DEFAULT_DIR`), ``shipped:NAME`` or
+    ``mapo/assets/NAME`` (the shipped checkpoint, whatever the current folder), else the path itself."""
+    if str(name) == "default":
+        return DEFAULT_DIR
+    return shipped.shipped_dir(str(name)) or Path(name)
+
+
 def training_config(manifest: dict[str, Any]):
     """The :class:`mapo.verifier.train.VerifierTrainConfig` recorded in ``manifest``.
 

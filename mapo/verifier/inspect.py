@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from mapo.verifier.base import Verifier
-from mapo.verifier.pairs import negative_kind
+from mapo.verifier.pairs import is_label_pair, negative_kind
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -113,6 +113,54 @@ def evaluate(verifier: Verifier, pairs: Sequence, *, candidates: int = 16, seed:
             hard_win={kind: sum(w) / len(w) for kind, w in sorted(wins_by_kind.items())},
         )
     return metrics
+
+
+def evaluate_labels(verifier: Verifier, pairs: Sequence, *, batch_size: int = 64) -> dict:
+    """How ``verifier`` scores a tool call's short label against crops of the same held-out images.
+
+    ``pairs``: caption pairs and label pairs (:func:`mapo.verifier.pairs.synth_pairs` with ``label_frac``).
+    A *hit* is a label pair's (label, crop of that object); its *misses* are the same label against
+    every crop of the same image that does not show the object (other objects, empty cells,
+    background), i.e. what a call asking for it could have zoomed on instead.
+
+    Returns:
+        ``label_auroc``: P(s(hit) > s(miss)) pooled over images (the question
+        ``research/label_score_probe.py`` asks of a policy's zooms); ``label_win``: fraction of
+        (crop, wrong label) pairs scored below the crop's own label, a wrong label being another object's
+        of its image or its own with the colour or the shape changed;
+        ``s_label_hit``/``s_label_miss``: mean scores; ``n_hits``/``n_misses``.
+    """
+    hits_pairs = [p for p in pairs if p.kind == "label"]
+    crops = [p for p in pairs if not is_label_pair(p)]
+    if not hits_pairs or not crops:
+        raise ValueError(f"evaluate_labels needs label pairs and caption pairs, got {len(hits_pairs)} and {len(crops)}")
+    images = verifier.embed_images([p.image for p in hits_pairs + crops], batch_size=batch_size)
+    hit_images, crop_images = images[: len(hits_pairs)], images[len(hits_pairs):]
+    texts = sorted({p.caption for p in hits_pairs} | {n for p in hits_pairs for n in p.negatives})
+    text_emb = dict(zip(texts, verifier.embed_text(texts, batch_size=batch_size)))
+    by_group: dict[str, list[int]] = {}
+    for j, c in enumerate(crops):
+        by_group.setdefault(c.group, []).append(j)
+    hit, miss, wins = [], [], []
+    for i, p in enumerate(hits_pairs):
+        s = float(text_emb[p.caption] @ hit_images[i])
+        hit.append(s)
+        for j in by_group.get(p.group, []):
+            if p.caption != crops[j].caption and p.caption not in crops[j].matches:
+                miss.append(float(text_emb[p.caption] @ crop_images[j]))
+        for n in p.negatives:
+            if n != "empty background":
+                wins.append(float(s > float(text_emb[n] @ hit_images[i])))
+    if not miss:
+        raise ValueError("evaluate_labels found no crop of an image that misses one of its labelled objects")
+    return {
+        "label_auroc": auroc(torch.tensor(hit), torch.tensor(miss)),
+        "label_win": sum(wins) / len(wins) if wins else float("nan"),
+        "s_label_hit": sum(hit) / len(hit),
+        "s_label_miss": sum(miss) / len(miss),
+        "n_hits": len(hit),
+        "n_misses": len(miss),
+    }
 
 
 def calibration_groups(verifier: Verifier, pairs: Sequence, *, seed: int = 0, batch_size: int = 64) -> dict[str, torch.Tensor]:

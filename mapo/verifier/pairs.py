@@ -22,8 +22,13 @@ class CropPair:
     image: Image.Image
     caption: str
     negatives: list[str] = field(default_factory=list)  # one attribute changed each; never equal to caption
-    kind: str = ""  # target / distractor / partial / background: for reports only
+    # object / partial / background / wide; a label pair (label_pair): "label" (the text is one object's label) or
+    # "label_scene" (an empty or several-object crop: the text is its caption). Splits the metrics.
+    kind: str = ""
     group: str = ""  # sample id: train/val split is by sample, so no image is in both
+    # Other texts also true of this crop (the caption of a label pair, the labels of the objects in it): never
+    # its negatives, and positives of it when they query the batch's crops (empty: only `caption` is true).
+    matches: tuple[str, ...] = ()
 
 
 # Crop kinds and how often each is drawn (weights); see _crop_box.
@@ -134,13 +139,19 @@ def _crop_box(kind: str, boxes_view: list[tuple[float, float, float, float]], vi
     return (x, y, x + side, y + side)
 
 
-def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int) -> list[CropPair]:
+def synth_pairs(
+    samples: Sequence, crops_per_sample: int, tool_config, seed: int, *, label_frac: float = 0.0
+) -> list[CropPair]:
     """Crops of ``samples`` made by :func:`mapo.tools.zoom_in`, captioned by ``caption_for_crop``.
 
     Boxes are drawn in view pixels (as the policy would write them) and go through
     the tool's validation, mapping and resize, so the crops are exactly what the
     policy sees as observations. On pattern levels a crop the tool shrank does not show
     the 2 px pattern, so its caption does not name it (:func:`without_patterns`).
+
+    ``label_frac`` > 0: each crop also gets, with that probability, a second pair of the same image
+    scored against short tool-call labels (:func:`label_pair`), and every caption pair lists the labels
+    of the objects it shows in ``matches``. With 0 the pairs are exactly those of earlier versions.
     """
     from mapo import tools
     from mapo.data import synth
@@ -149,6 +160,7 @@ def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int
     pairs = []
     for index, sample in enumerate(samples):
         rng = random.Random(f"{seed}:{index}")
+        label_rng = random.Random(f"{seed}:{index}:label")  # its own stream: label_frac 0 leaves `rng` as it was
         image = sample.load_image()
         view_wh = tools.view_size(image.size, tool_config)
         boxes_view = [tools.original_to_view(b.xyxy, view_wh, image.size) for b in sample.boxes]
@@ -160,8 +172,78 @@ def synth_pairs(samples: Sequence, crops_per_sample: int, tool_config, seed: int
             caption = synth.caption_for_crop(sample, result.box_original)
             if crop_scale(result.crop, result.box_original) < _PATTERN_MIN_SCALE:
                 caption = without_patterns(caption)
-            pairs.append(CropPair(result.crop, caption, hallucinated_captions(caption, rng), kind, sample.id))
+            negatives = hallucinated_captions(caption, rng)
+            if not label_frac:
+                pairs.append(CropPair(result.crop, caption, negatives, kind, sample.id))
+                continue
+            inside = objects_inside(sample.boxes, result.box_original)
+            labels = tuple(dict.fromkeys(b.label for b in inside if b.label))
+            pairs.append(CropPair(result.crop, caption, negatives, kind, sample.id, matches=labels))
+            if label_rng.random() < label_frac:
+                pair = label_pair(result.crop, caption, inside, sample.boxes, label_rng)
+                if pair is not None:
+                    kind = "label" if pair[1] != caption else "label_scene"
+                    pairs.append(CropPair(pair[0], pair[1], pair[2], kind, sample.id, matches=pair[3]))
     return pairs
+
+
+def objects_inside(boxes: Sequence, box_original, min_inside: float = 0.5) -> list:
+    """The boxes at least ``min_inside`` of whose area lies inside ``box_original`` (as ``caption_for_crop`` counts them)."""
+    x1, y1, x2, y2 = box_original
+    out = []
+    for b in boxes:
+        ix = max(0.0, min(x2, b.x2) - max(x1, b.x1))
+        iy = max(0.0, min(y2, b.y2) - max(y1, b.y1))
+        if ix * iy >= min_inside * b.area:
+            out.append(b)
+    return out
+
+
+def is_label_pair(pair: CropPair) -> bool:
+    """Whether ``pair`` was made by :func:`label_pair` (its metrics are kept apart from the caption metrics)."""
+    return pair.kind in ("label", "label_scene")
+
+
+def label_variants(label: str, rng: random.Random) -> list[str]:
+    """``label`` ("red square") with its colour, then its shape changed; [] for a label of other words."""
+    from mapo.data import synth
+
+    words = label.split()
+    if len(words) != 2 or words[0] not in synth.COLORS or words[1] not in synth.SHAPES:
+        return []
+    color, shape = words
+    return [f"{rng.choice([c for c in synth.COLORS if c != color])} {shape}",
+            f"{color} {rng.choice([s for s in synth.SHAPES if s != shape])}"]
+
+
+def label_pair(image: Image.Image, caption: str, inside: Sequence, boxes: Sequence, rng: random.Random):
+    """``(image, text, negatives, matches)`` of a crop against the short labels a tool call writes, or None.
+
+    The label (``Box.label``, e.g. "red square") is what the policy writes in its tool call before it
+    sees the crop; the pair teaches the verifier that a label matches a crop of that object and not
+    a crop of another object of the same image, nor an empty crop:
+
+    - one object in the crop: its label is the text; the negatives are the labels of the image's other
+      objects (same-image hard negatives), the label with its colour or its shape changed, and
+      "empty background";
+    - no object (an empty cell, background): "empty background" is the text; the negatives are the
+      labels of the image's objects (each is what a call could have asked for here);
+    - several objects: the caption is the text; the negatives are the labels of the objects not in it.
+
+    ``matches`` are the texts also true of the crop (its caption, the labels of its objects).
+    None when the image has no labelled object to contrast.
+    """
+    labels_in = list(dict.fromkeys(b.label for b in inside if b.label))
+    labels_out = [lab for lab in dict.fromkeys(b.label for b in boxes if b.label) if lab not in labels_in]
+    if len(inside) == 1 and labels_in:
+        text = labels_in[0]
+        negatives = labels_out + [v for v in label_variants(text, rng) if v not in labels_in] + ["empty background"]
+    else:
+        text = caption
+        negatives = labels_out
+    matches = tuple(t for t in [caption, *labels_in] if t != text)
+    negatives = [n for n in dict.fromkeys(negatives) if n != text and n not in matches]
+    return (image, text, negatives, matches) if negatives else None
 
 
 # A surface pattern has a period of 2 original pixels and the same mean in every variant

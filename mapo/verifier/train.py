@@ -56,6 +56,7 @@ from mapo.verifier.pairs import (  # noqa: F401
     CropPair,
     crop_scale,
     hallucinated_captions,
+    is_label_pair,
     negative_kind,
     object_phrase,
     synth_pairs,
@@ -79,6 +80,17 @@ class VerifierTrainConfig:
         "in their crop's image-to-text softmax; None: all count once"
     )
     focus_weight: float = knob(1.0, "how many times a focus_attribute hard negative counts (its logit + log weight)")
+    label_texts: bool = knob(
+        False, "also train on the short labels a tool call writes (\"red square\"): a label matches a crop of its "
+        "object, not a crop of another object of the same image nor an empty one (mapo.verifier.pairs.label_pair)"
+    )
+    label_frac: float = knob(0.5, "with label_texts: the probability that a crop also gets a label pair")
+    label_negatives: int = knob(8, "with label_texts: hard negatives per label pair (other objects' labels, "
+                                   "one-word-changed labels, \"empty background\")")
+    same_image_batches: bool = knob(
+        False, "build each batch from whole samples, so a text's batch holds the other crops of its image "
+        "(same-image hard negatives for text-to-image); false: crops are shuffled freely"
+    )
     val_fraction: float = knob(0.15, "fraction of samples held out for the quality report (split by sample)")
     seed: int = knob(0, "seed for data, initialisation and batching")
     # model
@@ -108,8 +120,10 @@ class VerifierTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.hard_negatives < 0 or self.warmup_steps < 0:
-            raise ValueError("hard_negatives and warmup_steps must be >= 0")
+        if self.hard_negatives < 0 or self.warmup_steps < 0 or self.label_negatives < 0:
+            raise ValueError("hard_negatives, label_negatives and warmup_steps must be >= 0")
+        if not 0.0 < self.label_frac <= 1.0:
+            raise ValueError(f"label_frac must be in (0, 1], got {self.label_frac}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         for name in ("vision_width", "text_width"):
@@ -137,7 +151,7 @@ class VerifierTrainConfig:
 
 def contrastive_loss(
     image_emb: torch.Tensor, text_emb: torch.Tensor, positive: torch.Tensor, caption_ids: torch.Tensor,
-    logit_scale: torch.Tensor, negative_log_weight: torch.Tensor | None = None,
+    logit_scale: torch.Tensor, negative_log_weight: torch.Tensor | None = None, true: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over B images and U unique texts (positives and hard negatives).
 
@@ -150,11 +164,24 @@ def contrastive_loss(
         logit_scale: scalar, log of the inverse temperature.
         negative_log_weight: optional (B, U), added to the image→text logits: ``log w`` makes
             text ``u`` count ``w`` times as a negative of image ``b`` (0 elsewhere, and on positives).
+        true: optional (B, U) bool, text ``u`` is also true of image ``b`` (``CropPair.matches``): it is left
+            out of image ``b``'s image→text softmax, and image ``b`` is a positive of text ``u``'s
+            text→image query. None: only ``positive`` is true.
     """
     logits = logit_scale.exp() * image_emb @ text_emb.T  # (B, U)
     i2t = logits if negative_log_weight is None else logits + negative_log_weight
+    rows = torch.arange(len(positive))
+    if true is not None:
+        others = true.clone()
+        others[rows, positive] = False
+        i2t = i2t.masked_fill(others, float("-inf"))
     loss_i2t = F.cross_entropy(i2t, positive)
-    match = (positive[None, :] == caption_ids[:, None]).float()  # (P, B): text p describes image b
+    if true is None:
+        match = (positive[None, :] == caption_ids[:, None]).float()  # (P, B): text p describes image b
+    else:
+        true = true.clone()
+        true[rows, positive] = True
+        match = true[:, caption_ids].T.float()
     target = match / match.sum(1, keepdim=True)
     loss_t2i = -(target * logits[:, caption_ids].T.log_softmax(1)).sum(1).mean()
     return (loss_i2t + loss_t2i) / 2
@@ -210,9 +237,7 @@ def train_on_pairs(
     with StepProgress("verifier", config.steps, mode=progress, every=max(1, config.steps // 10)) as bar:
         for step in range(config.steps):
             if len(order) < config.batch_size:
-                fresh = list(range(len(pairs)))
-                rng.shuffle(fresh)
-                order.extend(fresh)
+                order.extend(_epoch_order(pairs, config.same_image_batches, rng))
             batch, order = order[: config.batch_size], order[config.batch_size :]
             loss = _train_step(model, tokenizer, pixels, pairs, batch, config, rng)
             for group in opt.param_groups:
@@ -242,6 +267,20 @@ def train_on_pairs(
     }
 
 
+def _epoch_order(pairs: Sequence[CropPair], same_image: bool, rng: random.Random) -> list[int]:
+    """One pass over ``pairs`` in random order; with ``same_image``, the crops of a sample stay together."""
+    if not same_image:
+        fresh = list(range(len(pairs)))
+        rng.shuffle(fresh)
+        return fresh
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.group, []).append(i)
+    blocks = list(groups.values())
+    rng.shuffle(blocks)
+    return [i for block in blocks for i in block]
+
+
 class CropTensor:
     """All training crops resized once to the model's square and kept as uint8 (M, 3, S, S).
 
@@ -253,15 +292,21 @@ class CropTensor:
     def __init__(self, pairs: Sequence[CropPair], processor):
         side = (processor.size["width"], processor.size["height"])
         resample = Image.Resampling(int(processor.resample))
-        arrays = [np.asarray(p.image.convert("RGB").resize(side, resample)) for p in pairs]
-        self.data = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (M, 3, S, S) uint8
+        rows: dict[int, int] = {}  # id(image) -> row: a crop with a caption pair and a label pair is stored once
+        arrays = []
+        for p in pairs:
+            if id(p.image) not in rows:
+                rows[id(p.image)] = len(arrays)
+                arrays.append(np.asarray(p.image.convert("RGB").resize(side, resample)))
+        self.row = [rows[id(p.image)] for p in pairs]
+        self.data = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (M', 3, S, S) uint8
         self.mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
         self.scale = float(processor.rescale_factor)
 
     def batch(self, index: Sequence[int]) -> torch.Tensor:
         """(B, 3, S, S) float32 normalised pixels of crops ``index``."""
-        return (self.data[list(index)].float() * self.scale - self.mean) / self.std
+        return (self.data[[self.row[i] for i in index]].float() * self.scale - self.mean) / self.std
 
 
 def _train_step(model, tokenizer, pixels, pairs, batch, config, rng) -> torch.Tensor:
@@ -274,7 +319,8 @@ def _train_step(model, tokenizer, pixels, pairs, batch, config, rng) -> torch.Te
     focused: list[tuple[int, int]] = []  # (row, text index) of focus_attribute hard negatives
     for row, i in enumerate(batch):
         negatives = pairs[i].negatives
-        for neg in rng.sample(negatives, min(config.hard_negatives, len(negatives))):
+        n = config.label_negatives if is_label_pair(pairs[i]) else config.hard_negatives
+        for neg in rng.sample(negatives, min(n, len(negatives))):
             index = texts.setdefault(neg, len(texts))
             if config.focus_attribute and negative_kind(pairs[i].caption, neg) == config.focus_attribute:
                 focused.append((row, index))
@@ -286,8 +332,15 @@ def _train_step(model, tokenizer, pixels, pairs, batch, config, rng) -> torch.Te
         log_weight = torch.zeros((len(batch), len(texts)))
         rows, cols = zip(*focused)
         log_weight[list(rows), list(cols)] = math.log(config.focus_weight)
+    true = None
+    if any(pairs[i].matches for i in batch):
+        true = torch.zeros((len(batch), len(texts)), dtype=torch.bool)
+        for row, i in enumerate(batch):
+            for text in pairs[i].matches:
+                if text in texts:
+                    true[row, texts[text]] = True
     return contrastive_loss(
-        image_emb, text_emb, torch.tensor(positive), torch.tensor(caption_ids), model.logit_scale, log_weight
+        image_emb, text_emb, torch.tensor(positive), torch.tensor(caption_ids), model.logit_scale, log_weight, true
     )
 
 
@@ -335,17 +388,21 @@ def train_tiny_clip(config: VerifierTrainConfig, out_dir: str | Path, *, progres
     saved directory (the code path RL uses).
     """
     from mapo.verifier.clip import load_verifier
-    from mapo.verifier.inspect import evaluate
+    from mapo.verifier.inspect import evaluate, evaluate_labels
 
     started = time.perf_counter()
     samples, tool_config = load_training_samples(config)
-    pairs = synth_pairs(samples, config.crops_per_sample, tool_config, config.seed)
+    pairs = synth_pairs(samples, config.crops_per_sample, tool_config, config.seed,
+                        label_frac=config.label_frac if config.label_texts else 0.0)
     train, val = split_by_group(pairs, config.val_fraction, config.seed)
     data_seconds = time.perf_counter() - started
     say(f"verifier: {len(train)} training and {len(val)} held-out crops from {len(samples)} samples "
         f"({data_seconds:.0f}s)", progress)
     metrics = {"data_seconds": round(data_seconds, 1), **train_on_pairs(train, config, out_dir, progress=progress)}
     verifier = load_verifier(out_dir)
-    metrics["val"] = evaluate(verifier, val, candidates=config.eval_candidates, seed=config.seed)
+    captions = [p for p in val if not is_label_pair(p)]  # the caption metrics on caption pairs only, as without labels
+    metrics["val"] = evaluate(verifier, captions, candidates=config.eval_candidates, seed=config.seed)
+    if config.label_texts:
+        metrics["val_labels"] = evaluate_labels(verifier, val)
     save_metrics(metrics, out_dir)
     return metrics

@@ -40,6 +40,7 @@ def collect_samples(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
     samples: list[Sample] = []
+    first_row: dict[str, int | str] = {}  # sample id -> the row that holds it first
     for file, row, make in records:
         if limit is not None and len(samples) >= limit:
             break
@@ -55,6 +56,13 @@ def collect_samples(
                 raise ValueError(f"{file} [row {row}]: {e}") from None
             report.add_issue(file, row, str(e))
             continue
+        except OSError as e:
+            # A path the filesystem cannot even look up (a 5,000-character name, a bad encoding): that row only.
+            reason = f"unusable image path ({e.strerror or type(e).__name__})"
+            if strict:
+                raise ValueError(f"{file} [row {row}]: {reason}") from None
+            report.add_issue(file, row, reason)
+            continue
         except (TypeError, IndexError, KeyError, AttributeError, RecursionError) as e:
             # A field of an unexpected type or depth deep inside a record: that row is malformed, the load goes on.
             reason = f"malformed record ({type(e).__name__}: {e})"
@@ -62,6 +70,14 @@ def collect_samples(
                 raise ValueError(f"{file} [row {row}]: {reason}") from None
             report.add_issue(file, row, reason)
             continue
+        if sample.id in first_row:
+            # Two rows under one id would be scored (and resumed) as one sample: keep the first, name the other.
+            reason = f"duplicate id {sample.id!r} (first at row {first_row[sample.id]}); only the first row is used"
+            if strict:
+                raise ValueError(f"{file} [row {row}]: {reason}")
+            report.add_issue(file, row, reason)
+            continue
+        first_row[sample.id] = row
         samples.append(sample)
         report.origins[sample.id] = (file, row)  # so a sample skipped later (eval, training) is named by file and row
     report.loaded = len(samples)

@@ -273,7 +273,7 @@ class MapoZoomAgentLoop(ToolAgentLoop):
             tools=self.tool_schemas,
         )
         if len(response_mask) >= self.response_length:
-            episode.finish("max_tokens")  # checked before appending (DESIGN: never truncate an image)
+            episode.finish("max_tokens")  # checked before appending: an image is never truncated (docs/rollout.md)
             return AgentState.TERMINATED
         agent_data.messages = updated
         agent_data.prompt_ids = merge_result.token_ids
