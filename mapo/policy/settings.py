@@ -46,12 +46,16 @@ class ModelSettings:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
+    from mapo.errors import ModelError
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise ModelError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:  # a hostile file nested thousands deep
+        raise ModelError(f"{path} is nested too deeply to be a model file") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+        raise ModelError(f"{path} must hold a JSON object")
     return data
 
 
@@ -67,6 +71,11 @@ def read_model_settings(path: str | Path) -> ModelSettings:
     size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
     lo = _positive_int(size.get("shortest_edge")) or _positive_int(pre.get("min_pixels"))
     hi = _positive_int(size.get("longest_edge")) or _positive_int(pre.get("max_pixels"))
+    if lo is not None and hi is not None and lo > hi:
+        from mapo.errors import ModelError
+
+        raise ModelError(f"{root}: the image processor's min <= max pixels is broken ({lo} > {hi}); fix its "
+                         "size.shortest_edge / size.longest_edge (or min_pixels / max_pixels)")
     patch, merge = _positive_int(pre.get("patch_size")), _positive_int(pre.get("merge_size"))
     config = _read_json(root / "config.json")
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
