@@ -60,13 +60,19 @@ VARIANTS: dict[str, list[str]] = {
         f"pd_{name}": ["steps=60", "rollout.group_size=8", "rollout.max_turns=3", *extra]
         for name, extra in {
             "grpo_lr3e5": [*_GRPO, "optim.lr=3e-5"],
+            "grpo_lr1e4": [*_GRPO, "optim.lr=1e-4"],
+            # the same episodes in fewer, larger steps: 16 prompts x G=8 per update (less noise per step)
+            "grpo_p16_lr3e5_30": [*_GRPO, "optim.lr=3e-5", "prompts_per_step=16", "steps=30"],
+            "grpo_p16_t07_lr3e5_30": [*_GRPO, "optim.lr=3e-5", "prompts_per_step=16", "steps=30", "rollout.temperature=0.7"],
+            "oracle_p16_lr3e5_30": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null",
+                                    "optim.lr=3e-5", "prompts_per_step=16", "steps=30"],
             "oracle_lr3e5": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=3e-5"],
             "oracle_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4"],
             "oracle_b1_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4",
                                 "advantage.beta=1.0"],
         }.items()
     },
-    # The search warm start (configs/warmstart_search.yaml): up to 3 zooms and an answer in 4 turns.
+    # The search warm start (configs/warmstart_search_misses.yaml): up to 3 zooms and an answer in 4 turns.
     **{
         f"search_{name}": ["steps=60", "rollout.group_size=8", "rollout.max_turns=4", "rollout.max_images=4", *extra]
         for name, extra in {

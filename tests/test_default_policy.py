@@ -134,3 +134,13 @@ def test_the_shipped_stage_four_checkpoint_matches_its_manifest():
     assert manifest["command"] == default.SCAN_COMMAND and manifest["config_file"] == "configs/warmstart_scan.yaml"
     assert manifest["config"]["data"]["option_scan"] and not manifest["config"]["data"].get("scan_words_weighted")
     assert [Path(s["run"]).name for s in manifest["earlier_stages"]] == ["letters", "closeup", "pattern"]
+
+
+def test_the_shipped_search_warm_start_matches_its_manifest():
+    """mapo/assets/warmstart_search (the start of RL among distractors): unaltered, one stage on top of the default."""
+    manifest = default.verify(default.DEFAULT_DIR.parent / "warmstart_search")
+    assert manifest["config_file"] == "configs/warmstart_search.yaml"
+    assert manifest["command"].startswith("mapo sft --config configs/warmstart_search.yaml")
+    config = manifest["config"]
+    assert config["policy"]["init_from"] == "mapo/assets/warmstart" and config["data"]["level"] == "pattern_distractors"
+    assert not config["data"]["search_misses"] and not config["data"]["view_scan"]  # plain oracle transcripts
