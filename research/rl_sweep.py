@@ -64,6 +64,11 @@ VARIANTS: dict[str, list[str]] = {
             # the same episodes in fewer, larger steps: 16 prompts x G=8 per update (less noise per step)
             "grpo_p16_lr3e5_30": [*_GRPO, "optim.lr=3e-5", "prompts_per_step=16", "steps=30"],
             "grpo_p16_t07_lr3e5_30": [*_GRPO, "optim.lr=3e-5", "prompts_per_step=16", "steps=30", "rollout.temperature=0.7"],
+            # three times the episodes of the 30-step runs: does more RL data teach where to look, and does
+            # per-turn credit (the oracle's crop IoU) help then?
+            "grpo_p16_t07_lr3e5_90": [*_GRPO, "optim.lr=3e-5", "prompts_per_step=16", "steps=90", "rollout.temperature=0.7"],
+            "oracle_p16_t07_lr3e5_90": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null",
+                                        "optim.lr=3e-5", "prompts_per_step=16", "steps=90", "rollout.temperature=0.7"],
             "oracle_p16_lr3e5_30": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null",
                                     "optim.lr=3e-5", "prompts_per_step=16", "steps=30"],
             "oracle_lr3e5": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=3e-5"],
