@@ -85,7 +85,7 @@ DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entrop
 
 
 def _config(name: str, level: str, synth: dict, policy: str, extra: list[str]):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     overrides = [f"policy={policy}", f"data.synth_level={level}", f"data.synth={json.dumps(synth)}", "data.n_eval=0",
@@ -136,7 +136,7 @@ def run(names: list[str], root: Path, level: str, synth: dict, n: int, policy: s
 
 def _per_sample(eval_dir: Path) -> dict[str, tuple[bool, bool]]:
     """id -> (correct, first valid crop hits a target at IoU >= 0.5), as the compare reads them."""
-    from mapo.experiments.compare import per_sample_outcomes
+    from mapo.pipelines.compare import per_sample_outcomes
 
     return per_sample_outcomes(eval_dir / "predictions.jsonl")
 

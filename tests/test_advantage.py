@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mapo.advantage import (
+from mapo.algo.advantage import (
     AdvantageConfig,
     estimator_facts,
     get_estimator,
@@ -386,7 +386,7 @@ def test_bad_shapes_and_types_raise_clear_errors():
 def test_batch_baseline_credits_what_differs_between_prompts():
     """Two groups that each agree (R = 1, 1 and 0, 0): GRPO gives 0 everywhere; a batch baseline
     gives (R - 0.5) / (std + eps) with the unbiased std of (1, 1, 0, 0) = sqrt(1/3) -> ±0.8660."""
-    from mapo.advantage import AdvantageConfig, get_estimator
+    from mapo.algo.advantage import AdvantageConfig, get_estimator
 
     outcome, group = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1])
     segment_ids = torch.tensor([[-1, 0, 0]] * 4)
@@ -419,7 +419,7 @@ def test_the_estimator_help_text_names_every_registered_estimator():
     # The help text is written by hand; this keeps it from drifting when an estimator is registered.
     import dataclasses
 
-    from mapo.advantage import AdvantageConfig, list_estimators
+    from mapo.algo.advantage import AdvantageConfig, list_estimators
 
     field = next(f for f in dataclasses.fields(AdvantageConfig) if f.name == "estimator")
     named = field.metadata["help"].split(":")[-1].replace(" ", "").split(",")

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from mapo import protocol
+from mapo.agent import protocol
 from mapo.data import synth
 from mapo.data.task import tool_config_for
 from mapo.policy import build_tiny_policy, load_policy
 from mapo.policy.backend import Qwen3VLBackend, QwenVLBackend, backend_for
-from mapo.rollout import RolloutConfig, rollout
-from mapo.tools import ToolConfig
-from mapo.trajectory import collate, sequence_logprobs
+from mapo.engine.rollout import RolloutConfig, rollout
+from mapo.agent.tools import ToolConfig
+from mapo.engine.trajectory import collate, sequence_logprobs
 
 torch.set_num_threads(1)
 
@@ -126,7 +126,7 @@ def test_qwen3_tiny_pipeline_sft_then_rl_then_eval(tmp_path):
     from safetensors.torch import load_file
 
     from mapo.cli import main
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, train
     from mapo.train.sft import SFTConfig, run_sft
 
@@ -185,7 +185,7 @@ def test_eval_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
 
 def test_training_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
     """`mapo train` fits its prompts and held-out samples for 32 px on Qwen3-VL (no sample is skipped)."""
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, setup
 
     qwen3_256.save(tmp_path / "policy")

@@ -1,12 +1,12 @@
-"""The episode state machine (mapo.episode) on hand-made turns: no model, no tokens."""
+"""The episode state machine (mapo.agent.episode) on hand-made turns: no model, no tokens."""
 
 from __future__ import annotations
 
 import pytest
 
-from mapo.episode import FINISH_REASONS, Episode, Observation, readable
-from mapo.protocol import ProtocolConfig, render_assistant_turn
-from mapo.tools import ToolConfig
+from mapo.agent.episode import FINISH_REASONS, Episode, Observation, readable
+from mapo.agent.protocol import ProtocolConfig, render_assistant_turn
+from mapo.agent.tools import ToolConfig
 from tiny_assets import half_red_half_blue
 
 PROTOCOL = ProtocolConfig()

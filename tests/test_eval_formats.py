@@ -14,7 +14,7 @@ from mapo.data import synth
 from mapo.data.writers import FORMATS, write_samples
 from mapo.eval import EvalConfig, evaluate
 from mapo.policy.default import load_default
-from mapo.records import read_jsonl
+from mapo.metrics.records import read_jsonl
 
 N, LEVEL, SEED = 6, "pattern", 1000003
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mapo.config import from_dict
+from mapo.core.config import from_dict
 from mapo.train.common import latest_checkpoint, read_metrics
 from mapo.train.finetune import FinetuneConfig
 from test_train import _comparable, forced, rl_config, weights
@@ -169,7 +169,7 @@ def test_a_lora_run_can_start_from_a_lora_policy_and_keeps_its_adapter(assets, t
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
 def test_real_model_configs_load_with_lora_and_checkpointing(name):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     cfg = load_config(RLConfig, f"configs/{name}.yaml", ["policy=/models/x", "verifier=/models/clip", "data.source=/d"])

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from mapo.cli import main
 from mapo.data import synth
 from mapo.data.writers import write_samples
-from mapo.errors import ConfigError, DataError, MapoError, ModelError
+from mapo.core.errors import ConfigError, DataError, MapoError, ModelError
 
 LEVEL = synth.level_config("easy")
 SETTINGS = ["tool_from_samples=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=2"]
@@ -82,7 +82,7 @@ def test_a_changed_weight_is_a_different_model(model_dir, tmp_path, capsys, chan
 
 
 def test_the_weight_files_hash_is_cached_and_still_sees_a_change(model_dir, tmp_path, monkeypatch):
-    from mapo import fingerprint
+    from mapo.core import fingerprint
     from mapo.eval.outdir import _module_fingerprint
     from mapo.policy import load_policy
 
@@ -175,7 +175,7 @@ def test_two_hrbench_rows_with_one_index_are_not_scored_as_one(tmp_path):
 @pytest.mark.parametrize("override", ["optim.lr=1e999", "optim.lr=.nan", "optim.grad_clip=.nan", "optim.eps=-.inf",
                                       "loss.kl_coef=.inf"])
 def test_non_finite_numbers_are_refused(override):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     with pytest.raises(ConfigError, match="must be a finite number"):
@@ -240,7 +240,7 @@ def test_out_with_foreign_files_is_refused_even_with_overwrite(model_dir, tmp_pa
 
 
 def test_a_second_eval_on_one_out_is_refused(model_dir, tmp_path, capsys):
-    from mapo.train.run_dir import RunDirLock
+    from mapo.core.run_dir import RunDirLock
 
     out = tmp_path / "e"
     out.mkdir()
@@ -252,7 +252,7 @@ def test_a_second_eval_on_one_out_is_refused(model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("who", ["eval", "train"])
 def test_a_lock_that_is_a_symlink_is_refused_and_never_written_through(model_dir, tmp_path, capsys, who):
-    from mapo.train.run_dir import RunDirLock
+    from mapo.core.run_dir import RunDirLock
 
     target = tmp_path / "precious.txt"
     target.write_text("precious")
@@ -293,7 +293,7 @@ def test_a_hostile_config_file_is_one_line_and_quick(tmp_path, capsys, case):
     assert main(["eval", "--config", str(path), "--show-config"]) == 2
     assert expected in _one_line(capsys)
     if case != "not_a_mapping" and isinstance(text, str):  # refused before any memory is spent: well under 1 s idle
-        from mapo.config import load_yaml
+        from mapo.core.config import load_yaml
 
         started = time.perf_counter()
         with pytest.raises(ConfigError):
@@ -320,7 +320,7 @@ def test_a_hostile_override_is_one_line(capsys, case):
 
 
 def test_yaml_merge_keys_may_still_override():
-    from mapo.config import load_yaml
+    from mapo.core.config import load_yaml
 
     assert load_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n", "f")["c"] == {"x": 3, "y": 2}
 
@@ -328,7 +328,7 @@ def test_yaml_merge_keys_may_still_override():
 @pytest.mark.parametrize("kind", ["policy", "verifier"])
 @pytest.mark.parametrize("tamper", ["alter_a_file", "add_a_file"])
 def test_a_manifest_beside_weights_is_verified_whatever_the_path(model_dir, tiny_verifier_dir, tmp_path, kind, tamper):
-    from mapo import shipped
+    from mapo.core import shipped
     from mapo.policy import load_policy
     from mapo.verifier.clip import load_verifier
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mapo import semantic
+from mapo.algo import semantic
 from mapo.data import synth
-from mapo.trajectory import ToolCallRecord
+from mapo.agent.episode import ToolCallRecord
 from test_train import forced, rl_config
 from tiny_assets import LEVEL
 

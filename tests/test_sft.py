@@ -10,17 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mapo.config import from_dict
+from mapo.core.config import from_dict
 from mapo.train import common
-from mapo.train.sft import (
-    SFTConfig,
-    assistant_mask,
-    collate,
-    make_transcript,
-    masked_lm_loss,
-    run_sft,
-    training_transcripts,
-)
+from mapo.train.sft import SFTConfig, masked_lm_loss, run_sft
+from mapo.train.sft_data import assistant_mask, collate, make_transcript, training_transcripts
+from mapo.data.task import tool_config_for
 
 torch.set_num_threads(1)
 
@@ -132,7 +126,7 @@ def test_answer_word_tokens_are_found_and_weighted(policy):
     those runs of tokens, and nothing else, weigh word_weight."""
     import dataclasses
 
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern"))
@@ -280,7 +274,7 @@ def test_sft_tokens_match_the_rollout(policy):
     from mapo.data import synth
     from mapo.data.oracle import oracle_trajectory
     from mapo.data.task import tool_config_for
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     cfg = _cfg()
     (sample,) = synth.generate(1, seed=5, config="easy")
@@ -313,7 +307,7 @@ def test_a_fresh_policy_takes_the_training_levels_image_sizes():
     from mapo.train.sft import PolicySpec, build_policy
 
     level = synth.level_config("easy", obs_side=448)
-    policy = build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1}), synth.tool_config_for(level))
+    policy = build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1}), tool_config_for(level))
     check_no_resize(policy.processor, 448, 448)
     with pytest.raises(ValueError):
         check_no_resize(build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1})).processor, 448, 448)
@@ -340,7 +334,7 @@ def test_option_scan_marks_every_option_and_verdict(policy):
     """With option_scan the word mask also covers each option's text and the yes/no verdicts."""
     import dataclasses
 
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern", option_scan=True))
@@ -368,7 +362,7 @@ def test_search_words_mark_the_colour_shape_and_verdict_words(policy):
     import torch
 
     from mapo.data.synth_render import COLORS, SHAPES
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
     from mapo.train.sft_data import token_runs
 
     cfg = _cfg()

@@ -9,11 +9,11 @@ import json
 import pytest
 from PIL import Image
 
-from mapo import tools
-from mapo.protocol import DEFAULT_SYSTEM_TEMPLATE, ProtocolConfig, parse_turn, render_assistant_turn, render_call, system_prompt
-from mapo.records import PredictionRecord, TurnRecord
+from mapo.agent import tools
+from mapo.agent.protocol import DEFAULT_SYSTEM_TEMPLATE, ProtocolConfig, parse_turn, render_assistant_turn, render_call, system_prompt
+from mapo.metrics.records import PredictionRecord, TurnRecord
 from mapo.report.html import CardImages, render_card
-from mapo.tools import RotateArgs, ToolConfig, ZoomArgs, run_tool, zoom_in
+from mapo.agent.tools import RotateArgs, ToolConfig, ZoomArgs, run_tool, zoom_in
 
 ROTATE = ProtocolConfig(extra_tools=("image_rotate_tool",))
 

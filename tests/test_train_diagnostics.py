@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo import semantic
-from mapo.rollout import ToolCallRecord
+from mapo.algo import semantic
+from mapo.agent.episode import ToolCallRecord
 from mapo.train import diagnostics as D
 
 CROP = Image.new("RGB", (8, 8), (200, 0, 0))

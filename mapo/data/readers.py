@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mapo.data.formats.common import EXTRA_KEY, IMAGE_SUFFIXES, VSTAR_CATEGORIES, BadRecord  # noqa: F401
+from mapo.data.formats.common import VSTAR_CATEGORIES
 from mapo.data.formats.deepeyes import read_deepeyes
 from mapo.data.formats.hrbench import read_hrbench
 from mapo.data.formats.mme import read_mme_realworld

@@ -225,7 +225,7 @@ def write_deepeyes(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mapo import protocol
+    from mapo.agent import protocol
 
     _check_samples(samples, need_options=False, fmt="DeepEyes")
     path = Path(path)
@@ -240,7 +240,7 @@ def write_deepeyes(
 
 
 def _deepeyes_row(s: Sample, index: int, system: str, data_source: str, split: str) -> dict[str, Any]:
-    from mapo import protocol
+    from mapo.agent import protocol
 
     data, _ = _encoded(s)
     return {

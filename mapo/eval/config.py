@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mapo.config import knob
-from mapo.rollout import RolloutConfig
+from mapo.core.config import knob
+from mapo.engine.rollout import RolloutConfig
 
 
 DEEPEYES_SYSTEM = """You are a helpful assistant.
@@ -96,9 +96,9 @@ PRESETS: dict[str, Preset] = {
 
 def deepeyes_rollout(base: RolloutConfig) -> RolloutConfig:
     """``base`` with DeepEyes' prompts, observation text and pixel budgets (the ``deepeyes`` preset's rollout)."""
-    from mapo.config import from_dict, to_dict
+    from mapo.core.config import from_dict, to_dict
 
-    from mapo.commands._config import merge
+    from mapo.core.config_files import merge
 
     return from_dict(RolloutConfig, merge(to_dict(base), PRESETS["deepeyes"].values["rollout"]))
 
@@ -121,7 +121,7 @@ class EvalConfig:
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both"] = knob(
-        "description", "what the verifier scores against each crop, as in `mapo train` (mapo.semantic)"
+        "description", "what the verifier scores against each crop, as in `mapo train` (mapo.algo.semantic)"
     )
     scoring: tuple[str, ...] = knob(
         (), "also score multiple choice the way these harnesses read answers (lmms-eval, vlmevalkit, mapo): "
@@ -221,7 +221,7 @@ def eval_config(
     Returns:
         ``(config, notes)``: the config, and one note per knob the model set.
     """
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
 
     data, notes = eval_config_data(model, preset, path, overrides)
     return from_dict(EvalConfig, data), notes
@@ -231,8 +231,8 @@ def eval_config_data(
     model: str | None = None, preset: str | None = None, path: str | None = None, overrides: Iterable[str] = ()
 ) -> tuple[dict[str, Any], list[str]]:
     """:func:`eval_config` as plain data (what ``--show-config`` renders even when it does not validate)."""
-    from mapo.commands._config import merge, resolve_data
-    from mapo.config import to_dict
+    from mapo.core.config_files import merge, resolve_data
+    from mapo.core.config import to_dict
 
     overrides = list(overrides)
     base, notes = model_layer(model)

@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mapo.config import to_dict
-from mapo.errors import DataError
+from mapo.core.config import to_dict
+from mapo.core.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import SYNTH_SPEC
-from mapo.fingerprint import file_digests, model_digest
-from mapo.rollout import RolloutConfig
+from mapo.core.fingerprint import file_digests, model_digest
+from mapo.engine.rollout import RolloutConfig
 
 
 EVAL_FILE = "eval.json"
@@ -33,7 +33,7 @@ def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalC
     """``{"model", "verifier", "data", "config"}``: short hashes of what an evaluation's records depend on.
 
     The model and verifier are hashed from every byte of their weights
-    (:func:`mapo.fingerprint.model_digest`: the files a strict load read, else the
+    (:func:`mapo.core.fingerprint.model_digest`: the files a strict load read, else the
     tensors in memory); the data from every byte of its files
     (:func:`data_fingerprint`); the config from its YAML form with the resolved
     protocol, without :data:`FINGERPRINT_IGNORE` and the rollout batch size.
@@ -66,7 +66,7 @@ def data_fingerprint(data: str) -> str:
     ``synth:N:LEVEL:SEED`` hashes without N (sample i depends only on level, seed and i).
     A folder: every file under it, by relative name and content. A file: its content,
     and for an MME-RealWorld JSON also every image file its records name (they live
-    outside the file). File hashes are cached by size and mtime (:mod:`mapo.fingerprint`).
+    outside the file). File hashes are cached by size and mtime (:mod:`mapo.core.fingerprint`).
     """
     import hashlib
 
@@ -237,7 +237,7 @@ def written_outputs(out: Path) -> list[Path]:
 
 
 def _legacy_outputs(path: Path) -> list[str]:
-    from mapo.records import read_jsonl
+    from mapo.metrics.records import read_jsonl
 
     try:
         records = read_jsonl(path).records

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mapo.records import PredictionRecord
+from mapo.metrics.records import PredictionRecord
 
 
 SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([A-Za-z_]\w*))?(?::(\d+))?$")  # level checked against synth.LEVELS
@@ -75,7 +75,7 @@ def _synth_output_source(data: str) -> str:
 def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | None, bool]:
     """``(prediction, correct)`` of one sample from its ``<answer>`` text (None: never answered)."""
     from mapo.data.scoring import predicted_choice
-    from mapo.reward import answer_matches
+    from mapo.algo.reward import answer_matches
 
     if answer_text is None:
         return None, False

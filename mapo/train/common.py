@@ -1,7 +1,7 @@
 """Pieces every training recipe shares, gathered in one import: optimiser and schedule
 (:mod:`mapo.train.optim`), metrics logging (:mod:`mapo.train.metrics_log`), RNG capture and
 atomic checkpoints (:mod:`mapo.train.checkpoint`), the run-directory guard and lock
-(:mod:`mapo.train.run_dir`).
+(:mod:`mapo.core.run_dir`).
 
 Nothing here knows about the model or the algorithm: the SFT and RL recipes
 pass in a function that saves the model, a dict of trainer state, and so on.
@@ -41,7 +41,7 @@ from mapo.train.checkpoint import (
 )
 from mapo.train.metrics_log import MetricsLogger, read_metrics
 from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler, clip_gradients, lr_factor
-from mapo.train.run_dir import (
+from mapo.core.run_dir import (
     LOCK,
     RunDirLock,
     atomic_write_text,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.train.run_dir import atomic_write_text
+from mapo.core.run_dir import atomic_write_text
 
 
 class MetricsLogger:

@@ -7,7 +7,7 @@ the registered advantage estimator -> clipped policy loss over ``ppo_epochs`` x
 ``minibatches`` optimizer steps with gradient accumulation -> metrics, held-out
 evaluation, checkpoint) -> ``cleanup`` (final checkpoint, policy in
 ``RUN_DIR/final``, ``RUN_DIR/summary.json``). The maths lives in the library:
-:mod:`mapo.advantage`, :mod:`mapo.loss`, :mod:`mapo.train.diagnostics`; one step in
+:mod:`mapo.algo.advantage`, :mod:`mapo.algo.loss`, :mod:`mapo.train.diagnostics`; one step in
 :mod:`mapo.train.rl_step`, the held-out evaluation in :mod:`mapo.train.rl_eval`, the
 run's state and checkpoints in :mod:`mapo.train.rl_run`.
 
@@ -69,14 +69,15 @@ from typing import Any, Literal
 import torch
 import torch.distributed
 
-from mapo.advantage import AdvantageConfig, estimator_facts
-from mapo.config import knob, to_dict
-from mapo.data.prepare import pixel_range, policy_tool, prepare_sample
-from mapo.loss import LossConfig
-from mapo.progress import StepProgress, say
-from mapo.protocol import note_to_stderr, protocol_for_policy
-from mapo.reward import RewardConfig
-from mapo.rollout import RolloutConfig
+from mapo.algo.advantage import AdvantageConfig, estimator_facts
+from mapo.core.config import knob, to_dict
+from mapo.data.prepare import prepare_sample
+from mapo.policy.processor import pixel_range, policy_tool
+from mapo.algo.loss import LossConfig
+from mapo.core.progress import StepProgress, say
+from mapo.agent.protocol import note_to_stderr, protocol_for_policy
+from mapo.algo.reward import RewardConfig
+from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
 from mapo.train.common import (
     MetricsLogger,
@@ -93,9 +94,9 @@ from mapo.train.common import (
 )
 from mapo.train.finetune import FinetuneConfig, load_dtype, prepare_policy
 from mapo.train.interrupt import StopOnInterrupt, TrainingInterrupted, resume_command
-from mapo.train.rl_data import RLDataConfig, load_data, require_target_boxes, shuffled_index  # noqa: F401 - re-exported
+from mapo.train.rl_data import RLDataConfig, load_data, require_target_boxes
 from mapo.train.rl_eval import eval_text, evaluate
-from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
+from mapo.train.rl_run import (
     SKIPPED_FILE,
     Run,
     check_policy_path,
@@ -105,7 +106,7 @@ from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
     save,
     skipped_ids,
 )
-from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_update re-exported
+from mapo.train.rl_step import rl_step
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained). ``steps`` may only
@@ -198,7 +199,7 @@ class RLConfig:
 
 def needs_verifier(semantic_target: str) -> bool:
     """Whether ``semantic_target`` is scored by a verifier (``oracle_iou`` is not: it reads target boxes)."""
-    from mapo.semantic import needs_verifier as _needs
+    from mapo.algo.semantic import needs_verifier as _needs
 
     return _needs(semantic_target)
 
@@ -330,9 +331,9 @@ def train(
         run_dir: a new or empty directory; with ``resume`` the directory of the run to continue
             (same config up to :data:`RESUMABLE_KEYS`).
         progress: ``auto`` / True (a bar on a terminal, else one plain line per step), ``lines``,
-            or ``off`` / False (:mod:`mapo.progress`).
+            or ``off`` / False (:mod:`mapo.core.progress`).
         forced_turns: test/demo hook passed to every *training* rollout
-            (``mapo.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
+            (``mapo.engine.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every rank calls this; it joins the
     process group unless the caller already did, and leaves it when it joined it. Only
@@ -417,7 +418,7 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"cannot resume {run_dir}: no config.yaml there (not a `mapo train` run directory)")
-    from mapo.config import _read_text, load_yaml
+    from mapo.core.config import _read_text, load_yaml
 
     data = load_yaml(_read_text(path), str(path)) or {}
     if not isinstance(data, dict):
@@ -425,6 +426,6 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     return data
 
 
-__all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "needs_verifier", "train",
+__all__ = ["RLConfig", "evaluate", "needs_semantic", "needs_verifier", "train",
            "config_from_run_dir"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mapo.config import knob
+from mapo.core.config import knob
 from mapo.data.synth import SynthOverrides
 
 

@@ -1,8 +1,8 @@
-"""The RL run's periodic held-out evaluation: :func:`mapo.heldout.evaluate` reduced to ``eval/*`` metrics."""
+"""The RL run's periodic held-out evaluation: :func:`mapo.metrics.heldout.evaluate` reduced to ``eval/*`` metrics."""
 
 from __future__ import annotations
 
-from mapo import heldout
+from mapo.metrics import heldout
 from mapo.train.rl_run import Run
 
 # The held-out metrics an RL run logs, as ``eval/<key>`` (formulas: docs/metrics.md).

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mapo.rollout import RolloutConfig
+from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
 from mapo.train.common import MetricsLogger, save_checkpoint
 from mapo.train.rl_data import Data

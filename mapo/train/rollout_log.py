@@ -76,7 +76,7 @@ def save_rollouts(
     from mapo.eval.config import EvalConfig
     from mapo.eval.record import trajectory_record
     from mapo.eval.samples import _benchmark_of
-    from mapo.records import append_jsonl, read_jsonl
+    from mapo.metrics.records import append_jsonl, read_jsonl
 
     out = Path(run_dir) / ROLLOUTS_DIR
     out.mkdir(parents=True, exist_ok=True)
