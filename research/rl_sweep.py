@@ -96,7 +96,7 @@ def _config(name: str, level: str, synth: dict, policy: str, extra: list[str]):
 def heldout_dir(root: Path, level: str, synth_overrides: dict, n: int) -> Path:
     """The held-out V* folder (written once): what `mapo data synth --format vstar` writes."""
     from mapo.data import synth
-    from mapo.data.writers import write_samples
+    from mapo.data.benchmarks import write_samples
 
     out = root / f"heldout_{level}_{n}"
     if not (out / "vstar").is_dir():

@@ -21,7 +21,7 @@ from mapo.data import synth
 from mapo.data.prepare import fit_image, prepare_sample
 from mapo.policy.processor import pixel_range
 from mapo.data.sample import Box, Sample
-from mapo.data.writers import write_samples
+from mapo.data.benchmarks import write_samples
 from mapo.eval import EvalConfig, evaluate, load_eval_samples
 from mapo.policy import build_tiny_policy
 from mapo.metrics.records import read_jsonl

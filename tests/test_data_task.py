@@ -6,10 +6,10 @@ import pytest
 
 from mapo.agent import tools
 from mapo.data import synth
-from mapo.data.readers import load_samples
+from mapo.data.benchmarks import load_samples
 from mapo.data.sample import Sample
 from mapo.data.task import TaskSpec, tool_config_for
-from mapo.data.writers import FORMATS, write_samples
+from mapo.data.benchmarks import FORMATS, write_samples
 
 
 def test_synth_sets_the_task_spec_from_its_config():

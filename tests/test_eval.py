@@ -95,7 +95,7 @@ def test_resume_skips_finished_samples_and_redoes_a_cut_line(eval_dir, policy, v
 
 
 def test_broken_rows_are_counted(policy, tmp_path):
-    from mapo.data.writers import write_samples
+    from mapo.data.benchmarks import write_samples
 
     samples = synth.generate(3, seed=5, config=LEVEL)
     tsv = write_samples(samples, tmp_path / "data", ["hrbench"])["hrbench"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mapo.data import synth
-from mapo.data.writers import FORMATS, write_samples
+from mapo.data.benchmarks import FORMATS, write_samples
 from mapo.eval import EvalConfig, evaluate
 from mapo.policy.default import load_default
 from mapo.metrics.records import read_jsonl

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from mapo.cli import main
 from mapo.data import synth
-from mapo.data.writers import write_samples
+from mapo.data.benchmarks import write_samples
 from mapo.core.errors import ConfigError, DataError, MapoError, ModelError
 
 LEVEL = synth.level_config("easy")

@@ -15,7 +15,11 @@ with ``B`` trajectories, ``T`` tokens and ``K`` observations per trajectory:
   observation ``k = c + 1``, NaN where absent; or ``None``.
 
 The result is (B, T), exactly 0 where ``segment_ids == -1``. The trainer never
-branches on the estimator's name: it calls ``get_estimator(config.estimator)``.
+branches on the estimator's name: it calls ``get_estimator(config.estimator)``, which
+returns the registered function behind the checks every estimator shares (inputs,
+semantic scores present when the estimator needs them, ``beta`` within its limit) and
+with ``group`` already replaced by the baseline's groups: a new estimator writes only
+its formula and states its facts in ``@register_estimator``.
 
 Where we depart from or guess at the paper (arXiv 2604.06777): the paper's advantage
 formula is not public. ``mapo`` below is *our* definition (docs/algorithm.md):
@@ -40,6 +44,7 @@ formula is not public. ``mapo`` below is *our* definition (docs/algorithm.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -57,7 +62,7 @@ class EstimatorFacts:
     branching on estimator names.
     """
 
-    fn: Estimator
+    fn: Estimator  # the registered estimator, checks and baseline included (:func:`_checked`)
     needs_semantic: bool  # refuses to run without (B, K) semantic scores (a verifier must be configured)
     max_beta: float | None = None  # largest beta the estimator is defined for (None: no upper limit)
     beta_limit_reason: str = ""  # why beta is limited, said in the config error
@@ -70,15 +75,49 @@ BASELINES = ("group", "batch")
 def register_estimator(
     name: str, *, needs_semantic: bool, max_beta: float | None = None, beta_limit_reason: str = ""
 ) -> Callable[[Estimator], Estimator]:
-    """Register ``fn`` under ``name`` with its facts; registering a second function under one name is an error."""
+    """Register the maths ``fn`` under ``name`` with its facts; registering a second function under one name is an error.
+
+    The decorator returns (and :func:`get_estimator` gives) ``fn`` wrapped by :func:`_checked`:
+    the input checks, the facts' checks (semantic scores present, ``beta`` in range) and the
+    baseline (:func:`baseline_groups`) run once there, so ``fn`` holds only its formula.
+    """
 
     def decorator(fn: Estimator) -> Estimator:
-        if name in _ESTIMATORS and _ESTIMATORS[name].fn is not fn:
+        if name in _ESTIMATORS and _ESTIMATORS[name].fn.__wrapped__ is not fn:
             raise ValueError(f"advantage estimator {name!r} is already registered ({_ESTIMATORS[name].fn.__name__})")
-        _ESTIMATORS[name] = EstimatorFacts(fn, needs_semantic, max_beta, beta_limit_reason)
-        return fn
+        facts = EstimatorFacts(fn, needs_semantic, max_beta, beta_limit_reason)
+        checked = _checked(name, facts)
+        _ESTIMATORS[name] = dataclasses.replace(facts, fn=checked)
+        return checked
 
     return decorator
+
+
+def _checked(name: str, facts: EstimatorFacts) -> Estimator:
+    """``facts.fn`` behind the checks every estimator shares, with ``group`` replaced by its baseline groups."""
+    fn = facts.fn
+
+    @functools.wraps(fn)
+    def estimator(
+        outcome: torch.Tensor,
+        group: torch.Tensor,
+        segment_ids: torch.Tensor,
+        semantic: torch.Tensor | None = None,
+        *,
+        config: AdvantageConfig,
+    ) -> torch.Tensor:
+        _check_inputs(outcome, group, segment_ids, semantic)
+        group = baseline_groups(group, config)
+        if facts.max_beta is not None and config.beta > facts.max_beta:
+            raise ValueError(f"{name} needs config.beta <= {facts.max_beta:g} (see AdvantageConfig), got {config.beta}")
+        if facts.needs_semantic and semantic is None:
+            raise ValueError(
+                f"advantage estimator {name!r} needs semantic scores: pass a (B, K) float tensor, "
+                "NaN where an observation is absent (all-NaN if there are none)"
+            )
+        return fn(outcome, group, segment_ids, semantic, config=config)
+
+    return estimator
 
 
 def estimator_facts(name: str) -> EstimatorFacts:
@@ -98,39 +137,9 @@ def list_estimators() -> list[str]:
     return sorted(_ESTIMATORS)
 
 
-@dataclasses.dataclass(frozen=True)
-class AdvantageConfig:
-    estimator: str = knob("mapo", "advantage estimator, by registered name: grpo, mapo, mapo_gated, reward_mix")
-    beta: float = knob(0.4, "weight of the semantic term (mapo, mapo_gated, reward_mix); unverified paper value")
-    lam: float = knob(0.95, "discount over later observations in a segment's semantic credit, in [0, 1]")
-    eps: float = knob(1e-6, "added to the group std before dividing (as verl's GRPO)")
-    norm_by_std: bool = knob(True, "divide by the group std (GRPO); false: only subtract the mean (Dr. GRPO)")
-    baseline: str = knob(
-        "group", "whose rewards R_i is compared with: 'group' (its prompt's G samples, GRPO) or 'batch' (every "
-        "trajectory of the step on this rank, a REINFORCE baseline: credits what differs between prompts)"
-    )
-    no_obs_semantic: float | None = knob(
-        None,
-        "reward_mix: semantic value of a trajectory with no scored observation; "
-        "null = the lowest per-trajectory mean of its group (not looking never beats looking)",
-    )
-
-    def __post_init__(self) -> None:
-        if self.estimator not in _ESTIMATORS:
-            raise ValueError(f"estimator must be one of {list_estimators()}, got {self.estimator!r}")
-        if not self.beta >= 0.0:
-            raise ValueError(f"beta must be >= 0 (it weights the semantic term), got {self.beta}")
-        facts = _ESTIMATORS[self.estimator]
-        if facts.max_beta is not None and self.beta > facts.max_beta:
-            raise ValueError(
-                f"beta must be <= {facts.max_beta:g} for {self.estimator}: {facts.beta_limit_reason}; got {self.beta}"
-            )
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1] (a discount), got {self.lam}")
-        if not self.eps > 0.0:
-            raise ValueError(f"eps must be > 0 (it guards a division by the std), got {self.eps}")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
+def semantic_estimators() -> list[str]:
+    """Names of the registered estimators that need semantic scores (a verifier), sorted."""
+    return [name for name in list_estimators() if _ESTIMATORS[name].needs_semantic]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,20 +191,6 @@ def _describe(x: object) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
     return type(x).__name__
-
-
-def _require_semantic(semantic: torch.Tensor | None, name: str) -> torch.Tensor:
-    if semantic is None:
-        raise ValueError(
-            f"advantage estimator {name!r} needs semantic scores: pass a (B, K) float tensor, "
-            "NaN where an observation is absent (all-NaN if there are none)"
-        )
-    return semantic
-
-
-def _require_beta_at_most_one(config: AdvantageConfig, name: str) -> None:
-    if config.beta > 1.0:
-        raise ValueError(f"{name} needs config.beta <= 1 (see AdvantageConfig), got {config.beta}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +325,6 @@ def grpo(
 
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) or None -> (B, T).
     """
-    _check_inputs(outcome, group, segment_ids, semantic)
-    group = baseline_groups(group, config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids)
 
@@ -352,9 +345,7 @@ def mapo(
     ``semantic`` this is exactly ``grpo``.
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
-    _check_inputs(outcome, group, segment_ids, semantic)
-    group = baseline_groups(group, config)
-    credit = _credit(outcome, group, segment_ids, _require_semantic(semantic, "mapo"), config)
+    credit = _credit(outcome, group, segment_ids, semantic, config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids) + config.beta * credit
 
@@ -376,10 +367,7 @@ def mapo_gated(
     beta <= 1), so a group with identical rewards gets zero advantage, as in GRPO.
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
-    _check_inputs(outcome, group, segment_ids, semantic)
-    group = baseline_groups(group, config)
-    _require_beta_at_most_one(config, "mapo_gated")
-    credit = _credit(outcome, group, segment_ids, _require_semantic(semantic, "mapo_gated"), config)
+    credit = _credit(outcome, group, segment_ids, semantic, config)
     a_hat = group_normalize(outcome, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids) * (1.0 + config.beta * torch.tanh(credit))
 
@@ -403,10 +391,7 @@ def reward_mix(
     that group reduces to GRPO on ``(1 - beta) R``).
     Shapes: outcome (B,), group (B,), segment_ids (B, T), semantic (B, K) -> (B, T).
     """
-    _check_inputs(outcome, group, segment_ids, semantic)
-    group = baseline_groups(group, config)
-    _require_beta_at_most_one(config, "reward_mix")
-    mean_s = trajectory_semantic_mean(_require_semantic(semantic, "reward_mix"), group, config.no_obs_semantic)
+    mean_s = trajectory_semantic_mean(semantic, group, config.no_obs_semantic)
     mixed = (1.0 - config.beta) * outcome + config.beta * mean_s.to(outcome.dtype)
     a_hat = group_normalize(mixed, group, eps=config.eps, norm_by_std=config.norm_by_std)
     return _to_tokens(a_hat, segment_ids)
@@ -439,3 +424,42 @@ def _credit(
     """(B, T) semantic credit in the outcome's dtype."""
     s_hat = normalize_semantic(semantic.to(outcome.dtype), group, eps=config.eps, norm_by_std=config.norm_by_std)
     return segment_credit(segment_ids, s_hat, config.lam)
+
+
+# ---------------------------------------------------------------------------------------------
+# the config (after the estimators: its help lists them)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    estimator: str = knob("mapo", f"advantage estimator, by registered name: {', '.join(list_estimators())}")
+    beta: float = knob(0.4, f"weight of the semantic term ({', '.join(semantic_estimators())}); unverified paper value")
+    lam: float = knob(0.95, "discount over later observations in a segment's semantic credit, in [0, 1]")
+    eps: float = knob(1e-6, "added to the group std before dividing (as verl's GRPO)")
+    norm_by_std: bool = knob(True, "divide by the group std (GRPO); false: only subtract the mean (Dr. GRPO)")
+    baseline: str = knob(
+        "group", "whose rewards R_i is compared with: 'group' (its prompt's G samples, GRPO) or 'batch' (every "
+        "trajectory of the step on this rank, a REINFORCE baseline: credits what differs between prompts)"
+    )
+    no_obs_semantic: float | None = knob(
+        None,
+        "reward_mix: semantic value of a trajectory with no scored observation; "
+        "null = the lowest per-trajectory mean of its group (not looking never beats looking)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.estimator not in _ESTIMATORS:
+            raise ValueError(f"estimator must be one of {list_estimators()}, got {self.estimator!r}")
+        if not self.beta >= 0.0:
+            raise ValueError(f"beta must be >= 0 (it weights the semantic term), got {self.beta}")
+        facts = _ESTIMATORS[self.estimator]
+        if facts.max_beta is not None and self.beta > facts.max_beta:
+            raise ValueError(
+                f"beta must be <= {facts.max_beta:g} for {self.estimator}: {facts.beta_limit_reason}; got {self.beta}"
+            )
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1] (a discount), got {self.lam}")
+        if not self.eps > 0.0:
+            raise ValueError(f"eps must be > 0 (it guards a division by the std), got {self.eps}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")

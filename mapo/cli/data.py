@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mapo.data.synth import LEVELS
 
-FORMAT_CHOICES = ("vstar", "hrbench", "mme", "deepeyes", "all")
 
 
 def _leaf(sub, name: str, help_: str) -> argparse.ArgumentParser:
@@ -24,6 +23,8 @@ def _leaf(sub, name: str, help_: str) -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mapo.data.benchmarks import FORMATS
+
     from mapo.cli._config import add_config_arguments
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed; sample i depends only on (seed, i)")
     synth.add_argument("--level", default="easy", choices=tuple(LEVELS), metavar="LEVEL",
                        help=f"curriculum preset, the base the config and overrides apply to: {', '.join(LEVELS)} (default easy)")
-    synth.add_argument("--format", default="all", choices=FORMAT_CHOICES, help="format(s) to write (default all)")
+    synth.add_argument("--format", default="all", choices=(*FORMATS, "all"), help="format(s) to write (default all)")
     synth.add_argument("--workers", type=int, default=2, help="processes for rendering (default 2)")
     add_config_arguments(synth, example="grid_lines=0.5 n_distractors=3")
 
@@ -64,7 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
     from mapo.cli import _config
     from mapo.core.config import save_config, to_dict
     from mapo.data.synth import SynthConfig, level_config, resolution_check
-    from mapo.data.writers import FORMATS, write_samples
+    from mapo.data.benchmarks import FORMATS, write_samples
 
     # Level preset first, then --config, then overrides, typed and checked like any config.
     base = to_dict(level_config(args.level))
@@ -111,7 +112,7 @@ def _generate_chunk(job):
 
 
 def _show(args: argparse.Namespace) -> int:
-    from mapo.data.readers import load_samples
+    from mapo.data.benchmarks import load_samples
     from mapo.data.show import render_grid
 
     if args.n < 1:
@@ -129,7 +130,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from mapo.data.readers import load_samples
+    from mapo.data.benchmarks import load_samples
 
     kwargs = {"image_root": args.image_root} if args.image_root else {}
     # Decode every image in full: a truncated file passes a header check but would be skipped by eval and training.

@@ -1,6 +1,6 @@
 """``mapo train``: reinforcement learning of the policy with GRPO or MAPO.
 
-- ``mapo train --config configs/train_tiny.yaml --out runs/rl [--algo mapo|grpo|mapo_gated|reward_mix] [key=value ...]``
+- ``mapo train --config configs/train_tiny.yaml --out runs/rl [--algo ESTIMATOR] [key=value ...]``
 - ``mapo train --resume runs/rl [steps=400 log_every=5 ...]`` continues from the newest checkpoint (``steps`` may
   be raised); Ctrl-C during a run writes a checkpoint after the current step and prints this command
 - ``mapo train --config FILE [key=value ...] --show-config`` prints the effective config with each knob's help
@@ -17,10 +17,11 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mapo.algo.advantage import list_estimators
     from mapo.cli._config import add_config_arguments
 
     parser.add_argument("--out", default="runs/rl", help="run directory, must be new or empty (default runs/rl)")
-    parser.add_argument("--algo", default=None, help="advantage estimator: mapo, grpo, mapo_gated, reward_mix")
+    parser.add_argument("--algo", default=None, help=f"advantage estimator: {', '.join(list_estimators())}")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="resume the run in RUN_DIR (reads its config.yaml)")
     parser.add_argument("--no-progress", action="store_true",
                         help="plain log lines instead of a progress bar (the default when output is not a terminal)")

@@ -68,7 +68,7 @@ def test_stage(cfg: PipelineConfig, log: Callable[[str], None] = print) -> tuple
 def _synth_set_stage(spec: dict[str, Any], name: str, cache_dir: str, log: Callable[[str], None]) -> tuple[Path, bool]:
     def build(tmp: Path) -> None:
         from mapo.data import synth
-        from mapo.data.writers import write_samples
+        from mapo.data.benchmarks import write_samples
 
         level = synth.level_config(spec["level"], **spec["synth"])
         write_samples(synth.generate(spec["n"], spec["seed"], level), tmp, ["vstar"], name=f"{name}_{spec['level']}")

@@ -69,7 +69,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed
 
-from mapo.algo.advantage import AdvantageConfig, estimator_facts
+from mapo.algo.advantage import AdvantageConfig, estimator_facts, semantic_estimators
 from mapo.core.config import knob, to_dict
 from mapo.data.prepare import prepare_sample
 from mapo.policy.processor import pixel_range, policy_tool
@@ -135,7 +135,7 @@ class RLConfig:
     finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA; gradient checkpointing")
     verifier: str | None = knob(
         None, "semantic verifier: a local CLIP directory, 'default' or mapo/assets/verifier (the shipped one, wherever "
-        "mapo is installed); required by mapo, mapo_gated, reward_mix")
+        f"mapo is installed); required by {', '.join(semantic_estimators())}")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both", "oracle_iou"] = knob(
         "description", "what is scored against each crop: the description that follows it (paper), the tool "
