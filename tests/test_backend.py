@@ -175,7 +175,7 @@ def test_eval_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
     """`mapo eval` fits each image for 32 px on Qwen3-VL: a 448 x 448 image plays at 256 x 256, none is skipped."""
     from mapo.eval import EvalConfig, evaluate
 
-    config = EvalConfig(tool_from_samples=False, rollout=RolloutConfig(
+    config = EvalConfig(tool_from_data=False, rollout=RolloutConfig(
         group_size=1, greedy=True, batch_size=2, max_turns=1, max_new_tokens_per_turn=4, tool=EXACT_256))
     result = evaluate("synth:2", tmp_path / "eval", policy=qwen3_256, config=config)
     assert result.metrics["broken_rows"] == 0 and result.metrics["skipped_rows"] == []

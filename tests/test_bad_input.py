@@ -32,7 +32,7 @@ from mapo.data.task import tool_config_for
 LEVEL = synth.level_config("easy")
 TOOL = tool_config_for(LEVEL)
 CONFIG = EvalConfig(rollout=RolloutConfig(group_size=1, greedy=True, batch_size=8, max_turns=1, max_new_tokens_per_turn=4),
-                    tool_from_samples=False, benchmark="vstar")
+                    tool_from_data=False, benchmark="vstar")
 BAD = ("z_trunc", "z_1x1", "z_50x50", "z_3000x10", "z_30_options")
 
 
@@ -131,7 +131,7 @@ def test_cli_eval_prints_the_skipped_rows(policy, bad_vstar, tmp_path, capsys):
     policy.save(tmp_path / "model")
     out = tmp_path / "e"
     rc = main(["eval", "--data", str(bad_vstar), "--model", str(tmp_path / "model"), "--out", str(out), "--no-progress",
-               "--set", "tool_from_samples=false", "benchmark=vstar", "rollout.max_turns=1",
+               "--set", "tool_from_data=false", "benchmark=vstar", "rollout.max_turns=1",
                "rollout.max_new_tokens_per_turn=4"])
     err = capsys.readouterr().err
     assert rc == 0, err

@@ -10,22 +10,22 @@ from mapo.algo import crop_iou as Z
 from mapo.metrics import heldout as H
 from mapo.metrics.records import PredictionRecord, record_statistics
 from mapo.algo.reward import RewardBreakdown
-from mapo.agent.episode import ToolCallRecord
+from mapo.agent.episode import ExecutedCall
 
 TARGET = (0.0, 0.0, 10.0, 10.0)
 
 
 def zoom(box=TARGET):
-    return ToolCallRecord(box, box, box, "red square", True, None)
+    return ExecutedCall(box, box, box, "red square", True, None)
 
 
 def error_call():
-    return ToolCallRecord((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
+    return ExecutedCall((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
 
 
 def rotate():
     # Valid, but a rotation selects no region: no box anywhere.
-    return ToolCallRecord(None, None, None, None, True, None, tool="image_rotate_tool", args={"angle": 90})
+    return ExecutedCall(None, None, None, None, True, None, tool="image_rotate_tool", args={"angle": 90})
 
 
 def traj(calls, *, targets=(TARGET,), turns=1, finish="answer", errors=(), answer="A", truth="A"):
@@ -88,7 +88,7 @@ def test_trajectory_metrics_by_hand():
     assert m["reward_mean"] == pytest.approx(0.6)
     assert m["reward_std"] == pytest.approx(((1.4**2 + 0.8**2 + 0.6**2) / 3) ** 0.5)
     assert m["accuracy"] == pytest.approx(1 / 3)
-    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_box_rate"] == pytest.approx(1 / 3)
+    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_call_rate"] == pytest.approx(1 / 3)
     assert m["turns_mean"] == pytest.approx(2.0) and m["format_error_rate"] == pytest.approx(1 / 3)
     assert m["iou_mean"] == pytest.approx((0.5 + 1.0) / 2)  # valid crops only
     assert m["hit_rate"] == pytest.approx(1 / 3)  # first valid crop IoU >= 0.5, over all three
@@ -126,7 +126,7 @@ def test_record_statistics_use_the_same_definition():
 
 
 FAKE = {"reward_mean": 1.5, "accuracy": 0.75, "hit_rate": 0.5, "iou_mean": 0.25, "tool_call_rate": 1.0,
-        "invalid_box_rate": 0.125, "turns_mean": 2.0, "answer_rate": 1.0, "letter_accuracy": 0.625,
+        "invalid_call_rate": 0.125, "turns_mean": 2.0, "answer_rate": 1.0, "letter_accuracy": 0.625,
         "valid_call_rate": 0.875, "tool_use_rate": 0.9, "format_error_turns": 3.0, "n": 8.0,
         "reward_std": 0.1, "response_tokens_mean": 50.0}
 
@@ -147,7 +147,7 @@ def test_rl_and_sft_held_out_rows_come_from_the_evaluator(monkeypatch):
     )
     assert rl_eval.evaluate(run) == {
         "eval/reward_mean": 1.5, "eval/accuracy": 0.75, "eval/hit_rate": 0.5, "eval/iou_mean": 0.25,
-        "eval/tool_call_rate": 1.0, "eval/invalid_box_rate": 0.125, "eval/turns_mean": 2.0, "eval/answer_rate": 1.0,
+        "eval/tool_call_rate": 1.0, "eval/invalid_call_rate": 0.125, "eval/turns_mean": 2.0, "eval/answer_rate": 1.0,
         "eval/n": 8.0,
     }
     assert seen[-1] == ("rc", {"reward": "reward", "verifier": None, "semantic_target": "description",

@@ -27,7 +27,7 @@ from mapo.data.benchmarks import write_samples
 from mapo.core.errors import ConfigError, DataError, MapoError, ModelError
 
 LEVEL = synth.level_config("easy")
-SETTINGS = ["tool_from_samples=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=2"]
+SETTINGS = ["tool_from_data=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=2"]
 
 
 def _one_line(capsys, command: str = "eval") -> str:

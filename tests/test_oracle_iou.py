@@ -11,7 +11,7 @@ import torch
 
 from mapo.algo import semantic
 from mapo.data import synth
-from mapo.agent.episode import ToolCallRecord
+from mapo.agent.episode import ExecutedCall
 from test_train import forced, rl_config
 from tiny_assets import LEVEL
 
@@ -24,11 +24,11 @@ def assets(tiny_policy_dir, tiny_verifier_dir):
 
 
 def zoom(box):
-    return ToolCallRecord(box, box, box, "red square", True, None)
+    return ExecutedCall(box, box, box, "red square", True, None)
 
 
 def error_call():
-    return ToolCallRecord((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
+    return ExecutedCall((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
 
 
 def traj(calls, descriptions, targets=(TARGET,), sample_id="s"):

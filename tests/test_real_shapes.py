@@ -97,7 +97,7 @@ def test_real_shape_eval_episode_matches_one_hf_forward(tmp_path, monkeypatch, s
     budget = side * side
     code = main([
         "eval", "--data", "synth:1", "--model", str(ckpt), "--out", str(tmp_path / "eval"), "--dtype", "float32",
-        "--no-progress", "tool_from_samples=false", "rollout.max_turns=3", "rollout.max_new_tokens_per_turn=80",
+        "--no-progress", "tool_from_data=false", "rollout.max_turns=3", "rollout.max_new_tokens_per_turn=80",
         f"rollout.tool.view_min_pixels={budget}", f"rollout.tool.view_max_pixels={budget}",
         f"rollout.tool.obs_min_pixels={budget}", f"rollout.tool.obs_max_pixels={budget}",
     ])

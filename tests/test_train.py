@@ -80,7 +80,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 EXPECTED = (
-    "reward_mean", "reward_std", "accuracy", "tool_call_rate", "invalid_box_rate", "turns_mean", "iou_mean", "hit_rate",
+    "reward_mean", "reward_std", "accuracy", "tool_call_rate", "invalid_call_rate", "turns_mean", "iou_mean", "hit_rate",
     "semantic_mean", "semantic_std", "description_missing_rate", "adv_var_tool_tokens", "grad_norm",
     "grad_var_bootstrap", "clip_frac", "ppo_kl", "entropy", "time_rollout", "time_verifier", "time_update",
     "skipped_updates", "lr",

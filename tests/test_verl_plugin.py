@@ -167,7 +167,7 @@ def test_episode_zooms_on_the_original_through_the_view_mapping():
     ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn(render_assistant_turn(bbox=[112, 0, 224, 224], label="blue half"), (0, 10))
     assert pending is not None and pending.crop is not None
-    assert pending.record.box_original == (224.0, 0.0, 448.0, 448.0)  # view x2 -> original
+    assert pending.call.box_original == (224.0, 0.0, 448.0, 448.0)  # view x2 -> original
     assert pending.crop.getpixel((5, 5)) == (0, 0, 255)
     assert [p.get("type") for p in pending.message["content"]] == ["text", "image", "text"]
     assert pending.message["content"][1]["image"] is pending.crop
@@ -184,7 +184,7 @@ def test_episode_zooms_on_the_original_through_the_view_mapping():
 def test_episode_bad_call_gives_an_error_observation_and_goes_on():
     ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>', (0, 5))
-    assert pending is not None and pending.crop is None and not pending.record.valid
+    assert pending is not None and pending.crop is None and not pending.call.valid
     assert pending.message["content"][0]["text"].startswith("<tool_response>Error:")
     ep.add_observation(pending)
     assert ep.finish_reason is None and ep.extra_fields([None])["mapo_invalid_calls"] == 1

@@ -36,7 +36,7 @@ from mapo.agent.tools import ToolConfig, args_json, run_tool
 
 
 @dataclass(frozen=True)
-class ToolCallRecord:
+class ExecutedCall:
     """One executed tool call, i.e. one observation.
 
     ``raw_bbox`` is the box as the model wrote it (view pixels, None if unreadable);
@@ -87,7 +87,7 @@ class Observation:
     with an image placeholder when ``crop`` is set, else the readable error text.
     """
 
-    record: ToolCallRecord
+    call: ExecutedCall
     crop: Image.Image | None
     message: dict
 
@@ -126,7 +126,7 @@ class Episode:
         self.max_images = max_images
         self.max_turns = max_turns
         self.turns: list[Turn] = []
-        self.tool_calls: list[ToolCallRecord] = []  # (K)
+        self.tool_calls: list[ExecutedCall] = []  # (K)
         self.crops: list[Image.Image | None] = []  # (K)
         self.finish_reason: str | None = None
 
@@ -180,25 +180,25 @@ class Episode:
             return self.finish(limit_reason)
         if self.max_turns is not None and len(self.turns) >= self.max_turns:
             return self.finish("max_turns")
-        record, crop = self.call_tool(turn)
+        call, crop = self.call_tool(turn)
         if crop is not None and self.num_images + 1 > self.max_images:
             return self.finish("max_images")
-        error = None if crop is not None else readable(record.error or "the tool call failed")
-        return Observation(record, crop, protocol_mod.observation_message(self.protocol, error=error))
+        error = None if crop is not None else readable(call.error or "the tool call failed")
+        return Observation(call, crop, protocol_mod.observation_message(self.protocol, error=error))
 
-    def call_tool(self, turn: Turn) -> tuple[ToolCallRecord, Image.Image | None]:
-        """Run the tool call of ``turn`` through the registry: its record, and the view (None for an error)."""
+    def call_tool(self, turn: Turn) -> tuple[ExecutedCall, Image.Image | None]:
+        """Run the tool call of ``turn`` through the registry: the executed call, and the view (None for an error)."""
         call = turn.tool_call
         result = run_tool(call, self.image, self.view_wh, self.tool)
-        record = ToolCallRecord(
+        call = ExecutedCall(
             call.bbox, result.box_view, result.box_original, call.label, result.ok, result.error,
             tool=result.tool, args=args_json(call.args),
         )
-        return record, result.image
+        return call, result.image
 
     def add_observation(self, observation: Observation) -> None:
         """Record an observation that was appended to the context."""
-        self.tool_calls.append(observation.record)
+        self.tool_calls.append(observation.call)
         self.crops.append(observation.crop)
 
     def finish(self, reason: str) -> None:
@@ -210,4 +210,4 @@ class Episode:
         return None
 
 
-__all__ = ["FINISH_REASONS", "Episode", "Observation", "ToolCallRecord", "readable"]
+__all__ = ["FINISH_REASONS", "Episode", "Observation", "ExecutedCall", "readable"]

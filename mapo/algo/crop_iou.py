@@ -1,7 +1,7 @@
 """Crop IoU and zoom hits: one definition for training, held-out evaluation, records and the report.
 
 - **Crop IoU** (:func:`crop_ious`): for each tool call that showed a region
-  (``ToolCallRecord.region``: a valid call of a tool that selects one; errors and
+  (``ExecutedCall.region``: a valid call of a tool that selects one; errors and
   region-less tools such as rotate have none), the IoU of that original-pixel box
   with the best-matching target box of the sample.
 - **First-zoom hit** (:func:`first_zoom_hit`): the first such crop has IoU

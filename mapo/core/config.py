@@ -248,10 +248,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def renamed_to_current(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the old names of ``cls``'s renamed keys (its ``renamed_keys``: old -> new) written as the new ones.
+
+    The one place a renamed config key is read under its old name, so files and
+    overrides written before the rename keep working; a value under the old name wins
+    (it came from the user, the new name may hold a layered default).
+    """
+    renamed = getattr(cls, "renamed_keys", {})
+    if not isinstance(data, dict) or not any(old in data for old in renamed):
+        return data
+    out = {k: v for k, v in data.items() if k not in renamed}
+    out.update({renamed[old]: value for old, value in data.items() if old in renamed})
+    return out
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a mapping; unknown keys raise ``ValueError`` naming the valid ones."""
     if not isinstance(data, dict):
         raise ValueError(f"config for '{prefix or cls.__name__}' must be a mapping, got {type(data).__name__}")
+    data = renamed_to_current(cls, data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mapo.core.config import _read_text, apply_overrides, from_dict, load_yaml
+from mapo.core.config import _read_text, apply_overrides, from_dict, load_yaml, renamed_to_current
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def resolve_data(
     data = dict(base or {})
     if path is not None:
         data = merge(data, read_yaml(path))
-    data = apply_overrides(data, items)
+    data = renamed_to_current(cls, apply_overrides(data, items))
     check_keys(cls, data)
     return data
 

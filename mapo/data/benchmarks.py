@@ -94,9 +94,13 @@ def score(
         benchmark = sources.pop()
     scorer = scorer_of(benchmark)
     if scorer is None:
-        known = [name for name, f in FORMATS.items() if f.score is not None] + list(EXTRA_SCORERS)
-        raise ValueError(f"no scorer for benchmark {benchmark!r}; choose from {', '.join(known)}")
+        raise ValueError(f"no scorer for benchmark {benchmark!r}; choose from {', '.join(scored_benchmarks())}")
     return scorer(samples, predictions, scoring)
+
+
+def scored_benchmarks() -> list[str]:
+    """The benchmarks with an official aggregation: formats with a scorer, then the extra scorers (``synth``)."""
+    return [name for name, f in FORMATS.items() if f.score is not None] + list(EXTRA_SCORERS)
 
 
 def _suffixes() -> dict[str, str]:

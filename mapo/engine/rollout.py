@@ -287,7 +287,7 @@ def rollout_stats(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         "turns_per_trajectory": turns / n,
         "tool_calls": float(calls),
         "invalid_tool_calls": float(invalid),
-        "invalid_tool_call_rate": invalid / calls if calls else 0.0,
+        "invalid_call_rate": invalid / calls if calls else 0.0,
         "turns_with_format_errors": float(parse_errors),
         "tool_use_rate": sum(t.used_tool for t in trajectories) / n,
     }

@@ -23,7 +23,7 @@ from PIL import Image
 
 from mapo.policy.backend import backend_for
 from mapo.policy.encoding import IMAGE_PAD
-from mapo.agent.episode import ToolCallRecord
+from mapo.agent.episode import ExecutedCall
 from mapo.agent.protocol import Turn
 
 
@@ -50,7 +50,7 @@ class Trajectory:
     pixel_values: list[torch.Tensor]  # per image (patches, C*t*p*p), as the processor returned them
     turns: list[Turn]  # parsed assistant turns (J)
     assistant_texts: list[str]  # decoded assistant turns (J), without the end-of-turn id
-    tool_calls: list[ToolCallRecord]  # (K)
+    tool_calls: list[ExecutedCall]  # (K)
     crops: list[Image.Image | None]  # (K)
     descriptions: list[str | None]  # (K)
     answer_text: str | None  # the <answer> content, None without one

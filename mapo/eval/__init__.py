@@ -37,7 +37,7 @@ Decisions and departures:
   ``mapo.algo.reward.answer_matches`` (normalised exact match). There is no official
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
-  (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_samples`` those budgets are used,
+  (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_data`` those budgets are used,
   as in SFT and RL. Real benchmarks use ``rollout.tool``, which :func:`eval_config` fills
   with the model's own processor range (:mod:`mapo.eval.config`).
 - Each sample is fitted for the policy's own patch x merge factor (28 px for Qwen2.5-VL,
@@ -80,7 +80,7 @@ from mapo.eval.outdir import (
     eval_fingerprint,
     written_outputs,
 )
-from mapo.eval.record import trajectory_record
+from mapo.eval.record import prediction_record
 from mapo.eval.run import MAX_LISTED_ROWS, EvalResult, ProgressLine, evaluate
 from mapo.eval.samples import MAX_SYNTH_SAMPLES, SYNTH_SPEC, judge, load_eval_samples, official_scores
 
@@ -110,6 +110,6 @@ __all__ = [
     "load_eval_samples",
     "model_layer",
     "official_scores",
-    "trajectory_record",
+    "prediction_record",
     "written_outputs",
 ]

@@ -13,16 +13,18 @@ stores it):
 3. the preset (:data:`PRESETS`: ``mapo``, or a benchmark's published protocol);
 4. the ``--config`` file, then ``KEY=VALUE`` overrides.
 
-Synthetic samples still use the budgets their task was made for (``tool_from_samples``).
+Synthetic samples still use the budgets their task was made for (``tool_from_data``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from mapo.core.config import knob
+from mapo.core.renames import EVAL_CONFIG_KEYS
+from mapo.data.benchmarks import scored_benchmarks
 from mapo.engine.rollout import RolloutConfig
 
 
@@ -66,7 +68,7 @@ def _deepeyes(max_new_tokens: int) -> dict[str, Any]:
     budgets = {key: value for prefix in ("view", "obs")
                for key, value in ((f"{prefix}_min_pixels", DEEPEYES_MIN_PIXELS), (f"{prefix}_max_pixels", DEEPEYES_MAX_PIXELS))}
     return {
-        "tool_from_samples": False,
+        "tool_from_data": False,
         "rollout": {
             "max_turns": 11, "max_images": 11, "max_new_tokens_per_turn": max_new_tokens, "tool": budgets,
             "protocol": {"system_template": DEEPEYES_SYSTEM, "answer_instruction": DEEPEYES_INSTRUCTION,
@@ -111,12 +113,15 @@ def _default_rollout() -> RolloutConfig:
 class EvalConfig:
     """How ``mapo eval`` plays and records the agent."""
 
+    # Config files and overrides written before a key was renamed keep working: old name -> new name.
+    renamed_keys: ClassVar[dict[str, str]] = EVAL_CONFIG_KEYS
+
     preset: str = knob(
         "mapo", "the preset layered under this config: " + "; ".join(f"{k}: {p.help}" for k, p in PRESETS.items())
     )
     rollout: RolloutConfig = knob(factory=_default_rollout, help="agent loop: greedy, one episode per sample")
-    tool_from_samples: bool = knob(True, "use the pixel budgets generated samples were made for (their task spec)")
-    benchmark: str | None = knob(None, "scorer (vstar, hrbench, mme, synth); None: from the samples' meta source")
+    tool_from_data: bool = knob(True, "use the pixel budgets generated samples were made for (their task spec)")
+    benchmark: str | None = knob(None, f"scorer ({', '.join(scored_benchmarks())}); None: from the samples' meta source")
     image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")

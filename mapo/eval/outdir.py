@@ -14,6 +14,7 @@ from mapo.core.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import SYNTH_SPEC
 from mapo.core.fingerprint import file_digests, model_digest
+from mapo.core.renames import EVAL_CONFIG_KEYS
 from mapo.engine.rollout import RolloutConfig
 
 
@@ -38,7 +39,9 @@ def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalC
     (:func:`data_fingerprint`); the config from its YAML form with the resolved
     protocol, without :data:`FINGERPRINT_IGNORE` and the rollout batch size.
     """
-    cfg = {k: v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
+    # A renamed key hashes under its old name, so eval directories from before the rename still resume.
+    old_name = {new: old for old, new in EVAL_CONFIG_KEYS.items()}
+    cfg = {old_name.get(k, k): v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
     cfg["rollout"] = {k: v for k, v in to_dict(rollout).items() if k != "batch_size"}
     protocol = cfg["rollout"].get("protocol", {})
     if not protocol.get("extra_tools"):

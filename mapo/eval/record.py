@@ -24,12 +24,12 @@ def _stem(sample_id: str) -> str:
 
 
 def output_names(trajectory: Any) -> list[str]:
-    """The files :func:`trajectory_record` saves for ``trajectory``, relative to the eval directory."""
+    """The files :func:`prediction_record` saves for ``trajectory``, relative to the eval directory."""
     stem = _stem(trajectory.sample.id)
     return [f"images/{stem}.jpg"] + [f"crops/{stem}_{j}.png" for j, crop in enumerate(trajectory.crops) if crop is not None]
 
 
-def trajectory_record(
+def prediction_record(
     trajectory: Any, scores: list[float | None], out: Path, benchmark: str, config: EvalConfig
 ) -> PredictionRecord:
     """Turn one rollout :class:`~mapo.engine.rollout.Trajectory` into a record, saving its image and crops under ``out``.

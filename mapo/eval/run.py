@@ -15,7 +15,7 @@ from mapo.core.config import to_dict
 from mapo.core.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.outdir import SKIPPED_FILE, _write_json_atomic, claim_out_dir, eval_fingerprint, make_out_dir, record_outputs
-from mapo.eval.record import output_names, trajectory_record
+from mapo.eval.record import output_names, prediction_record
 from mapo.eval.samples import _benchmark_of, load_eval_samples, official_scores
 from mapo.agent.protocol import protocol_for_policy
 from mapo.metrics.records import append_jsonl, read_jsonl, record_statistics
@@ -110,7 +110,7 @@ def _run(samples, origins, load_report, data, out, policy, verifier, config, bas
         scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
         for t, sc in zip(trajectories, scores):
             record_outputs(out, output_names(t))  # listed before they are written: --overwrite finds them all
-            append_jsonl(pred_path, trajectory_record(t, sc, out, benchmark, config))
+            append_jsonl(pred_path, prediction_record(t, sc, out, benchmark, config))
         finished += len(chunk)
         if progress:
             progress(finished, total)
@@ -220,7 +220,7 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
-    if config.tool_from_samples:
+    if config.tool_from_data:
         from mapo.data.task import tool_config_for
 
         if sample.task is not None:

@@ -99,7 +99,7 @@ def trajectory_metrics(
         "format_error_rate": float(np.mean([any(turn.errors for turn in t.turns) for t in trajectories])),
         "tool_call_rate": float(np.mean([n > 0 for n in calls])),
         "tool_calls_mean": float(np.mean(calls)),
-        "invalid_box_rate": invalid / sum(calls) if sum(calls) else 0.0,
+        "invalid_call_rate": invalid / sum(calls) if sum(calls) else 0.0,
         "turns_mean": float(np.mean([len(t.turns) for t in trajectories])),
         "answer_rate": float(np.mean([t.finish_reason == "answer" for t in trajectories])),
         "response_tokens_mean": float(np.mean([t.num_generated for t in trajectories])),

@@ -34,7 +34,7 @@ from PIL import Image
 from mapo.agent.episode import Episode, Observation
 from mapo.agent.protocol import ProtocolConfig
 from mapo.agent.tools import ToolConfig, view_size
-from mapo.agent.episode import ToolCallRecord
+from mapo.agent.episode import ExecutedCall
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PendingObservation:
     embedded as ``{"type": "image", "image": crop}``, verl's convention.
     """
 
-    record: ToolCallRecord
+    call: ExecutedCall
     crop: Image.Image | None
     message: dict
 
@@ -118,7 +118,7 @@ def _with_crop(observation: Observation) -> PendingObservation:
             {"type": "image", "image": observation.crop} if part.get("type") == "image" else part
             for part in message["content"]
         ])
-    return PendingObservation(record=observation.record, crop=observation.crop, message=message)
+    return PendingObservation(call=observation.call, crop=observation.crop, message=message)
 
 
 ScoreFn = Callable[[Sequence[ZoomEpisode]], Any]
