@@ -199,7 +199,7 @@ def test_the_readme_rl_command_runs_on_a_data_folder_with_the_7b_config(assets, 
 
 
 def test_a_cuda_device_on_a_cpu_build_is_one_line_naming_the_gpu_install(monkeypatch):
-    from mapo.train.rl_run import resolve_device
+    from mapo.train.rl_model import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
