@@ -155,7 +155,7 @@ def paired(before: dict, after: dict, index: int) -> tuple[float, float, float, 
 
 
 def _window_means(run_dir: Path, steps: int) -> dict[str, tuple[float | None, float | None]]:
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
 
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time_step" in r]
     out = {}

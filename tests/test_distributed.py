@@ -310,7 +310,7 @@ def test_only_rank_0_writes(runs):
 
 def test_two_rank_run_resumes_with_two_ranks_and_with_one(runs):
     root, out, single, (_, two, forced) = runs
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
     from mapo.train.rl import train
 
     assert out["stopped0"] and out["stopped1"]

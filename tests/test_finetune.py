@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from mapo.core.config import from_dict
-from mapo.train.common import latest_checkpoint, read_metrics
+from mapo.train.metrics_log import read_metrics
+from mapo.train.checkpoint import latest_checkpoint
 from mapo.train.finetune import FinetuneConfig
 from test_train import _comparable, forced, rl_config, weights
 

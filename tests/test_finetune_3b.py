@@ -17,7 +17,8 @@ import json
 import pytest
 import torch
 
-from mapo.train.common import latest_checkpoint, read_metrics
+from mapo.train.metrics_log import read_metrics
+from mapo.train.checkpoint import latest_checkpoint
 from test_train import base_config, forced
 
 pytestmark = pytest.mark.slow

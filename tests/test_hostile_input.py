@@ -482,17 +482,18 @@ def test_verify_of_a_tampered_default_policy_copy_is_one_line(tmp_path, capsys):
 
 def test_a_full_disk_while_checkpointing_stops_with_one_line_and_a_sound_last_checkpoint(tmp_path, monkeypatch):
     from mapo.train import checkpoint as ckpt_mod
-    from mapo.train import common
+    from mapo.train.checkpoint import latest_checkpoint, save_checkpoint
+    from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
 
     model = torch.nn.Linear(4, 4)
-    opt = common.build_optimizer(model, common.OptimConfig())
-    sched = common.build_scheduler(opt, common.OptimConfig(), 10)
+    opt = build_optimizer(model, OptimConfig())
+    sched = build_scheduler(opt, OptimConfig(), 10)
 
     def save_model(d: Path) -> None:
         d.mkdir()
         save_file(model.state_dict(), str(d / "model.safetensors"))
 
-    common.save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+    save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -502,12 +503,12 @@ def test_a_full_disk_while_checkpointing_stops_with_one_line_and_a_sound_last_ch
 
     monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
     with pytest.raises(DataError) as e:
-        common.save_checkpoint(tmp_path, 2, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+        save_checkpoint(tmp_path, 2, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     message = str(e.value)
     assert "\n" not in message and "No space left on device" in message and "step_000001" in message
     assert "--resume" in message
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000001"]
-    assert common.latest_checkpoint(tmp_path).name == "step_000001"
+    assert latest_checkpoint(tmp_path).name == "step_000001"
 
 
 def test_training_reports_a_full_disk_as_one_line(tmp_path, capsys, monkeypatch):
@@ -539,27 +540,29 @@ def test_an_impossible_image_path_skips_that_row_only(tmp_path):
 
 
 def test_damaged_resume_files_are_one_line_or_passed_over(tmp_path):
-    from mapo.train import common
+    from mapo.train.checkpoint import load_trainer_state, save_checkpoint, verify_checkpoint
+    from mapo.train.metrics_log import read_metrics
+    from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
 
     model = torch.nn.Linear(4, 4)
-    opt = common.build_optimizer(model, common.OptimConfig())
-    sched = common.build_scheduler(opt, common.OptimConfig(), 10)
+    opt = build_optimizer(model, OptimConfig())
+    sched = build_scheduler(opt, OptimConfig(), 10)
 
     def save_model(d: Path) -> None:
         d.mkdir()
         save_file(model.state_dict(), str(d / "model.safetensors"))
 
-    ckpt = common.save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+    ckpt = save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     record = json.loads((ckpt / "checkpoint.json").read_text())
     record["files"]["trainer.pt"]["size"] = 1e999
     (ckpt / "checkpoint.json").write_text(json.dumps(record).replace("Infinity", "1e999"))
-    assert "checkpoint.json is damaged" in common.verify_checkpoint(ckpt)
+    assert "checkpoint.json is damaged" in verify_checkpoint(ckpt)
     torch.save({"optimizer": {"state": 1}, "scheduler": [], "rng": {}}, ckpt / "trainer.pt")
     with pytest.raises(DataError, match="trainer.pt does not fit this run"):
-        common.load_trainer_state(ckpt, opt, sched)
+        load_trainer_state(ckpt, opt, sched)
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 0.5}\n[1, 2]\n"text"\n{"no": "step"}\n\xff\xfe\n'
                                             b'{"step": true}\n{"step": 2, "loss": 0.4}\n')
-    assert [r["step"] for r in common.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.parametrize("how", ["truncated_images", "view_max_pixels"])

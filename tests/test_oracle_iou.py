@@ -86,7 +86,7 @@ def test_oracle_on_data_without_target_boxes_is_refused_in_one_line_at_start(ass
 def test_tiny_mapo_run_on_oracle_iou_credits_crop_ious(assets, tmp_path, monkeypatch):
     """The advantage estimator receives the IoU scores (recorded here) and the step logs them as semantic_mean."""
     from mapo.train import rl_step
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
     from mapo.train.rl import train
 
     seen = []

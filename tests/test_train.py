@@ -25,7 +25,7 @@ import torch
 from mapo.agent import protocol
 from mapo.core.config import from_dict, load_config
 from mapo.data import synth
-from mapo.train.common import read_metrics
+from mapo.train.metrics_log import read_metrics
 from tiny_assets import FORCED_ANSWER, FORCED_ZOOM, LEVEL
 
 TESTS = Path(__file__).parent
@@ -208,7 +208,7 @@ def test_run_dir_of_another_run_is_not_overwritten_and_resume_needs_a_checkpoint
     with pytest.raises(ValueError, match="not a run directory"):
         train(rl_config(assets), run, resume=True, progress=False)
     fresh = tmp_path / "fresh"
-    from mapo.train.common import prepare_run_dir
+    from mapo.core.run_dir import prepare_run_dir
 
     prepare_run_dir(fresh, rl_config(assets), kind="rl", resume=False)
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
@@ -369,7 +369,7 @@ def test_rl_prompts_the_policy_as_it_was_trained_and_its_checkpoints_keep_the_re
 
     import mapo.train.rl as rl
     from mapo.policy.load import read_protocol, write_protocol
-    from mapo.train.common import latest_checkpoint
+    from mapo.train.checkpoint import latest_checkpoint
     from mapo.agent.protocol import ProtocolConfig
 
     short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")

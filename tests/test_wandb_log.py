@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from mapo.train.common import MetricsLogger, read_metrics
+from mapo.train.metrics_log import MetricsLogger, read_metrics
 
 
 def _fake_wandb(calls: list):

@@ -57,7 +57,7 @@ def _summary(run_dir: str) -> int:
     """Train loss / token accuracy at ~10 points, the teacher-forced evals, and eval.json."""
     from pathlib import Path
 
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

@@ -57,7 +57,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
 
     run_dir = Path(run_dir)
     needed = ("config.yaml", "metrics.jsonl", "summary.json", "eval/metrics.json")

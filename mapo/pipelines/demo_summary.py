@@ -11,7 +11,7 @@ TEST_BEFORE = "eval_before_test"  # OUT/eval_before_test: the demo's warm start 
 
 def training_trend(metrics_path: Path, key: str = "reward_mean", window: int = 5) -> dict[str, float] | None:
     """Mean of ``key`` over the first and the last ``window`` logged training steps (None if never logged)."""
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
 
     values = [r[key] for r in read_metrics(metrics_path) if key in r] if metrics_path.is_file() else []
     if not values:

@@ -75,19 +75,10 @@ from mapo.core.progress import StepProgress, say
 from mapo.algo.reward import RewardConfig
 from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
-from mapo.train.common import (
-    MetricsLogger,
-    OptimConfig,
-    atomic_write_text,
-    build_optimizer,
-    build_scheduler,
-    latest_checkpoint,
-    load_trainer_state,
-    lock_run_dir,
-    prepare_run_dir,
-    read_json_file,
-    seed_everything,
-)
+from mapo.core.run_dir import atomic_write_text, lock_run_dir, prepare_run_dir, read_json_file
+from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import latest_checkpoint, load_trainer_state, seed_everything
 from mapo.train.finetune import FinetuneConfig
 from mapo.train.interrupt import StopOnInterrupt, TrainingInterrupted, resume_command
 from mapo.train.rl_data import RLDataConfig, fit_data_to_policy, load_data, require_target_boxes

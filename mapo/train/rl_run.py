@@ -16,7 +16,8 @@ import torch
 
 from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
-from mapo.train.common import MetricsLogger, save_checkpoint
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import save_checkpoint
 from mapo.train.rl_data import Data
 
 

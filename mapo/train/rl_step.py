@@ -29,7 +29,7 @@ from mapo.algo.reward import outcome_reward
 from mapo.engine.rollout import rollout
 from mapo.train import diagnostics, rollout_log
 from mapo.train import distributed as dp
-from mapo.train.common import clip_gradients
+from mapo.train.optim import clip_gradients
 from mapo.train.rl_run import Run
 from mapo.engine.trajectory import TrainBatch, collate, sequence_logprobs
 

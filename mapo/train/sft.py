@@ -34,19 +34,10 @@ import torch
 from mapo.core.config import knob, to_dict
 from mapo.core.progress import StepProgress, say
 from mapo.agent.protocol import ProtocolConfig
-from mapo.train.common import (
-    MetricsLogger,
-    OptimConfig,
-    build_optimizer,
-    build_scheduler,
-    clip_gradients,
-    latest_checkpoint,
-    load_trainer_state,
-    lock_run_dir,
-    prepare_run_dir,
-    save_checkpoint,
-    seed_everything,
-)
+from mapo.core.run_dir import lock_run_dir, prepare_run_dir
+from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler, clip_gradients
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, seed_everything
 from mapo.train.finetune import FinetuneConfig, prepare_policy
 from mapo.train.sft_data import (
     SFTDataConfig,
