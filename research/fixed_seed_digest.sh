@@ -3,7 +3,29 @@
 # embedded default, reduced to one digest file: weight hashes, logged metrics, per-sample eval records.
 # Run it before and after a restructuring; identical digests mean the same configs give the same numbers.
 #   bash research/fixed_seed_digest.sh OUT_DIR     # writes OUT_DIR/digest.txt (about 3 min on 2 cores)
+#   bash research/fixed_seed_digest.sh --current-names OLD_DIGEST   # prints a digest made before a renaming
+#                                                   # with today's metric and config names (mapo.core.renames)
+# MAPO: the mapo command (default `mapo`); PYTHON: a python that can import this checkout (default python3).
 set -euo pipefail
+python=${PYTHON:-python3}
+if [ "${1:-}" = "--current-names" ]; then
+  exec $python - "${2:?usage: research/fixed_seed_digest.sh --current-names OLD_DIGEST}" <<'PY'
+import json, pathlib, sys
+from mapo.core.renames import EVAL_CONFIG_KEYS, current_metric_names
+for line in pathlib.Path(sys.argv[1]).read_text().splitlines():
+    head, sep, body = line.partition(" ")
+    if head.endswith("metrics.jsonl"):
+        line = f"{head} {json.dumps(current_metric_names(json.loads(body)), sort_keys=True)}"
+    elif head == "eval/metrics":
+        metrics = json.loads(body)
+        config = metrics.get("run", {}).get("config", {})
+        for old, new in EVAL_CONFIG_KEYS.items():
+            if old in config:
+                config[new] = config.pop(old)
+        line = f"{head} {json.dumps(metrics, sort_keys=True, default=str)}"
+    print(line)
+PY
+fi
 out=${1:?usage: research/fixed_seed_digest.sh OUT_DIR}
 mapo=${MAPO:-mapo}
 rm -rf "$out" && mkdir -p "$out"
@@ -14,7 +36,7 @@ $mapo train --config configs/train_tiny.yaml --out "$out/rl" --no-progress polic
   rollout.temperature=1.0 >"$out/rl.log" 2>&1
 $mapo eval --model "$out/rl/final" --verifier mapo/assets/verifier --data synth:24:pattern:1000003 \
   --out "$out/eval" --no-progress --threads 1 >"$out/eval.log" 2>&1
-python3 - "$out" <<'PY'
+$python - "$out" <<'PY'
 import hashlib, json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 lines = []

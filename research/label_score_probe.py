@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mapo.records import read_jsonl
+from mapo.metrics.records import read_jsonl
 from mapo.verifier.clip import load_verifier
 
 

@@ -7,7 +7,7 @@ it. This probe measures the information directly, with no model in the loop: a r
 classifier (closed form) on raw pixel values predicts the answer of held-out samples from
 
 - ``view``: the 28 x 28 view pixels centred on the target (the view the policy is shown,
-  resized from the canvas like :func:`mapo.tools.zoom_in` resizes it), and
+  resized from the canvas like :func:`mapo.agent.tools.zoom_in` resizes it), and
 - ``crop``: the oracle's crop of the target, downsampled to 112 x 112.
 
 Chance is the share of the most common answer (about 1/21 for a letter, 1/4 for a letter's
@@ -32,7 +32,7 @@ RIDGE = (1.0, 100.0, 1000.0)  # regularisation strengths tried; the best held-ou
 
 def pixel_features(sample) -> tuple[np.ndarray, np.ndarray]:
     """(view pixels around the target, crop pixels) of one synthetic sample, each flat in [0, 1]."""
-    from mapo import tools
+    from mapo.agent import tools
     from mapo.data.oracle import oracle_trajectory
     from mapo.data.task import tool_config_for
 

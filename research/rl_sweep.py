@@ -96,7 +96,7 @@ DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entrop
 
 
 def _config(name: str, level: str, synth: dict, policy: str, extra: list[str]):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     overrides = [f"policy={policy}", f"data.synth_level={level}", f"data.synth={json.dumps(synth)}", "data.n_eval=0",
@@ -107,7 +107,7 @@ def _config(name: str, level: str, synth: dict, policy: str, extra: list[str]):
 def heldout_dir(root: Path, level: str, synth_overrides: dict, n: int) -> Path:
     """The held-out V* folder (written once): what `mapo data synth --format vstar` writes."""
     from mapo.data import synth
-    from mapo.data.writers import write_samples
+    from mapo.data.benchmarks import write_samples
 
     out = root / f"heldout_{level}_{n}"
     if not (out / "vstar").is_dir():
@@ -147,7 +147,7 @@ def run(names: list[str], root: Path, level: str, synth: dict, n: int, policy: s
 
 def _per_sample(eval_dir: Path) -> dict[str, tuple[bool, bool]]:
     """id -> (correct, first valid crop hits a target at IoU >= 0.5), as the compare reads them."""
-    from mapo.experiments.compare import per_sample_outcomes
+    from mapo.pipelines.compare import per_sample_outcomes
 
     return per_sample_outcomes(eval_dir / "predictions.jsonl")
 
@@ -166,7 +166,7 @@ def paired(before: dict, after: dict, index: int) -> tuple[float, float, float, 
 
 
 def _window_means(run_dir: Path, steps: int) -> dict[str, tuple[float | None, float | None]]:
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
 
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time_step" in r]
     out = {}

@@ -38,8 +38,8 @@ import dataclasses
 
 import torch
 
-from mapo.advantage import AdvantageConfig, get_estimator
-from mapo.config import knob
+from mapo.algo.advantage import AdvantageConfig, get_estimator
+from mapo.core.config import knob
 
 ESTIMATORS = ("grpo", "mapo", "mapo_gated", "reward_mix")
 

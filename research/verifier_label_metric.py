@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from mapo.config import load_config
+from mapo.core.config import load_config
 from mapo.verifier.clip import load_verifier
 from mapo.verifier.inspect import evaluate_labels
-from mapo.verifier.train import VerifierTrainConfig, load_training_samples, split_by_group, synth_pairs
+from mapo.verifier.train import VerifierTrainConfig, load_training_samples, split_by_group
+from mapo.verifier.pairs import synth_pairs
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.data.synth import PATTERNS
+from mapo.data.synth_render import PATTERNS
 
 EVAL_SEED = 1_000_003  # = SFTEvalConfig.seed: the held-out split
 BASE_CONFIG = "configs/warmstart_letters.yaml"  # stage 1 of the shipped recipe (localise): the base of VARIANTS
@@ -214,7 +214,7 @@ def answer_turn(sample, letter: str, protocol_config) -> str:
     """The oracle's final assistant turn had ``letter`` been the answer (no description: nothing was seen)."""
     import dataclasses
 
-    from mapo import protocol
+    from mapo.agent import protocol
     from mapo.data.oracle import _final_thought
 
     alt = dataclasses.replace(sample, answer=letter)
@@ -225,9 +225,9 @@ def answer_turn(sample, letter: str, protocol_config) -> str:
 def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
     """For each sample, the option letter whose answer turn the policy finds most likely given
     only the prompt and the global view (no zoom). Sum of log-probs over the turn's tokens."""
-    from mapo import protocol
+    from mapo.agent import protocol
     from mapo.data.task import tool_config_for
-    from mapo.train.sft import IGNORE, Transcript, collate, global_view
+    from mapo.train.sft_data import IGNORE, Transcript, collate, global_view
 
     letters = []
     model = policy.model
@@ -254,12 +254,12 @@ def no_tool_choices(policy, samples: list, protocol_config) -> list[str]:
 
 def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: int = 4, batch_size: int = 32) -> dict[str, float]:
     """The goal metrics on ``samples`` (module docstring has the formulas)."""
-    from mapo import heldout
+    from mapo.algo import crop_iou
     from mapo.data.task import tool_config_for
     from mapo.data.scoring import extract_choice
     from mapo.data.synth import caption_for_crop
-    from mapo.protocol import DEFAULT_CONFIG
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.agent.protocol import DEFAULT_CONFIG
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     if not samples:
         raise ValueError("evaluate_goals needs at least one sample")
@@ -274,9 +274,9 @@ def evaluate_goals(policy, samples: list, *, protocol_config=None, max_turns: in
         s = t.sample
         letter = extract_choice(t.answer_text, s.options) if t.answer_text is not None else None
         correct.append(letter == s.answer)
-        row = heldout.crop_ious(t, untargeted_iou=0.0)  # the held-out definition SFT logs
+        row = crop_iou.crop_ious(t, untargeted_iou=0.0)  # the held-out definition SFT logs
         ious.extend(row)
-        hits.append(heldout.first_zoom_hit(row))
+        hits.append(crop_iou.first_zoom_hit(row))
         for call, description in zip(t.tool_calls, t.descriptions):
             if call.region is None or description is None:
                 continue
@@ -319,7 +319,7 @@ def run_config(run_dir: Path):
     """The :class:`mapo.train.sft.SFTConfig` an SFT run was started with (``RUN_DIR/config.yaml``)."""
     import yaml
 
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.sft import SFTConfig
 
     return from_dict(SFTConfig, yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
@@ -350,7 +350,7 @@ def goals_for_run(run_dir: str | Path, level: str, n: int, step: int | None = No
 def run_variant(name: str, root: str | Path, overrides: list[str] | None = None) -> Path:
     """Train variant ``name`` (its base config and overrides, :func:`variant`; or ``overrides`` of
     ``configs/warmstart.yaml`` when given) into ``ROOT/NAME``."""
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.sft import SFTConfig, run_sft
 
     base, overrides = variant(name) if overrides is None else (BASE_CONFIG, overrides)
@@ -424,7 +424,7 @@ def sweep_table(*roots: str | Path, base_config: str = BASE_CONFIG) -> str:
     """
     import yaml
 
-    from mapo.config import from_dict, load_config, to_dict
+    from mapo.core.config import from_dict, load_config, to_dict
     from mapo.train.sft import SFTConfig
 
     base = to_dict(load_config(SFTConfig, base_config))
@@ -506,17 +506,17 @@ def letter_diagnosis(run_dir: str | Path, n: int = 64, *, hint: bool = False, st
     tokens back) and the answer letter (a lookup: which option holds that glyph). For each
     the mean negative log-likelihood of the true token, against the reference values of a
     policy that uses no context: ln(21) = 3.04 for a glyph (uniform over
-    ``mapo.data.synth.GLYPHS``), ln(4) = 1.39 for the answer. ``*_mass_on_options`` is the
+    ``mapo.data.synth_render.GLYPHS``), ln(4) = 1.39 for the answer. ``*_mass_on_options`` is the
     probability the policy puts on the question's four option glyphs (4/21 = 0.19 without
     reading the prompt). With ``hint`` every prompt also states the glyph (``data.glyph_hint=1``):
     then the description glyph needs only a copy from the prompt. ``step`` reads checkpoint
     step_N instead of ``final/``. Written to ``RUN_DIR/letters[_hint][_step<N>].json``.
     """
     from mapo.policy import load_policy
-    from mapo.data.synth import GLYPHS
-    from mapo.train.sft import IGNORE, collate, heldout_samples, make_transcript
+    from mapo.data.synth_render import GLYPHS
+    from mapo.train.sft_data import IGNORE, collate, heldout_samples, make_transcript
 
-    from mapo.train.sft import synth_config
+    from mapo.train.sft_data import synth_config
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -571,7 +571,7 @@ def word_diagnosis(run_dir: str | Path, n: int = 64, step: int | None = None) ->
     ``final/``. Written to ``RUN_DIR/words.json`` (``words_step<N>.json``).
     """
     from mapo.policy import load_policy
-    from mapo.train.sft import collate, heldout_samples, make_transcript, synth_config, token_runs
+    from mapo.train.sft_data import collate, heldout_samples, make_transcript, synth_config, token_runs
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -622,9 +622,9 @@ def context_effects(run_dir: str | Path, n: int = 16) -> dict[str, float]:
     ``n`` held-out easy transcripts; 0 means the token ignores that word. Written to
     ``RUN_DIR/context_effects.json``.
     """
-    from mapo.data.synth import GLYPHS
+    from mapo.data.synth_render import GLYPHS
     from mapo.policy import load_policy
-    from mapo.train.sft import collate, heldout_samples, make_transcript
+    from mapo.train.sft_data import collate, heldout_samples, make_transcript
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -665,7 +665,7 @@ def embedding_spread(policy) -> dict[str, float]:
     norm of each one's difference from it (what tells them apart). The embeddings are tied
     to the LM head, so tokens that share nearly everything also get nearly equal logits.
     """
-    from mapo.data.synth import GLYPHS
+    from mapo.data.synth_render import GLYPHS
 
     weight = policy.model.get_input_embeddings().weight.detach().float()
     out = {}
@@ -687,7 +687,7 @@ def zoom_figure(policy_dir: str | Path, out: str | Path, *, level: str = "easy",
 
     from mapo.data.task import tool_config_for
     from mapo.policy import load_policy
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     policy = load_policy(policy_dir)
     samples = heldout(level, n)

@@ -2,10 +2,10 @@
 
 1. Model: builds the Qwen2.5-VL-7B architecture on the ``meta`` device (no memory), then fills
    its tensors with random bfloat16 values a group of about ``--group-gb`` GB at a time and hashes
-   each group with :func:`mapo.fingerprint.module_digest` (the code the eval fingerprint runs, on
+   each group with :func:`mapo.core.fingerprint.module_digest` (the code the eval fingerprint runs, on
    its threads), timing the hashing only. Peak memory is one group, so it runs on a small CPU
    machine; on a GPU the per-tensor copy to the CPU adds to the time.
-2. Files: writes ``--file-mb`` MB to a temporary file and times :func:`mapo.fingerprint.file_digests`
+2. Files: writes ``--file-mb`` MB to a temporary file and times :func:`mapo.core.fingerprint.file_digests`
    once cold (read and hash) and once from the cache (a stat per file).
 
 Usage:
@@ -36,7 +36,7 @@ class _Group(torch.nn.Module):
 
 
 def model_cost(shape: str, group_gb: float) -> dict:
-    from mapo.fingerprint import module_digest
+    from mapo.core.fingerprint import module_digest
     from mapo.policy.families import family_of
     from mapo.policy.real_shapes import SHAPES, model_config
 
@@ -67,7 +67,7 @@ def model_cost(shape: str, group_gb: float) -> dict:
 
 
 def file_cost(megabytes: int) -> dict:
-    from mapo.fingerprint import file_digests
+    from mapo.core.fingerprint import file_digests
 
     with tempfile.TemporaryDirectory(dir="runs") as d:
         os.environ["MAPO_CACHE_DIR"] = d

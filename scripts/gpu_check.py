@@ -30,16 +30,16 @@ from pathlib import Path
 
 import torch
 
-from mapo import protocol
-from mapo.advantage import AdvantageConfig, get_estimator
+from mapo.agent import protocol
+from mapo.algo.advantage import AdvantageConfig, get_estimator
 from mapo.data import synth
-from mapo.loss import LossConfig, policy_loss
+from mapo.algo.loss import LossConfig, policy_loss
 from mapo.policy import LoraOptions, Policy, apply_lora
 from mapo.policy.families import family_of
 from mapo.policy.processor import build_processor
 from mapo.policy.real_shapes import SHAPES, build_tokenizer_for, model_config
-from mapo.rollout import RolloutConfig, collate, rollout, sequence_logprobs
-from mapo.tools import ToolConfig
+from mapo.engine.rollout import RolloutConfig, collate, rollout, sequence_logprobs
+from mapo.agent.tools import ToolConfig
 
 ZOOM_1 = protocol.render_assistant_turn(think="look at the top left", bbox=(8, 8, 120, 120), label="top left")
 ZOOM_2 = protocol.render_assistant_turn(description="a grey area", bbox=(60, 60, 200, 200), label="the centre")

@@ -9,7 +9,7 @@ For each shape (:mod:`mapo.policy.real_shapes`, random weights, no download):
   weights, float32 gradients, AdamW's two float32 moments; LoRA: a bfloat16 base, float32
   adapters with their gradients and moments);
 - **activations per turn**: the bytes autograd saves for the backward pass during mapo's
-  training forward (:func:`mapo.trajectory.sequence_logprobs`: core model, then the output
+  training forward (:func:`mapo.engine.trajectory.sequence_logprobs`: core model, then the output
   layer on the scored positions only) of one sequence holding one image and one assistant
   turn, measured with ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, weights
   excluded) at 1 and 2 text layers and 1 and 2 vision blocks, bfloat16 weights; the

@@ -18,7 +18,7 @@ import tiny_assets
 
 @pytest.fixture(scope="session", autouse=True)
 def _file_hash_cache(tmp_path_factory):
-    """File hashes (mapo.fingerprint) are cached in a folder of the session, never in the user's ~/.cache."""
+    """File hashes (mapo.core.fingerprint) are cached in a folder of the session, never in the user's ~/.cache."""
     import os
 
     os.environ["MAPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("mapo-cache"))

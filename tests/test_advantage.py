@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mapo.advantage import (
+from mapo.algo.advantage import (
     AdvantageConfig,
     estimator_facts,
     get_estimator,
@@ -386,7 +386,7 @@ def test_bad_shapes_and_types_raise_clear_errors():
 def test_batch_baseline_credits_what_differs_between_prompts():
     """Two groups that each agree (R = 1, 1 and 0, 0): GRPO gives 0 everywhere; a batch baseline
     gives (R - 0.5) / (std + eps) with the unbiased std of (1, 1, 0, 0) = sqrt(1/3) -> ±0.8660."""
-    from mapo.advantage import AdvantageConfig, get_estimator
+    from mapo.algo.advantage import AdvantageConfig, get_estimator
 
     outcome, group = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1])
     segment_ids = torch.tensor([[-1, 0, 0]] * 4)
@@ -407,20 +407,63 @@ def test_trainer_and_verl_adapter_read_the_registered_facts():
 
     for name in list_estimators():
         assert needs_semantic(AdvantageConfig(estimator=name)) == estimator_facts(name).needs_semantic
-    assert verl_estimator.VERL_ESTIMATORS == {
-        "mapo": "mapo", "mapo_gated": "mapo_gated", "mapo_reward_mix": "reward_mix", "mapo_grpo": "grpo",
+    # Every registered estimator has a verl name, by one rule: a new estimator needs no edit here.
+    assert sorted(verl_estimator.VERL_ESTIMATORS.values()) == list_estimators()
+    assert {verl_estimator.verl_name_of(n) for n in ("mapo", "mapo_gated", "reward_mix", "grpo")} == {
+        "mapo", "mapo_gated", "mapo_reward_mix", "mapo_grpo",
     }
-    assert [n for n in verl_estimator.VERL_ESTIMATORS if verl_estimator.needs_semantic(n)] == [
-        "mapo", "mapo_gated", "mapo_reward_mix",
-    ]
+    for verl_name, name in verl_estimator.VERL_ESTIMATORS.items():
+        assert verl_estimator.needs_semantic(verl_name) == estimator_facts(name).needs_semantic
 
 
-def test_the_estimator_help_text_names_every_registered_estimator():
-    # The help text is written by hand; this keeps it from drifting when an estimator is registered.
+def test_help_texts_name_the_registered_estimators():
+    """The config's and the command's help texts are built from the registry, so they list every estimator."""
+    import argparse
     import dataclasses
 
-    from mapo.advantage import AdvantageConfig, list_estimators
+    from mapo.algo.advantage import AdvantageConfig, list_estimators, semantic_estimators
+    from mapo.cli import train as train_command
+    from mapo.train.rl import RLConfig
 
-    field = next(f for f in dataclasses.fields(AdvantageConfig) if f.name == "estimator")
-    named = field.metadata["help"].split(":")[-1].replace(" ", "").split(",")
-    assert sorted(named) == list_estimators()
+    def listed(help_text: str, after: str) -> list[str]:
+        return sorted(help_text.split(after)[-1].split(")")[0].split(";")[0].replace(" ", "").split(","))
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(AdvantageConfig)}
+    assert listed(helps["estimator"], "registered name:") == list_estimators()
+    assert listed(helps["beta"], "semantic term (") == semantic_estimators() == ["mapo", "mapo_gated", "reward_mix"]
+    verifier_help = next(f for f in dataclasses.fields(RLConfig) if f.name == "verifier").metadata["help"]
+    assert listed(verifier_help, "required by") == semantic_estimators()
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    algo = next(a for a in parser._actions if a.dest == "algo")
+    assert listed(algo.help, "advantage estimator:") == list_estimators()
+
+
+def test_registered_estimators_share_the_checks_and_the_baseline():
+    """get_estimator wraps the registered maths: checks from the facts, then the baseline's groups."""
+    seen = {}
+
+    @register_estimator("test_probe", needs_semantic=True, max_beta=0.5, beta_limit_reason="probe")
+    def probe(outcome, group, segment_ids, semantic=None, *, config):
+        seen["group"] = group.clone()
+        return torch.zeros(segment_ids.shape)
+
+    try:
+        outcome, group = torch.tensor([1.0, 0.0]), torch.tensor([3, 4])
+        seg, sem = torch.zeros((2, 3), dtype=torch.long), torch.full((2, 1), float("nan"))
+        fn = get_estimator("test_probe")
+        assert fn is probe and fn.__wrapped__ is not probe  # the decorator returns the checked estimator
+        with pytest.raises(ValueError, match="needs semantic scores"):
+            fn(outcome, group, seg, None, config=AdvantageConfig(beta=0.4))
+        with pytest.raises(ValueError, match=r"test_probe needs config.beta <= 0.5"):
+            fn(outcome, group, seg, sem, config=AdvantageConfig(beta=0.6))
+        with pytest.raises(ValueError, match="outcome must be a float tensor"):
+            fn(torch.tensor([1, 0]), group, seg, sem, config=AdvantageConfig(beta=0.4))
+        fn(outcome, group, seg, sem, config=AdvantageConfig(beta=0.4, baseline="batch"))
+        assert seen["group"].tolist() == [0, 0]  # one group for the whole batch
+        fn(outcome, group, seg, sem, config=AdvantageConfig(beta=0.4))
+        assert seen["group"].tolist() == [3, 4]
+    finally:
+        from mapo.algo import advantage
+
+        del advantage._ESTIMATORS["test_probe"]

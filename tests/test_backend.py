@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from mapo import protocol
+from mapo.agent import protocol
 from mapo.data import synth
 from mapo.data.task import tool_config_for
 from mapo.policy import build_tiny_policy, load_policy
 from mapo.policy.backend import Qwen3VLBackend, QwenVLBackend, backend_for
-from mapo.rollout import RolloutConfig, rollout
-from mapo.tools import ToolConfig
-from mapo.trajectory import collate, sequence_logprobs
+from mapo.engine.rollout import RolloutConfig, rollout
+from mapo.agent.tools import ToolConfig
+from mapo.engine.trajectory import collate, sequence_logprobs
 
 torch.set_num_threads(1)
 
@@ -126,7 +126,7 @@ def test_qwen3_tiny_pipeline_sft_then_rl_then_eval(tmp_path):
     from safetensors.torch import load_file
 
     from mapo.cli import main
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, train
     from mapo.train.sft import SFTConfig, run_sft
 
@@ -175,7 +175,7 @@ def test_eval_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
     """`mapo eval` fits each image for 32 px on Qwen3-VL: a 448 x 448 image plays at 256 x 256, none is skipped."""
     from mapo.eval import EvalConfig, evaluate
 
-    config = EvalConfig(tool_from_samples=False, rollout=RolloutConfig(
+    config = EvalConfig(tool_from_data=False, rollout=RolloutConfig(
         group_size=1, greedy=True, batch_size=2, max_turns=1, max_new_tokens_per_turn=4, tool=EXACT_256))
     result = evaluate("synth:2", tmp_path / "eval", policy=qwen3_256, config=config)
     assert result.metrics["broken_rows"] == 0 and result.metrics["skipped_rows"] == []
@@ -185,7 +185,7 @@ def test_eval_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
 
 def test_training_prepares_samples_for_the_policy_factor(tmp_path, qwen3_256):
     """`mapo train` fits its prompts and held-out samples for 32 px on Qwen3-VL (no sample is skipped)."""
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, setup
 
     qwen3_256.save(tmp_path / "policy")

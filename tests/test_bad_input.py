@@ -18,19 +18,21 @@ from PIL import Image
 
 from mapo.cli import main
 from mapo.data import synth
-from mapo.data.prepare import fit_image, pixel_range, prepare_sample
+from mapo.data.prepare import fit_image, prepare_sample
+from mapo.policy.processor import pixel_range
 from mapo.data.sample import Box, Sample
-from mapo.data.writers import write_samples
+from mapo.data.benchmarks import write_samples
 from mapo.eval import EvalConfig, evaluate, load_eval_samples
 from mapo.policy import build_tiny_policy
-from mapo.records import read_jsonl
-from mapo.rollout import RolloutConfig
-from mapo.tools import ToolConfig, view_size
+from mapo.metrics.records import read_jsonl
+from mapo.engine.rollout import RolloutConfig
+from mapo.agent.tools import ToolConfig, view_size
+from mapo.data.task import tool_config_for
 
 LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
+TOOL = tool_config_for(LEVEL)
 CONFIG = EvalConfig(rollout=RolloutConfig(group_size=1, greedy=True, batch_size=8, max_turns=1, max_new_tokens_per_turn=4),
-                    tool_from_samples=False, benchmark="vstar")
+                    tool_from_data=False, benchmark="vstar")
 BAD = ("z_trunc", "z_1x1", "z_50x50", "z_3000x10", "z_30_options")
 
 
@@ -108,16 +110,16 @@ def test_eval_skips_reports_and_adjusts_bad_rows_and_goes_on(policy, bad_vstar, 
 
 
 def test_a_rollout_failing_on_one_sample_skips_only_that_sample(policy, tmp_path, monkeypatch):
-    import mapo.rollout
+    import mapo.engine.rollout
 
-    real = mapo.rollout.rollout
+    real = mapo.engine.rollout.rollout
 
     def fragile(samples, *args, **kwargs):
         if any(s.id.endswith("000001") for s in samples):
             raise ValueError("image features and tokens do not match")
         return real(samples, *args, **kwargs)
 
-    monkeypatch.setattr(mapo.rollout, "rollout", fragile)
+    monkeypatch.setattr(mapo.engine.rollout, "rollout", fragile)
     cfg = dataclasses.replace(CONFIG, benchmark="synth")
     result = evaluate("synth:3:easy:7", tmp_path / "e", policy=policy, config=cfg)
     assert result.evaluated == 2 and result.metrics["official"]["n"] == 2
@@ -129,7 +131,7 @@ def test_cli_eval_prints_the_skipped_rows(policy, bad_vstar, tmp_path, capsys):
     policy.save(tmp_path / "model")
     out = tmp_path / "e"
     rc = main(["eval", "--data", str(bad_vstar), "--model", str(tmp_path / "model"), "--out", str(out), "--no-progress",
-               "--set", "tool_from_samples=false", "benchmark=vstar", "rollout.max_turns=1",
+               "--set", "tool_from_data=false", "benchmark=vstar", "rollout.max_turns=1",
                "rollout.max_new_tokens_per_turn=4"])
     err = capsys.readouterr().err
     assert rc == 0, err
@@ -210,8 +212,9 @@ def test_data_check_decodes_images_in_full(bad_vstar, capsys):
 
 
 def test_training_skips_a_sample_it_cannot_play_and_goes_on(policy, bad_vstar, tmp_path, capsys):
-    from mapo.config import from_dict
-    from mapo.train.rl import SKIPPED_FILE, RLConfig, train
+    from mapo.core.config import from_dict
+    from mapo.train.rl import RLConfig, train
+    from mapo.train.rl_run import SKIPPED_FILE
 
     policy.save(tmp_path / "policy")
     cfg = from_dict(RLConfig, dict(

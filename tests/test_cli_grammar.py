@@ -83,7 +83,7 @@ def _leaves(parser: argparse.ArgumentParser, path: str):
 def _parsers():
     for name, (module, help_) in COMMANDS.items():
         parser = argparse.ArgumentParser(prog=f"mapo {name}", description=help_)
-        importlib.import_module(f"mapo.commands.{module}").add_arguments(parser)
+        importlib.import_module(f"mapo.cli.{module}").add_arguments(parser)
         yield from _leaves(parser, f"mapo {name}")
 
 
@@ -117,7 +117,7 @@ def test_demo_finds_its_config_from_another_folder(capsys, tmp_path, monkeypatch
 
 
 def test_demo_refuses_without_its_default_config(capsys, monkeypatch):
-    from mapo.commands import demo
+    from mapo.cli import demo
 
     monkeypatch.setattr(demo, "DEFAULT_CONFIG", "no_such_demo.yaml")
     assert main(["demo", "--show-config"]) == 2
@@ -125,7 +125,7 @@ def test_demo_refuses_without_its_default_config(capsys, monkeypatch):
 
 
 def test_warmstart_recipe_resolves_from_another_folder(tmp_path, monkeypatch):
-    from mapo.pipeline import WarmStartConfig
+    from mapo.pipelines.demo_config import WarmStartConfig
 
     monkeypatch.chdir(tmp_path)
     recipe = WarmStartConfig(sft_config="configs/warmstart.yaml").recipe()

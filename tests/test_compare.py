@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mapo.config import from_dict
+from mapo.core.config import from_dict
 
 REPO = Path(__file__).parent.parent
 
@@ -51,7 +51,7 @@ def write_fake_run(run_dir: Path, algo: str, seed: int) -> Path:
 
 
 def write_predictions(eval_dir: Path, outcomes, prefix: str = "s") -> None:
-    from mapo.records import PredictionRecord, append_jsonl
+    from mapo.metrics.records import PredictionRecord, append_jsonl
 
     for i, (correct, hit) in enumerate(outcomes):
         append_jsonl(eval_dir / "predictions.jsonl", PredictionRecord(
@@ -65,7 +65,7 @@ def fake_runs(tmp_path):
 
 
 def test_results_table_is_mean_and_sample_std_over_seeds(fake_runs, tmp_path):
-    from mapo.experiments.compare import write_results
+    from mapo.pipelines.compare import write_results
 
     doc = write_results(fake_runs, tmp_path / "docs" / "RESULTS.md", tmp_path / "docs" / "img", "mapo experiment compare X")
     text = doc.read_text()
@@ -93,7 +93,7 @@ def test_paired_differences_by_hand(fake_runs, tmp_path):
     Per (seed, sample) accuracy differences: 2 of 10 are +1 per seed, so mean 0.2, sample sd
     sqrt((6·0.8² + 24·0.2²) / 29) = sqrt(4.8 / 29) = 0.4068 -> half-width 1.96 · 0.4068 / sqrt(30) = 0.1456.
     """
-    from mapo.experiments.compare import paired_differences, read_run, write_results
+    from mapo.pipelines.compare import paired_differences, read_run, write_results
 
     diffs = paired_differences([read_run(d) for d in fake_runs], "grpo")
     acc, hit, found = diffs
@@ -108,7 +108,7 @@ def test_paired_differences_by_hand(fake_runs, tmp_path):
 
 
 def test_arms_on_different_heldout_sets_are_refused(fake_runs, tmp_path):
-    from mapo.experiments.compare import write_results
+    from mapo.pipelines.compare import write_results
 
     (fake_runs[1] / "eval" / "predictions.jsonl").unlink()
     write_predictions(fake_runs[1] / "eval", [(True, True)] * 10, prefix="other")
@@ -130,7 +130,7 @@ def add_fake_test_eval(run_dir: Path, accuracy: float, prefix: str = "t") -> Non
 def test_headline_table_is_on_the_test_set_and_validation_is_labelled(fake_runs, tmp_path):
     """Test accuracies: grpo 0.5 every seed, mapo 0.6 -> headline 0.500 / 0.600 and Δ +0.100 on the test set;
     the validation table keeps the fakes' 0.500 ± 0.100 / 0.700 ± 0.100 in its own section."""
-    from mapo.experiments.compare import write_results
+    from mapo.pipelines.compare import write_results
 
     for run in fake_runs:
         add_fake_test_eval(run, 0.5 if run.parent.name == "grpo" else 0.6)
@@ -149,7 +149,7 @@ def test_headline_table_is_on_the_test_set_and_validation_is_labelled(fake_runs,
 
 
 def test_arms_on_different_test_sets_are_refused(fake_runs, tmp_path):
-    from mapo.experiments.compare import write_results
+    from mapo.pipelines.compare import write_results
 
     for run in fake_runs[:-1]:
         add_fake_test_eval(run, 0.5)
@@ -166,8 +166,8 @@ def test_share_of_the_oracle_gain_by_hand(fake_runs, tmp_path):
     per-seed gains over grpo (4, 5, 6 right; 5 hits) are 0.4, 0.5, 0.4 -> mean 0.4333; mapo's are 0.2 each.
     Share = 0.2 / 0.4333 = 0.4615; bootstrap shares over seeds lie in [0.2/0.5, 0.2/0.4]. First-zoom hits:
     mapo +0.1, oracle +0.3 -> 1/3 on every resample."""
-    from mapo.experiments.compare import write_results
-    from mapo.experiments.compare_stats import oracle_fractions, read_run
+    from mapo.pipelines.compare import write_results
+    from mapo.pipelines.compare_stats import oracle_fractions, read_run
 
     oracle_runs = []
     for seed, right in enumerate((8, 10, 10)):
@@ -191,7 +191,7 @@ def test_share_of_the_oracle_gain_by_hand(fake_runs, tmp_path):
 
 
 def test_goals_report_a_miss_as_a_miss():
-    from mapo.experiments.compare import goals
+    from mapo.pipelines.compare import goals
 
     def stat(mean):
         return {"mean": mean, "std": None, "n": 1}
@@ -204,7 +204,7 @@ def test_goals_report_a_miss_as_a_miss():
 
 
 def test_read_run_names_what_is_missing(fake_runs):
-    from mapo.experiments.compare import read_run
+    from mapo.pipelines.compare import read_run
 
     (fake_runs[0] / "eval" / "metrics.json").unlink()
     with pytest.raises(ValueError, match="missing eval/metrics.json"):
@@ -228,7 +228,7 @@ def test_cli_report_only_regenerates_from_existing_runs(fake_runs, tmp_path, cap
 
 
 def test_bad_compare_config_is_rejected():
-    from mapo.experiments.compare import CompareConfig
+    from mapo.pipelines.compare import CompareConfig
 
     with pytest.raises(ValueError, match="unknown estimator 'nope'"):
         from_dict(CompareConfig, {"arms": {"grpo": ["advantage.estimator=grpo"], "x": ["advantage.estimator=nope"]}})
@@ -246,7 +246,7 @@ def test_tiny_real_comparison_end_to_end(tmp_path, tiny_policy_dir):
 
     from test_demo import forced, tiny_pipeline_dict
 
-    from mapo.experiments.compare import CompareConfig, read_run, run_compare, write_results
+    from mapo.pipelines.compare import CompareConfig, read_run, run_compare, write_results
 
     torch.set_num_threads(1)
     pipeline = tiny_pipeline_dict(tmp_path, tiny_policy_dir)
@@ -274,7 +274,7 @@ def test_tiny_real_comparison_end_to_end(tmp_path, tiny_policy_dir):
 
 def test_a_metric_some_runs_cannot_define_is_marked(fake_runs, tmp_path):
     """A policy that stops zooming has no crop IoU: the mean is over the runs that define it, marked (n=k)."""
-    from mapo.experiments.compare import write_results
+    from mapo.pipelines.compare import write_results
 
     path = fake_runs[0] / "eval" / "metrics.json"  # grpo seed 0
     data = json.loads(path.read_text())
@@ -287,7 +287,7 @@ def test_a_metric_some_runs_cannot_define_is_marked(fake_runs, tmp_path):
 
 def test_first_seed_splits_a_compare_over_processes(fake_runs, tmp_path):
     """seeds=1 first_seed=2 names only seed 2's runs; seeds=3 first_seed=0 all of them."""
-    from mapo.experiments.compare import CompareConfig, existing_runs
+    from mapo.pipelines.compare import CompareConfig, existing_runs
 
     no_test = {"test": {"n": 0}}  # the fakes have no test-set evaluation
     late = from_dict(CompareConfig, {"seeds": 1, "first_seed": 2, "arms": {"grpo": [], "mapo": []}, "pipeline": no_test})
@@ -313,7 +313,7 @@ def test_oracle_fraction_by_hand():
     oracle − grpo = 0.4, 0.2, 0.3: mean 0.3, sd 0.1, seed half-width t(0.975, 2) · 0.1 / sqrt(3) = 4.303 · 0.0577
     = 0.248 < 0.3, so the bound is above zero; mapo − grpo = 0.1, 0.1, 0.0: mean 0.0667; fraction 0.0667 / 0.3 = 0.222.
     """
-    from mapo.experiments.compare_stats import oracle_fractions
+    from mapo.pipelines.compare_stats import oracle_fractions
 
     runs = _rate_runs({"grpo": (0.2, 0.3, 0.4), "oracle": (0.6, 0.5, 0.7), "mapo": (0.3, 0.4, 0.4)})
     rows = oracle_fractions(runs, "grpo", "oracle")
@@ -328,7 +328,7 @@ def test_oracle_fraction_by_hand():
 
 
 def test_oracle_fraction_is_undefined_when_the_oracle_gains_nothing(tmp_path):
-    from mapo.experiments.compare_doc import _oracle_section
+    from mapo.pipelines.compare_doc import _oracle_section
 
     runs = _rate_runs({"grpo": (0.2, 0.3, 0.4), "oracle": (0.3, 0.2, 0.4), "mapo": (0.3, 0.4, 0.4)})
     text = "\n".join(_oracle_section(runs, "grpo", "test set"))

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from mapo.config import apply_overrides, describe, from_dict, knob, load_config, to_dict
+from mapo.core.config import apply_overrides, describe, from_dict, knob, load_config, to_dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mapo.commands import _config
-from mapo.config import apply_overrides, from_dict, load_config, partial, to_dict
+from mapo.core import config_files
+from mapo.core.config import apply_overrides, from_dict, load_config, partial, to_dict
 from mapo.data.synth import SynthConfig, SynthOverrides, level_config
-from mapo.experiments.compare import CompareConfig
-from mapo.pipeline import PipelineConfig, RLOverrides, rl_config
+from mapo.pipelines.compare import CompareConfig
+from mapo.pipelines.demo_config import PipelineConfig, RLOverrides, rl_config
 from mapo.train.rl import RLConfig
 from mapo.train.sft import SFTConfig
 from mapo.verifier.train import VerifierTrainConfig
@@ -28,7 +28,7 @@ CLASS_OF = {"demo": PipelineConfig, "compare": CompareConfig, "sft": SFTConfig, 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_with_its_commands_class(path):
     cls = CLASS_OF[path.stem.split("_")[0]]
-    data = _config.resolve_data(cls, str(path), [])
+    data = config_files.resolve_data(cls, str(path), [])
     cfg = from_dict(cls, data)
     assert yaml.safe_load(yaml.safe_dump(to_dict(cfg))) == to_dict(cfg)  # plain YAML data
 

@@ -19,7 +19,8 @@ from mapo.data.harness import (
     mme_realworld,
     vlmevalkit_mme_realworld,
 )
-from mapo.data.scoring import extract_choice, score
+from mapo.data.scoring import extract_choice
+from mapo.data.benchmarks import score
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "eval.md"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mapo import protocol, tools
+from mapo.agent import protocol, tools
 from mapo.data import Sample
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.task import tool_config_for

@@ -10,9 +10,13 @@ import pytest
 from PIL import Image
 
 from mapo.data import load_samples
-from mapo.data.readers import detect_format, read_deepeyes, read_hrbench, read_mme_realworld, read_vstar
+from mapo.data.benchmarks import detect_format
+from mapo.data.formats.deepeyes import read_deepeyes
+from mapo.data.formats.mme import read_mme_realworld
+from mapo.data.formats.hrbench import read_hrbench
+from mapo.data.formats.vstar import read_vstar
 from mapo.data.synth import generate, level_config
-from mapo.data.writers import write_samples
+from mapo.data.benchmarks import write_samples
 
 SMALL_HARD = level_config("hard", canvas_size=448, glyph_px=8, require_zoom=False)
 

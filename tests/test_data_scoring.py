@@ -5,7 +5,8 @@ import math
 import pytest
 
 from mapo.data import Sample
-from mapo.data.scoring import extract_choice, score, score_hrbench, score_mme_realworld, score_vstar
+from mapo.data.scoring import extract_choice, score_hrbench, score_mme_realworld, score_vstar
+from mapo.data.benchmarks import score
 
 OPTS = ["red", "blue", "dark red", "green"]
 

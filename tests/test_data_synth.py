@@ -4,25 +4,23 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mapo import tools
+from mapo.agent import tools
 from mapo.data import Box
 from mapo.data.sample import correct_first, shuffle_options
 from mapo.data import synth_render
 from mapo.data.oracle import oracle_trajectory
 from mapo.data.synth import (
-    COLORS,
     LEVELS,
     MAX_GLYPH_VIEW_PX,
     MIN_GLYPH_OBS_PX,
     SynthConfig,
     caption_for_crop,
     generate,
-    glyph_extent,
-    glyph_font,
     level_config,
     resolution_check,
-    tool_config_for,
 )
+from mapo.data.synth_render import COLORS, glyph_extent, glyph_font
+from mapo.data.task import tool_config_for
 
 
 # The hard level's question logic on a small canvas: same knobs, a fraction of the rendering time.
@@ -122,7 +120,7 @@ def test_small_alphabet_and_fixed_option_order():
 
 
 def test_ink_questions_ask_the_letters_colour():
-    from mapo.data.synth import INKS
+    from mapo.data.synth_render import INKS
 
     config = level_config("distractors", asks="ink", glyph_stroke=1)
     for s in generate(20, 2, config):
@@ -157,7 +155,7 @@ def test_pattern_questions_and_what_the_view_keeps_of_a_pattern():
     assert len(orders) > 1
     # The same object under each pattern: equal mean colour, and a 4x smaller view that differs by at
     # most two grey levels (rounding), while the full-resolution pixels differ a lot.
-    font = synth.glyph_font(11)
+    font = synth_render.glyph_font(11)
     full, views = {}, {}
     for pattern in synth.PATTERNS:
         o = synth_render.SceneObject("green", "circle", "A", (14, 14, 98, 98), (0, 0), pattern=pattern)

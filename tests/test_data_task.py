@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from mapo import tools
+from mapo.agent import tools
 from mapo.data import synth
-from mapo.data.readers import load_samples
+from mapo.data.benchmarks import load_samples
 from mapo.data.sample import Sample
 from mapo.data.task import TaskSpec, tool_config_for
-from mapo.data.writers import FORMATS, write_samples
+from mapo.data.benchmarks import FORMATS, write_samples
 
 
 def test_synth_sets_the_task_spec_from_its_config():
@@ -63,7 +63,6 @@ def test_tool_config_for_reads_sample_spec_or_config_alike():
     assert tool_config_for(config) == tool_config_for(s) == tool_config_for(s.task) == expected
     benchmark = Sample(id="b", image=b"", question="q")
     assert tool_config_for(benchmark) is tools.DEFAULT_TOOL_CONFIG
-    assert synth.tool_config_for is tool_config_for  # one function, two import paths
 
 
 def test_task_spec_rejects_bad_values():

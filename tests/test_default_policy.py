@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from mapo.policy import default
+from mapo.core.shipped import sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def shipped(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("default")
     run = root / "run"
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     policy = build_tiny_policy("tiny", seed=0, text_layers=1, vision_depth=1)
     policy.protocol = ProtocolConfig(system_template="Zoom with $tool_name.")  # as `mapo sft` records it
@@ -38,7 +39,7 @@ def test_manifest_names_command_config_seed_and_every_file_hash(shipped):
     assert manifest["metrics"]["goals_easy"]["first_zoom_hit"] == 0.5
     assert set(manifest["files"]) == set(default.SHIPPED_FILES)
     for name, digest in manifest["files"].items():
-        assert default.sha256_of(path / name) == digest
+        assert sha256_of(path / name) == digest
     assert json.loads((path / default.MANIFEST).read_text()) == manifest
 
 

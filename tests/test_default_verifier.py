@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo.config import from_dict, load_config, to_dict
-from mapo.shipped import sha256_of
+from mapo.core.config import from_dict, load_config, to_dict
+from mapo.core.shipped import sha256_of
 from mapo.verifier import default
 from mapo.verifier.train import VerifierTrainConfig
 
@@ -150,14 +150,14 @@ def trainer(monkeypatch):
 
 
 def pipeline(tmp_path: Path, **overrides):
-    from mapo.pipeline import PipelineConfig
+    from mapo.pipelines.demo_config import PipelineConfig
 
     verifier = {**TINY, **overrides.pop("verifier", {})}
     return from_dict(PipelineConfig, {"cache_dir": str(tmp_path / "cache"), "verifier": verifier, **overrides})
 
 
 def test_pipeline_uses_the_shipped_verifier_when_the_configs_match(shipped, tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import _verifier_how, verifier_stage
+    from mapo.pipelines.demo import _verifier_how, verifier_stage
 
     monkeypatch.setattr(default, "DEFAULT_DIR", shipped[0])
     cfg = pipeline(tmp_path, verifier={"num_threads": 2})  # a speed-only knob may differ
@@ -170,7 +170,7 @@ def test_pipeline_uses_the_shipped_verifier_when_the_configs_match(shipped, tmp_
 
 
 def test_pipeline_trains_when_the_configs_differ_and_says_why(shipped, tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import _verifier_how, verifier_stage
+    from mapo.pipelines.demo import _verifier_how, verifier_stage
 
     monkeypatch.setattr(default, "DEFAULT_DIR", shipped[0])
     cfg = pipeline(tmp_path, verifier={"steps": 4})
@@ -183,7 +183,7 @@ def test_pipeline_trains_when_the_configs_differ_and_says_why(shipped, tmp_path,
 
 
 def test_pipeline_trains_when_the_task_changed_since_shipping(copy, tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import verifier_stage
+    from mapo.pipelines.demo import verifier_stage
 
     manifest = json.loads((copy / default.MANIFEST).read_text())
     manifest["task"]["canvas_size"] += 1  # as if the level's defaults had changed in the code (files untouched)
@@ -196,7 +196,7 @@ def test_pipeline_trains_when_the_task_changed_since_shipping(copy, tmp_path, mo
 
 
 def test_source_train_always_trains(shipped, tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import verifier_stage
+    from mapo.pipelines.demo import verifier_stage
 
     monkeypatch.setattr(default, "DEFAULT_DIR", shipped[0])
     path, reused = verifier_stage(pipeline(tmp_path, verifier_source="train"), log=lambda _: None)
@@ -204,7 +204,7 @@ def test_source_train_always_trains(shipped, tmp_path, monkeypatch, trainer):
 
 
 def test_an_altered_shipped_verifier_is_an_error_not_a_fallback(copy, tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import verifier_stage
+    from mapo.pipelines.demo import verifier_stage
 
     (copy / "tokenizer.json").write_text("{}")
     monkeypatch.setattr(default, "DEFAULT_DIR", copy)
@@ -214,7 +214,7 @@ def test_an_altered_shipped_verifier_is_an_error_not_a_fallback(copy, tmp_path, 
 
 
 def test_no_shipped_verifier_trains_and_says_so(tmp_path, monkeypatch, trainer):
-    from mapo.pipeline import verifier_stage
+    from mapo.pipelines.demo import verifier_stage
 
     monkeypatch.setattr(default, "DEFAULT_DIR", tmp_path / "none")
     logs: list[str] = []
@@ -223,7 +223,7 @@ def test_no_shipped_verifier_trains_and_says_so(tmp_path, monkeypatch, trainer):
 
 
 def test_source_path_uses_that_directory_or_says_what_is_missing(shipped, tmp_path, trainer):
-    from mapo.pipeline import _verifier_how, verifier_stage
+    from mapo.pipelines.demo import _verifier_how, verifier_stage
 
     _, _, run = shipped
     cfg = pipeline(tmp_path, verifier_source=str(run))
@@ -240,7 +240,8 @@ def test_the_configs_that_say_they_use_the_shipped_verifier_do(name):
     """A `verifier:` block that drifts from the shipped recipe would silently train a verifier (minutes) instead."""
     import yaml
 
-    from mapo.pipeline import PipelineConfig, _verifier_mismatch
+    from mapo.pipelines.demo import _verifier_mismatch
+    from mapo.pipelines.demo_config import PipelineConfig
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "configs" / name).read_text())
     cfg = from_dict(PipelineConfig, raw.get("pipeline", raw))  # a compare nests its pipeline block

@@ -1,4 +1,4 @@
-"""``mapo demo`` / :mod:`mapo.pipeline`: a CI-sized end-to-end run, the stage cache, bad input.
+"""``mapo demo`` / :mod:`mapo.pipelines.demo`: a CI-sized end-to-end run, the stage cache, bad input.
 
 The smoke run uses the real stages with a tiny budget: held-out data written to
 disk, a tiny CLIP trained for a few steps by ``train_tiny_clip``, an SFT warm start
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo.config import from_dict, to_dict
+from mapo.core.config import from_dict, to_dict
 from tiny_assets import FORCED_ANSWER, FORCED_ZOOM
 
 
@@ -69,7 +69,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, tiny_policy_dir):
     """Two runs of the pipeline on the same directories; returns (tmp, cfg, first summary, second summary, logs)."""
-    from mapo.pipeline import PipelineConfig, run_pipeline
+    from mapo.pipelines.demo import run_pipeline
+    from mapo.pipelines.demo_config import PipelineConfig
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("demo")
@@ -145,7 +146,7 @@ def test_second_run_reuses_cached_stages(demo_run):
 
 
 def test_cache_key_ignores_speed_knobs_and_tracks_the_rest():
-    from mapo.pipeline import config_key
+    from mapo.pipelines.stage_cache import config_key
     from mapo.verifier.train import VerifierTrainConfig
 
     base = VerifierTrainConfig()
@@ -155,7 +156,7 @@ def test_cache_key_ignores_speed_knobs_and_tracks_the_rest():
 
 
 def test_cached_stage_is_atomic(tmp_path):
-    from mapo.pipeline import cached_stage
+    from mapo.pipelines.stage_cache import cached_stage
 
     def broken(tmp: Path) -> None:
         (tmp / "half.txt").write_text("x")
@@ -171,7 +172,7 @@ def test_cached_stage_is_atomic(tmp_path):
 
 
 def test_bad_config_is_rejected_with_a_reason(tmp_path):
-    from mapo.pipeline import PipelineConfig
+    from mapo.pipelines.demo_config import PipelineConfig
 
     with pytest.raises(ValueError, match="rl.policy is set by the pipeline"):
         from_dict(PipelineConfig, {"rl": {"policy": "x"}})
@@ -187,7 +188,8 @@ def test_bad_config_is_rejected_with_a_reason(tmp_path):
 
 
 def test_refuses_a_directory_it_did_not_write(tmp_path):
-    from mapo.pipeline import PipelineConfig, run_pipeline
+    from mapo.pipelines.demo import run_pipeline
+    from mapo.pipelines.demo_config import PipelineConfig
 
     (tmp_path / "mine.txt").write_text("precious")
     with pytest.raises(ValueError, match="not written by `mapo demo`"):
@@ -196,7 +198,8 @@ def test_refuses_a_directory_it_did_not_write(tmp_path):
 
 
 def test_warm_start_path_must_be_a_checkpoint(tmp_path):
-    from mapo.pipeline import PipelineConfig, warmstart_stage
+    from mapo.pipelines.demo import warmstart_stage
+    from mapo.pipelines.demo_config import PipelineConfig
 
     cfg = from_dict(PipelineConfig, {"warmstart": {"source": str(tmp_path / "nope")}})
     with pytest.raises(ValueError, match="not a policy checkpoint directory"):
@@ -204,7 +207,7 @@ def test_warm_start_path_must_be_a_checkpoint(tmp_path):
 
 
 def test_verdict_is_honest_about_noise():
-    from mapo.pipeline import verdict
+    from mapo.metrics.before_after import verdict
 
     def rows(before, after):
         return [{"key": "accuracy", "before": before, "after": after}]
@@ -216,7 +219,7 @@ def test_verdict_is_honest_about_noise():
 
 
 def test_demo_config_file_loads():
-    from mapo.pipeline import load_pipeline_config
+    from mapo.pipelines.demo_config import load_pipeline_config
 
     cfg = load_pipeline_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
     assert to_dict(cfg)["rl"]["advantage"]["estimator"] == "mapo"
@@ -224,7 +227,8 @@ def test_demo_config_file_loads():
 
 def test_warm_start_can_name_a_shipped_checkpoint(tmp_path):
     """'shipped:NAME' is mapo/assets/NAME after its manifest check; an unknown name or a path escape is refused."""
-    from mapo.pipeline import PipelineConfig, warmstart_stage
+    from mapo.pipelines.demo import warmstart_stage
+    from mapo.pipelines.demo_config import PipelineConfig
     from mapo.policy import default
 
     cfg = from_dict(PipelineConfig, {"warmstart": {"source": "shipped:warmstart_scan"}})

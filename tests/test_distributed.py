@@ -26,8 +26,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mapo.advantage import AdvantageConfig, get_estimator
-from mapo.loss import agg_loss
+from mapo.algo.advantage import AdvantageConfig, get_estimator
+from mapo.algo.loss import agg_loss
 from mapo.train import distributed as D
 
 TESTS = Path(__file__).parent
@@ -310,7 +310,7 @@ def test_only_rank_0_writes(runs):
 
 def test_two_rank_run_resumes_with_two_ranks_and_with_one(runs):
     root, out, single, (_, two, forced) = runs
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
     from mapo.train.rl import train
 
     assert out["stopped0"] and out["stopped1"]
@@ -330,7 +330,7 @@ def test_two_rank_run_resumes_with_two_ranks_and_with_one(runs):
 
 def test_a_world_size_that_splits_a_group_stops_before_anything_starts(tmp_path, monkeypatch, capsys):
     from mapo.cli import main
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, train
 
     monkeypatch.setenv("WORLD_SIZE", "3")
@@ -384,10 +384,10 @@ def test_dist_info_from_env_and_rank_span():
 def test_per_episode_streams_make_an_episode_independent_of_its_batch(tiny_policy_dir):
     """The rollout property data parallelism rests on: an episode samples the same tokens alone or in a batch."""
     sys.path.insert(0, str(TESTS))
-    import test_train as t
+    import tiny_assets as t
     from mapo.data import synth
     from mapo.policy import load_policy
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     torch.set_num_threads(1)
     policy = load_policy(tiny_policy_dir)
@@ -404,7 +404,7 @@ def test_per_episode_streams_make_an_episode_independent_of_its_batch(tiny_polic
 
 
 def test_per_row_sampling_follows_the_distribution():
-    from mapo.sampling import sample_per_row
+    from mapo.engine.sampling import sample_per_row
 
     probs = torch.softmax(torch.randn(1, 50, generator=torch.Generator().manual_seed(0)), dim=-1)  # (1, V)
     probs[0, 7] = 0.0  # a blocked id: never drawn

@@ -33,12 +33,12 @@ def _plain_inputs(root, question_text: str, view: Image.Image):
 def test_plain_transformers_generation_equals_the_rollout_turn_for_turn(tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from mapo import tools
+    from mapo.agent import tools
     from mapo.data import synth
     from mapo.data.task import tool_config_for
     from mapo.policy import load_default
-    from mapo.protocol import system_prompt, user_prompt
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.agent.protocol import system_prompt, user_prompt
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     policy = load_default()  # the shipped warm start: it zooms on its first turn
     root = tmp_path / "policy"
@@ -68,7 +68,7 @@ def test_plain_transformers_generation_equals_the_rollout_turn_for_turn(tmp_path
 def test_the_system_prompt_is_added_once_and_an_explicit_one_wins(tmp_path):
     from mapo.policy import load_policy
     from mapo.policy.load import SYSTEM_MARK
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     from mapo.policy import load_default
 

@@ -1,12 +1,12 @@
-"""The episode state machine (mapo.episode) on hand-made turns: no model, no tokens."""
+"""The episode state machine (mapo.agent.episode) on hand-made turns: no model, no tokens."""
 
 from __future__ import annotations
 
 import pytest
 
-from mapo.episode import FINISH_REASONS, Episode, Observation, readable
-from mapo.protocol import ProtocolConfig, render_assistant_turn
-from mapo.tools import ToolConfig
+from mapo.agent.episode import FINISH_REASONS, Episode, Observation, readable
+from mapo.agent.protocol import ProtocolConfig, render_assistant_turn
+from mapo.agent.tools import ToolConfig
 from tiny_assets import half_red_half_blue
 
 PROTOCOL = ProtocolConfig()
@@ -35,8 +35,8 @@ def test_zoom_crops_the_original_and_the_next_description_is_kept():
     obs = ep.assistant_turn(zoom(112, 0, 224, 224, label="blue half"))
     assert isinstance(obs, Observation) and ep.finish_reason is None
     # View (224 px) -> original (448 px): every coordinate doubles.
-    assert obs.record.valid and obs.record.box_original == (224.0, 0.0, 448.0, 448.0)
-    assert obs.record.raw_bbox == (112.0, 0.0, 224.0, 224.0) and obs.record.label == "blue half"
+    assert obs.call.valid and obs.call.box_original == (224.0, 0.0, 448.0, 448.0)
+    assert obs.call.raw_bbox == (112.0, 0.0, 224.0, 224.0) and obs.call.label == "blue half"
     assert obs.crop.getpixel((3, 3)) == (0, 0, 255)
     assert [p.get("type") for p in obs.message["content"]] == ["text", "image", "text"]
     assert ep.num_observations == 0  # recorded only once the engine has appended it
@@ -49,12 +49,12 @@ def test_zoom_crops_the_original_and_the_next_description_is_kept():
 def test_bad_json_tool_call_gives_a_readable_error_observation_and_goes_on():
     ep = episode()
     obs = ep.assistant_turn('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>')
-    assert obs is not None and obs.crop is None and not obs.record.valid
-    assert obs.record.raw_bbox is None and obs.record.error.startswith("tool_call_json: ")
+    assert obs is not None and obs.crop is None and not obs.call.valid
+    assert obs.call.raw_bbox is None and obs.call.error.startswith("tool_call_json: ")
     # The model reads the sentence, not the error code.
     text = obs.message["content"][0]["text"]
-    assert text == f"<tool_response>Error: {readable(obs.record.error)}</tool_response>"
-    assert "tool_call_json" not in text and readable(obs.record.error) == obs.record.error.split(": ", 1)[1]
+    assert text == f"<tool_response>Error: {readable(obs.call.error)}</tool_response>"
+    assert "tool_call_json" not in text and readable(obs.call.error) == obs.call.error.split(": ", 1)[1]
     ep.add_observation(obs)
     assert ep.finish_reason is None and ep.num_images == 1 and not ep.used_tool and ep.crops == [None]
 
@@ -62,9 +62,9 @@ def test_bad_json_tool_call_gives_a_readable_error_observation_and_goes_on():
 def test_box_out_of_range_gives_an_error_observation():
     ep = episode()
     obs = ep.assistant_turn(zoom(300, 300, 400, 400))  # the view is 224 x 224
-    assert obs is not None and obs.crop is None and not obs.record.valid
-    assert "outside the image" in obs.record.error and obs.record.box_original is None
-    assert obs.message["content"][0]["text"] == f"<tool_response>Error: {obs.record.error}</tool_response>"
+    assert obs is not None and obs.crop is None and not obs.call.valid
+    assert "outside the image" in obs.call.error and obs.call.box_original is None
+    assert obs.message["content"][0]["text"] == f"<tool_response>Error: {obs.call.error}</tool_response>"
 
 
 def test_tool_call_on_the_last_allowed_turn_is_not_executed():
@@ -130,14 +130,14 @@ def test_a_second_tool_runs_through_the_same_episode_when_enabled():
     call = '<tool_call>{"name": "image_rotate_tool", "arguments": {"angle": 90}}</tool_call>'
     ep = episode(protocol=ProtocolConfig(extra_tools=("image_rotate_tool",)))
     obs = ep.assistant_turn(call)
-    assert obs is not None and obs.record.valid and obs.record.error is None
-    assert obs.record.tool == "image_rotate_tool" and obs.record.args == {"angle": 90}
-    assert obs.record.box_original is None and obs.record.region is None
+    assert obs is not None and obs.call.valid and obs.call.error is None
+    assert obs.call.tool == "image_rotate_tool" and obs.call.args == {"angle": 90}
+    assert obs.call.box_original is None and obs.call.region is None
     # Left half red, right half blue; turned 90 degrees counter-clockwise, blue is on top and red below.
     w, h = obs.crop.size
     assert obs.crop.getpixel((w // 2, 2)) == (0, 0, 255) and obs.crop.getpixel((w // 2, h - 3)) == (255, 0, 0)
     # With the default tool set the same call is an error observation the model can read, and the episode goes on.
     ep = episode()
     obs = ep.assistant_turn(call)
-    assert obs is not None and obs.crop is None and not obs.record.valid and obs.record.tool == ""
+    assert obs is not None and obs.crop is None and not obs.call.valid and obs.call.tool == ""
     assert ep.finish_reason is None

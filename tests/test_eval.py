@@ -10,12 +10,13 @@ from mapo.cli import main
 from mapo.data import synth
 from mapo.data.oracle import oracle_trajectory
 from mapo.eval import EvalConfig, evaluate, load_eval_samples
-from mapo.records import read_jsonl
+from mapo.metrics.records import read_jsonl
 from mapo.report import build_report
-from mapo.rollout import RolloutConfig
+from mapo.engine.rollout import RolloutConfig
+from mapo.data.task import tool_config_for
 
 LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
+TOOL = tool_config_for(LEVEL)
 DATA = "synth:4:easy:7"
 
 
@@ -94,7 +95,7 @@ def test_resume_skips_finished_samples_and_redoes_a_cut_line(eval_dir, policy, v
 
 
 def test_broken_rows_are_counted(policy, tmp_path):
-    from mapo.data.writers import write_samples
+    from mapo.data.benchmarks import write_samples
 
     samples = synth.generate(3, seed=5, config=LEVEL)
     tsv = write_samples(samples, tmp_path / "data", ["hrbench"])["hrbench"]
@@ -138,7 +139,7 @@ def test_bad_synth_spec_is_explained():
 
 
 def test_partial_rollout_overrides_keep_eval_defaults():
-    from mapo.commands.eval import _load_config
+    from mapo.cli.eval import _load_config
 
     c, _ = _load_config(None, ["rollout.tool.view_max_pixels=1003520", "rollout.batch_size=3"])
     assert (c.rollout.group_size, c.rollout.greedy, c.rollout.batch_size) == (1, True, 3)
@@ -149,7 +150,7 @@ def test_eval_prompts_a_policy_as_it_was_trained(policy, tmp_path):
     """A policy's recorded protocol replaces the default one; an explicitly configured one wins."""
     import dataclasses
 
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
     trained = dataclasses.replace(policy, protocol=short)

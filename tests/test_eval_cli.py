@@ -20,13 +20,13 @@ def test_eval_reads_the_data_synth_output_root(tmp_path):
 def _failing_eval(monkeypatch):
     """The policy loads; the first rollout crashes (after the eval directory was made)."""
     import mapo.policy
-    import mapo.rollout
+    import mapo.engine.rollout
 
     def crash(*args, **kwargs):
         raise RuntimeError("rollout crashed")
 
     monkeypatch.setattr(mapo.policy, "load_policy", lambda *a, **k: object())
-    monkeypatch.setattr(mapo.rollout, "rollout", crash)
+    monkeypatch.setattr(mapo.engine.rollout, "rollout", crash)
 
 
 def test_a_failed_first_eval_leaves_no_directory(tmp_path, monkeypatch, capsys):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mapo.data import synth
-from mapo.data.writers import FORMATS, write_samples
+from mapo.data.benchmarks import FORMATS, write_samples
 from mapo.eval import EvalConfig, evaluate
 from mapo.policy.default import load_default
-from mapo.records import read_jsonl
+from mapo.metrics.records import read_jsonl
 
 N, LEVEL, SEED = 6, "pattern", 1000003
 

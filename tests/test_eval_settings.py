@@ -65,7 +65,7 @@ def test_generation_config_and_mapo_checkpoints_set_the_tokens(tmp_path):
 def test_preset_then_file_then_overrides(tmp_path, capsys):
     model = _published(tmp_path / "m")
     shown = _shown(capsys, "--model", str(model), "--preset", "deepeyes")
-    assert shown["preset"] == "deepeyes" and shown["tool_from_samples"] is False
+    assert shown["preset"] == "deepeyes" and shown["tool_from_data"] is False
     assert (shown["rollout"]["max_turns"], shown["rollout"]["max_new_tokens_per_turn"]) == (11, 10240)
     assert shown["rollout"]["tool"]["view_max_pixels"] == DEEPEYES_MAX_PIXELS
     assert _shown(capsys, "--preset", "deepeyes-hrbench")["rollout"]["max_new_tokens_per_turn"] == 8192
@@ -96,7 +96,7 @@ def test_metrics_record_the_effective_budgets(tmp_path, tiny_policy_dir):
     path.write_text(json.dumps(processor))
     out = tmp_path / "eval"
     assert main(["eval", "--data", "synth:1", "--model", str(tmp_path / "m"), "--out", str(out), "--no-progress",
-                 "tool_from_samples=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=4"]) == 0
+                 "tool_from_data=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     tool = metrics["run"]["config"]["rollout"]["tool"]
     assert (tool["view_min_pixels"], tool["view_max_pixels"]) == (112 * 112, 336 * 336)
@@ -123,3 +123,17 @@ def test_shipped_names_resolve_from_any_folder(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "scan" / "metrics.json").read_text())
     assert metrics["tools"]["tool_calls_per_sample"] == 1 and metrics["tools"]["semantic_score_mean"] is not None
     assert load_named_policy("default").path == str(DEFAULT_DIR)  # checked against its manifest, then loaded
+
+
+def test_the_old_name_of_tool_from_data_still_reads(tmp_path):
+    """Configs and overrides written when the key was called tool_from_samples keep working (one place renames it)."""
+    from mapo.core.config import from_dict
+    from mapo.eval.config import EvalConfig, eval_config_data
+
+    data, _ = eval_config_data(overrides=["tool_from_samples=false"])
+    assert data["tool_from_data"] is False and "tool_from_samples" not in data
+    path = tmp_path / "eval.yaml"
+    path.write_text("tool_from_samples: false\n")
+    assert eval_config_data(path=str(path))[0]["tool_from_data"] is False
+    assert from_dict(EvalConfig, {"tool_from_samples": False}).tool_from_data is False
+    assert eval_config_data()[0]["tool_from_data"] is True

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mapo.config import from_dict
-from mapo.train.common import latest_checkpoint, read_metrics
+from mapo.core.config import from_dict
+from mapo.train.metrics_log import read_metrics
+from mapo.train.checkpoint import latest_checkpoint
 from mapo.train.finetune import FinetuneConfig
 from test_train import _comparable, forced, rl_config, weights
 
@@ -169,7 +170,7 @@ def test_a_lora_run_can_start_from_a_lora_policy_and_keeps_its_adapter(assets, t
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
 def test_real_model_configs_load_with_lora_and_checkpointing(name):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     cfg = load_config(RLConfig, f"configs/{name}.yaml", ["policy=/models/x", "verifier=/models/clip", "data.source=/d"])
@@ -199,7 +200,7 @@ def test_the_readme_rl_command_runs_on_a_data_folder_with_the_7b_config(assets, 
 
 
 def test_a_cuda_device_on_a_cpu_build_is_one_line_naming_the_gpu_install(monkeypatch):
-    from mapo.train.rl_run import resolve_device
+    from mapo.train.rl_model import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)

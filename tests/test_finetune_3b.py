@@ -17,7 +17,8 @@ import json
 import pytest
 import torch
 
-from mapo.train.common import latest_checkpoint, read_metrics
+from mapo.train.metrics_log import read_metrics
+from mapo.train.checkpoint import latest_checkpoint
 from test_train import base_config, forced
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def release_3b(tmp_path_factory):
-    from mapo import protocol
+    from mapo.agent import protocol
     from mapo.policy.real_shapes import write_release_dir
     from tiny_assets import FORCED_ANSWER, FORCED_ZOOM
 
@@ -46,7 +47,7 @@ def _trainable(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_3b_width_run_trains_and_resumes(release_3b, tmp_path, method):
     import mapo.train.rl as rl
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
 
     def config(steps):
         raw = base_config(release_3b, None, steps=steps, save_every=1, prompts_per_step=1, bootstrap_every=0,

@@ -1,4 +1,4 @@
-"""mapo.heldout: crop IoU and first-zoom hit by hand, the standard metric set, and the recipes reading it."""
+"""mapo.metrics.heldout: crop IoU and first-zoom hit by hand, the standard metric set, and the recipes reading it."""
 
 from __future__ import annotations
 
@@ -6,25 +6,26 @@ from types import SimpleNamespace
 
 import pytest
 
-from mapo import heldout as H
-from mapo.records import PredictionRecord, record_statistics
-from mapo.reward import RewardBreakdown
-from mapo.trajectory import ToolCallRecord
+from mapo.algo import crop_iou as Z
+from mapo.metrics import heldout as H
+from mapo.metrics.records import PredictionRecord, record_statistics
+from mapo.algo.reward import RewardBreakdown
+from mapo.agent.episode import ExecutedCall
 
 TARGET = (0.0, 0.0, 10.0, 10.0)
 
 
 def zoom(box=TARGET):
-    return ToolCallRecord(box, box, box, "red square", True, None)
+    return ExecutedCall(box, box, box, "red square", True, None)
 
 
 def error_call():
-    return ToolCallRecord((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
+    return ExecutedCall((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
 
 
 def rotate():
     # Valid, but a rotation selects no region: no box anywhere.
-    return ToolCallRecord(None, None, None, None, True, None, tool="image_rotate_tool", args={"angle": 90})
+    return ExecutedCall(None, None, None, None, True, None, tool="image_rotate_tool", args={"angle": 90})
 
 
 def traj(calls, *, targets=(TARGET,), turns=1, finish="answer", errors=(), answer="A", truth="A"):
@@ -40,28 +41,28 @@ def traj(calls, *, targets=(TARGET,), turns=1, finish="answer", errors=(), answe
 def test_crop_ious_skip_errors_and_region_less_tools():
     # error call (no region), then (0,0,10,20) vs the target: 100 / 200 = 0.5, then rotate (no region), then the target
     t = traj([error_call(), zoom((0.0, 0.0, 10.0, 20.0)), rotate(), zoom()])
-    assert H.crop_ious(t) == [0.5, 1.0]
-    assert H.first_zoom_hit(H.crop_ious(t))  # the first *region* is the 0.5 crop, not the error call: a hit at 0.5
-    assert not H.first_zoom_hit(H.crop_ious(t), hit_iou=0.6)
+    assert Z.crop_ious(t) == [0.5, 1.0]
+    assert Z.first_zoom_hit(Z.crop_ious(t))  # the first *region* is the 0.5 crop, not the error call: a hit at 0.5
+    assert not Z.first_zoom_hit(Z.crop_ious(t), hit_iou=0.6)
 
 
 def test_crop_ious_best_target_and_no_targets():
     # (5,0,15,10) vs (0,0,10,10): 50 / 150 = 1/3; vs (5,0,15,10) itself: 1
     t = traj([zoom((5.0, 0.0, 15.0, 10.0))], targets=(TARGET, (5.0, 0.0, 15.0, 10.0)))
-    assert H.crop_ious(t) == [1.0]
+    assert Z.crop_ious(t) == [1.0]
     untargeted = traj([zoom(), rotate()], targets=())
-    assert H.crop_ious(untargeted) == []
-    assert H.crop_ious(untargeted, untargeted_iou=0.0) == [0.0]  # one region call, IoU 0
-    assert not H.first_zoom_hit([]) and not H.first_zoom_hit(H.crop_ious(traj([rotate(), error_call()])))
+    assert Z.crop_ious(untargeted) == []
+    assert Z.crop_ious(untargeted, untargeted_iou=0.0) == [0.0]  # one region call, IoU 0
+    assert not Z.first_zoom_hit([]) and not Z.first_zoom_hit(Z.crop_ious(traj([rotate(), error_call()])))
 
 
 def test_zoom_summary_by_hand():
-    s = H.zoom_summary([[1.0], [0.2, 0.6], []])
+    s = Z.zoom_summary([[1.0], [0.2, 0.6], []])
     assert s.iou_mean == pytest.approx(1.8 / 3)  # (1.0 + 0.2 + 0.6) / 3
     assert s.crop_hit_rate == pytest.approx(2 / 3)  # 1.0 and 0.6
     assert s.first_zoom_hit_rate == pytest.approx(1 / 3)  # only the first sample's first crop hits
     assert s.ious == (1.0, 0.2, 0.6) and s.samples == 3
-    empty = H.zoom_summary([])
+    empty = Z.zoom_summary([])
     assert empty.iou_mean is None and empty.crop_hit_rate is None and empty.first_zoom_hit_rate is None
 
 
@@ -87,7 +88,7 @@ def test_trajectory_metrics_by_hand():
     assert m["reward_mean"] == pytest.approx(0.6)
     assert m["reward_std"] == pytest.approx(((1.4**2 + 0.8**2 + 0.6**2) / 3) ** 0.5)
     assert m["accuracy"] == pytest.approx(1 / 3)
-    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_box_rate"] == pytest.approx(1 / 3)
+    assert m["tool_call_rate"] == pytest.approx(2 / 3) and m["invalid_call_rate"] == pytest.approx(1 / 3)
     assert m["turns_mean"] == pytest.approx(2.0) and m["format_error_rate"] == pytest.approx(1 / 3)
     assert m["iou_mean"] == pytest.approx((0.5 + 1.0) / 2)  # valid crops only
     assert m["hit_rate"] == pytest.approx(1 / 3)  # first valid crop IoU >= 0.5, over all three
@@ -115,7 +116,7 @@ def test_record_statistics_use_the_same_definition():
     records = [
         PredictionRecord(id=str(i), source="s", question="q", answer="A", prediction="A", correct=True,
                          finish_reason="answer", target_boxes=[list(b.xyxy) for b in t.sample.target_boxes],
-                         iou=H.crop_ious(t))
+                         iou=Z.crop_ious(t))
         for i, t in enumerate(trajectories)
     ]
     stats = record_statistics(records)
@@ -125,7 +126,7 @@ def test_record_statistics_use_the_same_definition():
 
 
 FAKE = {"reward_mean": 1.5, "accuracy": 0.75, "hit_rate": 0.5, "iou_mean": 0.25, "tool_call_rate": 1.0,
-        "invalid_box_rate": 0.125, "turns_mean": 2.0, "answer_rate": 1.0, "letter_accuracy": 0.625,
+        "invalid_call_rate": 0.125, "turns_mean": 2.0, "answer_rate": 1.0, "letter_accuracy": 0.625,
         "valid_call_rate": 0.875, "tool_use_rate": 0.9, "format_error_turns": 3.0, "n": 8.0,
         "reward_std": 0.1, "response_tokens_mean": 50.0}
 
@@ -146,7 +147,7 @@ def test_rl_and_sft_held_out_rows_come_from_the_evaluator(monkeypatch):
     )
     assert rl_eval.evaluate(run) == {
         "eval/reward_mean": 1.5, "eval/accuracy": 0.75, "eval/hit_rate": 0.5, "eval/iou_mean": 0.25,
-        "eval/tool_call_rate": 1.0, "eval/invalid_box_rate": 0.125, "eval/turns_mean": 2.0, "eval/answer_rate": 1.0,
+        "eval/tool_call_rate": 1.0, "eval/invalid_call_rate": 0.125, "eval/turns_mean": 2.0, "eval/answer_rate": 1.0,
         "eval/n": 8.0,
     }
     assert seen[-1] == ("rc", {"reward": "reward", "verifier": None, "semantic_target": "description",
@@ -167,7 +168,7 @@ def test_rl_and_sft_held_out_rows_come_from_the_evaluator(monkeypatch):
 
 
 def test_greedy_config_one_greedy_trajectory_per_sample():
-    from mapo.rollout import RolloutConfig
+    from mapo.engine.rollout import RolloutConfig
 
     rc = H.greedy_config(RolloutConfig(group_size=4, batch_size=32, temperature=0.7), 5)
     assert (rc.group_size, rc.greedy, rc.batch_size, rc.temperature) == (1, True, 5, 0.7)
@@ -177,8 +178,8 @@ def test_greedy_config_one_greedy_trajectory_per_sample():
 def test_evaluate_plays_greedy_and_reports_the_standard_set(policy):
     from mapo.data.synth import generate
     from mapo.data.task import tool_config_for
-    from mapo.reward import RewardConfig, outcome_reward
-    from mapo.rollout import RolloutConfig
+    from mapo.algo.reward import RewardConfig, outcome_reward
+    from mapo.engine.rollout import RolloutConfig
 
     samples = generate(2, seed=5)
     rc = RolloutConfig(group_size=3, max_turns=2, max_new_tokens_per_turn=8, tool=tool_config_for(samples[0]))
@@ -196,14 +197,14 @@ def test_evaluate_plays_greedy_and_reports_the_standard_set(policy):
 def test_found_and_recovered_by_hand():
     # per-sample crop IoUs: hit first; miss then hit (recovered); miss, miss; no crop; one miss
     rows = [[0.9, 0.1], [0.2, 0.6], [0.1, 0.3], [], [0.4]]
-    assert [H.found(r) for r in rows] == [True, True, False, False, False]
-    assert [H.recovered(r) for r in rows] == [False, True, False, False, False]
-    s = H.zoom_summary(rows)
+    assert [Z.found(r) for r in rows] == [True, True, False, False, False]
+    assert [Z.recovered(r) for r in rows] == [False, True, False, False, False]
+    s = Z.zoom_summary(rows)
     assert s.found_rate == pytest.approx(2 / 5) and s.recovered_rate == pytest.approx(1 / 5)
     assert s.first_zoom_hit_rate == pytest.approx(1 / 5)  # found = first-zoom hit + recovered
     assert s.recovered_after_miss_rate == pytest.approx(1 / 3)  # 3 samples have a first crop that missed
     assert s.crop_hit_rate == pytest.approx(2 / 7)  # 0.9 and 0.6 of 7 crops
-    assert H.zoom_summary([[0.9]]).recovered_after_miss_rate is None  # no first miss: undefined
+    assert Z.zoom_summary([[0.9]]).recovered_after_miss_rate is None  # no first miss: undefined
 
 
 def test_search_metrics_of_trajectories_and_records_agree():
@@ -222,7 +223,7 @@ def test_search_metrics_of_trajectories_and_records_agree():
     records = [
         PredictionRecord(id=str(i), source="s", question="q", answer="A", prediction="A", correct=True,
                          finish_reason="answer", target_boxes=[list(b.xyxy) for b in t.sample.target_boxes],
-                         iou=H.crop_ious(t))
+                         iou=Z.crop_ious(t))
         for i, t in enumerate(trajectories)
     ]
     stats = record_statistics(records)

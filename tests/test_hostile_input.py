@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from mapo.cli import main
 from mapo.data import synth
-from mapo.data.writers import write_samples
-from mapo.errors import ConfigError, DataError, MapoError, ModelError
+from mapo.data.benchmarks import write_samples
+from mapo.core.errors import ConfigError, DataError, MapoError, ModelError
 
 LEVEL = synth.level_config("easy")
-SETTINGS = ["tool_from_samples=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=2"]
+SETTINGS = ["tool_from_data=false", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=2"]
 
 
 def _one_line(capsys, command: str = "eval") -> str:
@@ -82,7 +82,7 @@ def test_a_changed_weight_is_a_different_model(model_dir, tmp_path, capsys, chan
 
 
 def test_the_weight_files_hash_is_cached_and_still_sees_a_change(model_dir, tmp_path, monkeypatch):
-    from mapo import fingerprint
+    from mapo.core import fingerprint
     from mapo.eval.outdir import _module_fingerprint
     from mapo.policy import load_policy
 
@@ -175,7 +175,7 @@ def test_two_hrbench_rows_with_one_index_are_not_scored_as_one(tmp_path):
 @pytest.mark.parametrize("override", ["optim.lr=1e999", "optim.lr=.nan", "optim.grad_clip=.nan", "optim.eps=-.inf",
                                       "loss.kl_coef=.inf"])
 def test_non_finite_numbers_are_refused(override):
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     with pytest.raises(ConfigError, match="must be a finite number"):
@@ -240,7 +240,7 @@ def test_out_with_foreign_files_is_refused_even_with_overwrite(model_dir, tmp_pa
 
 
 def test_a_second_eval_on_one_out_is_refused(model_dir, tmp_path, capsys):
-    from mapo.train.run_dir import RunDirLock
+    from mapo.core.run_dir import RunDirLock
 
     out = tmp_path / "e"
     out.mkdir()
@@ -252,7 +252,7 @@ def test_a_second_eval_on_one_out_is_refused(model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("who", ["eval", "train"])
 def test_a_lock_that_is_a_symlink_is_refused_and_never_written_through(model_dir, tmp_path, capsys, who):
-    from mapo.train.run_dir import RunDirLock
+    from mapo.core.run_dir import RunDirLock
 
     target = tmp_path / "precious.txt"
     target.write_text("precious")
@@ -293,7 +293,7 @@ def test_a_hostile_config_file_is_one_line_and_quick(tmp_path, capsys, case):
     assert main(["eval", "--config", str(path), "--show-config"]) == 2
     assert expected in _one_line(capsys)
     if case != "not_a_mapping" and isinstance(text, str):  # refused before any memory is spent: well under 1 s idle
-        from mapo.config import load_yaml
+        from mapo.core.config import load_yaml
 
         started = time.perf_counter()
         with pytest.raises(ConfigError):
@@ -320,7 +320,7 @@ def test_a_hostile_override_is_one_line(capsys, case):
 
 
 def test_yaml_merge_keys_may_still_override():
-    from mapo.config import load_yaml
+    from mapo.core.config import load_yaml
 
     assert load_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n", "f")["c"] == {"x": 3, "y": 2}
 
@@ -328,7 +328,7 @@ def test_yaml_merge_keys_may_still_override():
 @pytest.mark.parametrize("kind", ["policy", "verifier"])
 @pytest.mark.parametrize("tamper", ["alter_a_file", "add_a_file"])
 def test_a_manifest_beside_weights_is_verified_whatever_the_path(model_dir, tiny_verifier_dir, tmp_path, kind, tamper):
-    from mapo import shipped
+    from mapo.core import shipped
     from mapo.policy import load_policy
     from mapo.verifier.clip import load_verifier
 
@@ -482,17 +482,18 @@ def test_verify_of_a_tampered_default_policy_copy_is_one_line(tmp_path, capsys):
 
 def test_a_full_disk_while_checkpointing_stops_with_one_line_and_a_sound_last_checkpoint(tmp_path, monkeypatch):
     from mapo.train import checkpoint as ckpt_mod
-    from mapo.train import common
+    from mapo.train.checkpoint import latest_checkpoint, save_checkpoint
+    from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
 
     model = torch.nn.Linear(4, 4)
-    opt = common.build_optimizer(model, common.OptimConfig())
-    sched = common.build_scheduler(opt, common.OptimConfig(), 10)
+    opt = build_optimizer(model, OptimConfig())
+    sched = build_scheduler(opt, OptimConfig(), 10)
 
     def save_model(d: Path) -> None:
         d.mkdir()
         save_file(model.state_dict(), str(d / "model.safetensors"))
 
-    common.save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+    save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -502,12 +503,12 @@ def test_a_full_disk_while_checkpointing_stops_with_one_line_and_a_sound_last_ch
 
     monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
     with pytest.raises(DataError) as e:
-        common.save_checkpoint(tmp_path, 2, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+        save_checkpoint(tmp_path, 2, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     message = str(e.value)
     assert "\n" not in message and "No space left on device" in message and "step_000001" in message
     assert "--resume" in message
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000001"]
-    assert common.latest_checkpoint(tmp_path).name == "step_000001"
+    assert latest_checkpoint(tmp_path).name == "step_000001"
 
 
 def test_training_reports_a_full_disk_as_one_line(tmp_path, capsys, monkeypatch):
@@ -539,27 +540,29 @@ def test_an_impossible_image_path_skips_that_row_only(tmp_path):
 
 
 def test_damaged_resume_files_are_one_line_or_passed_over(tmp_path):
-    from mapo.train import common
+    from mapo.train.checkpoint import load_trainer_state, save_checkpoint, verify_checkpoint
+    from mapo.train.metrics_log import read_metrics
+    from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
 
     model = torch.nn.Linear(4, 4)
-    opt = common.build_optimizer(model, common.OptimConfig())
-    sched = common.build_scheduler(opt, common.OptimConfig(), 10)
+    opt = build_optimizer(model, OptimConfig())
+    sched = build_scheduler(opt, OptimConfig(), 10)
 
     def save_model(d: Path) -> None:
         d.mkdir()
         save_file(model.state_dict(), str(d / "model.safetensors"))
 
-    ckpt = common.save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
+    ckpt = save_checkpoint(tmp_path, 1, save_model=save_model, optimizer=opt, scheduler=sched, state={})
     record = json.loads((ckpt / "checkpoint.json").read_text())
     record["files"]["trainer.pt"]["size"] = 1e999
     (ckpt / "checkpoint.json").write_text(json.dumps(record).replace("Infinity", "1e999"))
-    assert "checkpoint.json is damaged" in common.verify_checkpoint(ckpt)
+    assert "checkpoint.json is damaged" in verify_checkpoint(ckpt)
     torch.save({"optimizer": {"state": 1}, "scheduler": [], "rng": {}}, ckpt / "trainer.pt")
     with pytest.raises(DataError, match="trainer.pt does not fit this run"):
-        common.load_trainer_state(ckpt, opt, sched)
+        load_trainer_state(ckpt, opt, sched)
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 0.5}\n[1, 2]\n"text"\n{"no": "step"}\n\xff\xfe\n'
                                             b'{"step": true}\n{"step": 2, "loss": 0.4}\n')
-    assert [r["step"] for r in common.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.parametrize("how", ["truncated_images", "view_max_pixels"])

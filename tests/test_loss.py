@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mapo.loss import LossConfig, agg_loss, kl_penalty, policy_loss
+from mapo.algo.loss import LossConfig, agg_loss, kl_penalty, policy_loss
 
 LN = math.log
 

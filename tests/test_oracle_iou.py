@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mapo import semantic
+from mapo.algo import semantic
 from mapo.data import synth
-from mapo.trajectory import ToolCallRecord
+from mapo.agent.episode import ExecutedCall
 from test_train import forced, rl_config
 from tiny_assets import LEVEL
 
@@ -24,11 +24,11 @@ def assets(tiny_policy_dir, tiny_verifier_dir):
 
 
 def zoom(box):
-    return ToolCallRecord(box, box, box, "red square", True, None)
+    return ExecutedCall(box, box, box, "red square", True, None)
 
 
 def error_call():
-    return ToolCallRecord((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
+    return ExecutedCall((0.0, 0.0, 10.0, 10.0), None, None, None, False, "box too small")
 
 
 def traj(calls, descriptions, targets=(TARGET,), sample_id="s"):
@@ -86,7 +86,7 @@ def test_oracle_on_data_without_target_boxes_is_refused_in_one_line_at_start(ass
 def test_tiny_mapo_run_on_oracle_iou_credits_crop_ious(assets, tmp_path, monkeypatch):
     """The advantage estimator receives the IoU scores (recorded here) and the step logs them as semantic_mean."""
     from mapo.train import rl_step
-    from mapo.train.common import read_metrics
+    from mapo.train.metrics_log import read_metrics
     from mapo.train.rl import train
 
     seen = []

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo import protocol
+from mapo.agent import protocol
 from mapo.policy import PRESETS, LoraOptions, build_tiny_policy, count_params, load_policy, missing_files
 from mapo.policy.processor import check_no_resize
 from mapo.policy.tiny import TinyPreset, model_config, resolve_preset
 from mapo.policy.tokenizer import build_tokenizer
-from mapo.tools import ToolConfig, smart_resize
+from mapo.agent.tools import ToolConfig, smart_resize
 
 torch.set_num_threads(1)
 
@@ -325,7 +325,7 @@ def test_protocol_record_round_trips(policy, tmp_path):
     import dataclasses
 
     from mapo.policy.load import PROTOCOL_FILE
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
     with_record = dataclasses.replace(policy, protocol=short)

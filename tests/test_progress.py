@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from mapo.progress import StepProgress, console, format_duration, format_line, resolve_mode
+from mapo.core.progress import StepProgress, console, format_duration, format_line, resolve_mode
+from mapo.data.task import tool_config_for
 
 
 class _Tty(io.StringIO):
@@ -75,10 +76,11 @@ def test_eval_progress_in_a_file_is_one_line_per_chunk(capsys):
 
 def test_verifier_training_reports_progress_lines(capsys):
     from mapo.data import synth
-    from mapo.verifier.train import VerifierTrainConfig, synth_pairs, train_on_pairs
+    from mapo.verifier.train import VerifierTrainConfig, train_on_pairs
+    from mapo.verifier.pairs import synth_pairs
 
     level = synth.level_config("easy")
-    pairs = synth_pairs(synth.generate(2, 0, level), 2, synth.tool_config_for(level), 0)
+    pairs = synth_pairs(synth.generate(2, 0, level), 2, tool_config_for(level), 0)
     cfg = VerifierTrainConfig(vision_width=16, vision_layers=1, text_width=16, text_layers=1, heads=2, projection_dim=8,
                               image_size=32, patch_size=16, steps=4, batch_size=2, warmup_steps=1, num_threads=1)
     import tempfile

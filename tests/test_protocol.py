@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mapo.protocol import (
+from mapo.agent.protocol import (
     ERROR_CODES,
     ProtocolConfig,
     initial_messages,
@@ -410,7 +410,7 @@ def test_render_then_parse_round_trips(think, description, bbox, label, answer):
 
 
 def test_protocol_for_policy_prefers_the_record_over_defaults_and_explicit_config_over_the_record():
-    from mapo.protocol import protocol_for_policy
+    from mapo.agent.protocol import protocol_for_policy
 
     default = ProtocolConfig()
     trained = ProtocolConfig(system_template="Zoom with $tool_name.")

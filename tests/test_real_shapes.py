@@ -25,8 +25,8 @@ import json
 import pytest
 import torch
 
-import mapo.rollout
-from mapo import protocol
+import mapo.engine.rollout
+from mapo.agent import protocol
 
 pytestmark = pytest.mark.slow
 
@@ -86,18 +86,18 @@ def test_real_shape_eval_episode_matches_one_hf_forward(tmp_path, monkeypatch, s
     assert len(set(index["weight_map"].values())) >= 2  # sharded, as released
 
     played = {}
-    real_rollout = mapo.rollout.rollout
+    real_rollout = mapo.engine.rollout.rollout
 
     def scripted(samples, policy, config, **kwargs):
         kwargs["forced_turns"] = _forced
         played["policy"], played["trajectories"] = policy, real_rollout(samples, policy, config, **kwargs)
         return played["trajectories"]
 
-    monkeypatch.setattr(mapo.rollout, "rollout", scripted)
+    monkeypatch.setattr(mapo.engine.rollout, "rollout", scripted)
     budget = side * side
     code = main([
         "eval", "--data", "synth:1", "--model", str(ckpt), "--out", str(tmp_path / "eval"), "--dtype", "float32",
-        "--no-progress", "tool_from_samples=false", "rollout.max_turns=3", "rollout.max_new_tokens_per_turn=80",
+        "--no-progress", "tool_from_data=false", "rollout.max_turns=3", "rollout.max_new_tokens_per_turn=80",
         f"rollout.tool.view_min_pixels={budget}", f"rollout.tool.view_max_pixels={budget}",
         f"rollout.tool.obs_min_pixels={budget}", f"rollout.tool.obs_max_pixels={budget}",
     ])
@@ -121,7 +121,7 @@ def test_real_shape_eval_episode_matches_one_hf_forward(tmp_path, monkeypatch, s
     # The processor on the whole conversation gives the rollout's ids, token types and pixels.
     inputs = policy.processor(text=[_conversation_text(policy, t)], images=t.images, return_tensors="pt")
     assert torch.equal(inputs["input_ids"][0], t.input_ids)
-    batch = mapo.rollout.collate([t], policy)
+    batch = mapo.engine.rollout.collate([t], policy)
     assert torch.equal(inputs["mm_token_type_ids"], batch.mm_token_type_ids)
     assert torch.equal(inputs["image_grid_thw"], t.image_grid_thw)
     assert torch.equal(inputs["pixel_values"], torch.cat(t.pixel_values))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mapo.records import (
+from mapo.metrics.records import (
     PredictionRecord,
     TurnRecord,
     append_jsonl,
@@ -132,7 +132,7 @@ def test_append_is_line_atomic_when_the_writer_is_killed(tmp_path):
     path = tmp_path / "predictions.jsonl"
     code = (
         "import sys, dataclasses\n"
-        "from mapo.records import PredictionRecord, append_jsonl\n"
+        "from mapo.metrics.records import PredictionRecord, append_jsonl\n"
         "rec = PredictionRecord.from_json(sys.argv[2])\n"
         "i = 0\n"
         "while True:\n"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mapo.cli import main
-from mapo.records import PredictionRecord, TurnRecord, append_jsonl
+from mapo.metrics.records import PredictionRecord, TurnRecord, append_jsonl
 from mapo.report import CHOSEN_CURVES as CHOSEN_TITLES
 from mapo.report import MARKER, build_report
 
@@ -337,7 +337,7 @@ def _tools(acc, first_hit, iou, calls, sem, n=40):
 
 
 def make_demo_dir(root: Path) -> Path:
-    """What ``mapo demo`` leaves (mapo.pipeline.run_pipeline): rl/ (the run, rl/eval/ its final held-out
+    """What ``mapo demo`` leaves (mapo.pipelines.demo.run_pipeline): rl/ (the run, rl/eval/ its final held-out
     eval) next to eval_before/ (the warm start's eval of the same held-out set)."""
     make_run_dir(root / "rl")
     make_eval_dir(root / "rl" / "eval", n=2)

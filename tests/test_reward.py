@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mapo.data import Sample
-from mapo.protocol import parse_turn
-from mapo.reward import RewardConfig, answer_matches, outcome_reward, outcome_rewards
+from mapo.agent.protocol import parse_turn
+from mapo.algo.reward import RewardConfig, answer_matches, outcome_reward, outcome_rewards
 
 MC = Sample(id="q1", image=b"", question="What letter?", options=["S", "A", "H", "M"], answer="B")
 OPEN = Sample(id="q2", image=b"", question="What colour?", answer="Dark red")

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from mapo import protocol
+from mapo.agent import protocol
 from mapo.data import synth
-from mapo.rollout import (
+from mapo.engine.rollout import (
     FINISH_REASONS,
     RolloutConfig,
     collate,
@@ -18,10 +18,11 @@ from mapo.rollout import (
     rollout_stats,
     sequence_logprobs,
 )
-from mapo.sampling import inverse_cdf, top_p_filter
+from mapo.engine.sampling import inverse_cdf, top_p_filter
+from mapo.data.task import tool_config_for
 
 LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
+TOOL = tool_config_for(LEVEL)
 
 
 @pytest.fixture(scope="module")

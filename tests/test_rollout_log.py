@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapo.records import read_jsonl
+from mapo.metrics.records import read_jsonl
 from test_train import forced, rl_config
 
 
@@ -33,7 +33,7 @@ def test_due_steps():
 def mapo_run(assets, tmp_path_factory):
     """A 2-step MAPO run saving one group at each step; the advantages and scores the update received."""
     import mapo.train.rl_step as rl_step
-    from mapo import semantic
+    from mapo.algo import semantic
     from mapo.train.rl import train
 
     seen = {"adv": [], "scores": []}

@@ -1,4 +1,4 @@
-"""mapo.sampling on hand-computed distributions: inverse-CDF, top-p, blocked ids, recorded log-probs."""
+"""mapo.engine.sampling on hand-computed distributions: inverse-CDF, top-p, blocked ids, recorded log-probs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mapo.sampling import inverse_cdf, next_tokens, sample_per_row, top_p_filter
+from mapo.engine.sampling import inverse_cdf, next_tokens, sample_per_row, top_p_filter
 
 
 def test_inverse_cdf_picks_the_first_id_whose_cdf_exceeds_u():

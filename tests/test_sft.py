@@ -1,4 +1,4 @@
-"""SFT warm start and the shared training utilities (mapo.train.common)."""
+"""SFT warm start and the shared training utilities (mapo.train.checkpoint, optim, metrics_log; mapo.core.run_dir)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mapo.config import from_dict
-from mapo.train import common
-from mapo.train.sft import (
-    SFTConfig,
-    assistant_mask,
-    collate,
-    make_transcript,
-    masked_lm_loss,
-    run_sft,
-    training_transcripts,
-)
+from mapo.core.config import from_dict
+from mapo.core.run_dir import prepare_run_dir
+from mapo.train.checkpoint import capture_rng_state, latest_checkpoint, load_trainer_state, restore_rng_state, save_checkpoint, seed_everything
+from mapo.train.metrics_log import MetricsLogger, read_metrics
+from mapo.train.optim import OptimConfig, build_scheduler, lr_factor
+from mapo.train.sft import SFTConfig, masked_lm_loss, run_sft
+from mapo.train.sft_data import assistant_mask, collate, make_transcript, training_transcripts
+from mapo.data.task import tool_config_for
 
 torch.set_num_threads(1)
 
@@ -132,7 +129,7 @@ def test_answer_word_tokens_are_found_and_weighted(policy):
     those runs of tokens, and nothing else, weigh word_weight."""
     import dataclasses
 
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern"))
@@ -162,7 +159,7 @@ def test_tiny_sft_run_learns_and_writes_everything(tmp_path, capsys):
 
     run = tmp_path / "run"
     final = run_sft(_cfg(), run)
-    records = common.read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run / "metrics.jsonl")
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0] - 0.5, losses  # same 2 samples every step: must fit them
@@ -188,13 +185,13 @@ def test_resume_is_exact(tmp_path):
     straight, split = tmp_path / "a", tmp_path / "b"
     run_sft(_cfg(), straight)
     assert run_sft(_cfg(), split, stop_after=2) == {}
-    assert common.latest_checkpoint(split).name == "step_000002"
+    assert latest_checkpoint(split).name == "step_000002"
     run_sft(_cfg(log_every=1), split, resume=True)
     wa = load_file(straight / "final" / "model.safetensors")
     wb = load_file(split / "final" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    la = [r["train/loss"] for r in common.read_metrics(straight / "metrics.jsonl") if "train/loss" in r]
-    lb = [r["train/loss"] for r in common.read_metrics(split / "metrics.jsonl") if "train/loss" in r]
+    la = [r["train/loss"] for r in read_metrics(straight / "metrics.jsonl") if "train/loss" in r]
+    lb = [r["train/loss"] for r in read_metrics(split / "metrics.jsonl") if "train/loss" in r]
     assert la == lb
 
 
@@ -202,15 +199,15 @@ def test_run_dir_guard(tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(steps=1)
     ignore = ("log_every",)
-    common.prepare_run_dir(run, cfg, kind="sft", resume=False, ignore=ignore)
+    prepare_run_dir(run, cfg, kind="sft", resume=False, ignore=ignore)
     with pytest.raises(ValueError, match="not empty .*--resume"):
-        common.prepare_run_dir(run, cfg, kind="sft", resume=False, ignore=ignore)
+        prepare_run_dir(run, cfg, kind="sft", resume=False, ignore=ignore)
     with pytest.raises(ValueError, match="different run .*at: optim.lr\\)"):
-        common.prepare_run_dir(run, _cfg(steps=1, optim={"lr": 1e-4}), kind="sft", resume=True, ignore=ignore)
+        prepare_run_dir(run, _cfg(steps=1, optim={"lr": 1e-4}), kind="sft", resume=True, ignore=ignore)
     with pytest.raises(ValueError, match="holds a 'sft' run"):
-        common.prepare_run_dir(run, cfg, kind="rl", resume=True, ignore=ignore)
+        prepare_run_dir(run, cfg, kind="rl", resume=True, ignore=ignore)
     # Logging knobs may change on resume.
-    common.prepare_run_dir(run, _cfg(steps=1, log_every=7), kind="sft", resume=True, ignore=ignore)
+    prepare_run_dir(run, _cfg(steps=1, log_every=7), kind="sft", resume=True, ignore=ignore)
 
 
 def test_config_rejects_eval_on_training_seed():
@@ -222,43 +219,43 @@ def test_config_rejects_eval_on_training_seed():
 
 
 def test_lr_schedule_by_hand():
-    cfg = common.OptimConfig(lr=1.0, warmup_frac=0.1, min_lr_ratio=0.0, schedule="cosine")
+    cfg = OptimConfig(lr=1.0, warmup_frac=0.1, min_lr_ratio=0.0, schedule="cosine")
     # 100 steps: warmup 10 -> factors 0.1 .. 1.0; then cosine from 1 to 0 over 90 steps.
-    assert common.lr_factor(0, 100, cfg) == pytest.approx(0.1)
-    assert common.lr_factor(9, 100, cfg) == pytest.approx(1.0)
-    assert common.lr_factor(55, 100, cfg) == pytest.approx(0.5)  # halfway: (1 + cos(pi/2)) / 2
-    assert common.lr_factor(100, 100, cfg) == pytest.approx(0.0)
-    lin = common.OptimConfig(lr=1.0, warmup_frac=0.0, min_lr_ratio=0.2, schedule="linear")
-    assert common.lr_factor(50, 100, lin) == pytest.approx(0.2 + 0.8 * 0.5)
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg) == pytest.approx(0.5)  # halfway: (1 + cos(pi/2)) / 2
+    assert lr_factor(100, 100, cfg) == pytest.approx(0.0)
+    lin = OptimConfig(lr=1.0, warmup_frac=0.0, min_lr_ratio=0.2, schedule="linear")
+    assert lr_factor(50, 100, lin) == pytest.approx(0.2 + 0.8 * 0.5)
 
 
 def test_rng_capture_restores_every_generator():
-    common.seed_everything(3)
-    state = common.capture_rng_state()
+    seed_everything(3)
+    state = capture_rng_state()
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    common.restore_rng_state(state)
+    restore_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
-    sched = common.build_scheduler(opt, common.OptimConfig(), 10)
+    sched = build_scheduler(opt, OptimConfig(), 10)
     save = lambda d: (d.mkdir(), torch.save(model.state_dict(), d / "w.pt"))  # noqa: E731
-    common.save_checkpoint(tmp_path, 1, save_model=save, optimizer=opt, scheduler=sched, state={"cursor": 4})
+    save_checkpoint(tmp_path, 1, save_model=save, optimizer=opt, scheduler=sched, state={"cursor": 4})
     (tmp_path / "checkpoints" / ".step_000002.tmp").mkdir()  # a crash mid-save
     (tmp_path / "checkpoints" / "step_000003").mkdir()  # no state.json: incomplete
-    ckpt = common.latest_checkpoint(tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
     assert ckpt.name == "step_000001"
-    assert common.load_trainer_state(ckpt, opt, sched) == {"step": 1, "cursor": 4}
+    assert load_trainer_state(ckpt, opt, sched) == {"step": 1, "cursor": 4}
 
 
 def test_metrics_logger_truncates_after_resume_point(tmp_path):
-    log = common.MetricsLogger(tmp_path, tensorboard=False)
+    log = MetricsLogger(tmp_path, tensorboard=False)
     for s in (1, 2, 3):
         log.log(s, {"x": s})
     log.truncate_after(2)
-    assert [r["step"] for r in common.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
     with pytest.raises(ValueError, match="metric 'bad' must be a number"):
         log.log(4, {"bad": "text"})
 
@@ -280,7 +277,7 @@ def test_sft_tokens_match_the_rollout(policy):
     from mapo.data import synth
     from mapo.data.oracle import oracle_trajectory
     from mapo.data.task import tool_config_for
-    from mapo.rollout import RolloutConfig, rollout
+    from mapo.engine.rollout import RolloutConfig, rollout
 
     cfg = _cfg()
     (sample,) = synth.generate(1, seed=5, config="easy")
@@ -313,7 +310,7 @@ def test_a_fresh_policy_takes_the_training_levels_image_sizes():
     from mapo.train.sft import PolicySpec, build_policy
 
     level = synth.level_config("easy", obs_side=448)
-    policy = build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1}), synth.tool_config_for(level))
+    policy = build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1}), tool_config_for(level))
     check_no_resize(policy.processor, 448, 448)
     with pytest.raises(ValueError):
         check_no_resize(build_policy(PolicySpec(overrides={"text_layers": 1, "vision_depth": 1})).processor, 448, 448)
@@ -340,7 +337,7 @@ def test_option_scan_marks_every_option_and_verdict(policy):
     """With option_scan the word mask also covers each option's text and the yes/no verdicts."""
     import dataclasses
 
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
 
     cfg = _cfg()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, level="pattern", option_scan=True))
@@ -368,7 +365,7 @@ def test_search_words_mark_the_colour_shape_and_verdict_words(policy):
     import torch
 
     from mapo.data.synth_render import COLORS, SHAPES
-    from mapo.train.sft import answer_word_mask
+    from mapo.train.sft_data import answer_word_mask
     from mapo.train.sft_data import token_runs
 
     cfg = _cfg()

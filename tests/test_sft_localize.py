@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mapo.config import from_dict
+from mapo.core.config import from_dict
 from mapo.data.oracle import oracle_trajectory
-from mapo.train.sft import SFTConfig, collate, training_transcripts
+from mapo.train.sft import SFTConfig
+from mapo.train.sft_data import collate, training_transcripts
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo import protocol
-from mapo.protocol import ProtocolConfig
-from mapo.records import PredictionRecord, TurnRecord, append_jsonl
+from mapo.agent import protocol
+from mapo.agent.protocol import ProtocolConfig
+from mapo.metrics.records import PredictionRecord, TurnRecord, append_jsonl
 from mapo.train.sft_own import example_index, load_conversations, split, transcripts
 
 ZOOM = protocol.render_assistant_turn(think="look", bbox=(0, 0, 56, 56), label="red square")
@@ -127,7 +127,7 @@ def test_mapo_sft_data_trains_on_the_assistant_turns_of_an_eval(tiny_policy_dir,
 
 
 def test_lora_sft_on_own_data_saves_an_adapter_and_resumes(tiny_policy_dir, tmp_path):
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.sft import SFTConfig, run_sft
 
     path = _eval_dir(tmp_path / "eval")

@@ -9,11 +9,11 @@ import json
 import pytest
 from PIL import Image
 
-from mapo import tools
-from mapo.protocol import DEFAULT_SYSTEM_TEMPLATE, ProtocolConfig, parse_turn, render_assistant_turn, render_call, system_prompt
-from mapo.records import PredictionRecord, TurnRecord
+from mapo.agent import tools
+from mapo.agent.protocol import DEFAULT_SYSTEM_TEMPLATE, ProtocolConfig, parse_turn, render_assistant_turn, render_call, system_prompt
+from mapo.metrics.records import PredictionRecord, TurnRecord
 from mapo.report.html import CardImages, render_card
-from mapo.tools import RotateArgs, ToolConfig, ZoomArgs, run_tool, zoom_in
+from mapo.agent.tools import RotateArgs, ToolConfig, ZoomArgs, run_tool, zoom_in
 
 ROTATE = ProtocolConfig(extra_tools=("image_rotate_tool",))
 
@@ -245,7 +245,7 @@ def test_records_from_eval_carry_tool_and_args_for_zoom(tmp_path):
     from types import SimpleNamespace
 
     from mapo.eval import EvalConfig
-    from mapo.eval.record import trajectory_record  # the eval writes tool/args from the parsed turn
+    from mapo.eval.record import prediction_record  # the eval writes tool/args from the parsed turn
 
     text = call("image_zoom_in_tool", {"bbox_2d": [0, 0, 28, 28], "label": "red"})
     turns = [parse_turn(text), parse_turn("<description>red</description><answer>A</answer>")]
@@ -258,7 +258,7 @@ def test_records_from_eval_carry_tool_and_args_for_zoom(tmp_path):
     traj = SimpleNamespace(sample=sample, assistant_texts=[text, "<answer>A</answer>"], turns=turns, tool_calls=[record],
                            crops=[zoom.image], descriptions=["red"], finish_reason="answer", answer_text="A",
                            image_size=(112, 56), view_size=(112, 56))
-    rec = trajectory_record(traj, [None], tmp_path, "synth", EvalConfig())
+    rec = prediction_record(traj, [None], tmp_path, "synth", EvalConfig())
     assert rec.turns[0].tool == "image_zoom_in_tool"
     assert rec.turns[0].args == {"bbox_2d": [0.0, 0.0, 28.0, 28.0], "label": "red"}
     assert rec.turns[0].bbox_original == [0.0, 0.0, 28.0, 28.0] and rec.turns[1].tool is None

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mapo.tools import (
+from mapo.agent.tools import (
     ToolConfig,
     crop_view_size,
     original_to_view,
@@ -325,7 +325,7 @@ def test_zoom_never_raises_on_any_box(box):
 
 
 def test_box_iou_hand_values():
-    from mapo.tools import box_iou
+    from mapo.agent.tools import box_iou
 
     # a: 10x10 at origin; b: shifted by 5 in x -> inter 5*10 = 50, union 100+100-50 = 150
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)

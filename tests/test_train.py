@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mapo import protocol
-from mapo.config import from_dict, load_config
+from mapo.agent import protocol
+from mapo.core.config import from_dict, load_config
 from mapo.data import synth
-from mapo.train.common import read_metrics
-from tiny_assets import FORCED_ANSWER, FORCED_ZOOM, LEVEL, TOOL  # noqa: F401 (test_distributed reads t.LEVEL, t.TOOL)
+from mapo.train.metrics_log import read_metrics
+from tiny_assets import FORCED_ANSWER, FORCED_ZOOM, LEVEL
 
 TESTS = Path(__file__).parent
 TIME_KEYS = ("time_",)
@@ -80,7 +80,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 EXPECTED = (
-    "reward_mean", "reward_std", "accuracy", "tool_call_rate", "invalid_box_rate", "turns_mean", "iou_mean", "hit_rate",
+    "reward_mean", "reward_std", "accuracy", "tool_call_rate", "invalid_call_rate", "turns_mean", "iou_mean", "hit_rate",
     "semantic_mean", "semantic_std", "description_missing_rate", "adv_var_tool_tokens", "grad_norm",
     "grad_var_bootstrap", "clip_frac", "ppo_kl", "entropy", "time_rollout", "time_verifier", "time_update",
     "skipped_updates", "lr",
@@ -208,7 +208,7 @@ def test_run_dir_of_another_run_is_not_overwritten_and_resume_needs_a_checkpoint
     with pytest.raises(ValueError, match="not a run directory"):
         train(rl_config(assets), run, resume=True, progress=False)
     fresh = tmp_path / "fresh"
-    from mapo.train.common import prepare_run_dir
+    from mapo.core.run_dir import prepare_run_dir
 
     prepare_run_dir(fresh, rl_config(assets), kind="rl", resume=False)
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
@@ -223,7 +223,7 @@ def test_run_dir_of_another_run_is_not_overwritten_and_resume_needs_a_checkpoint
 
 
 def test_apply_update_skips_non_finite_gradients_without_touching_weights():
-    from mapo.train.rl import apply_update
+    from mapo.train.rl_step import apply_update
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -272,7 +272,7 @@ CHILD = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import test_train as t
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.train.rl import RLConfig, train
     cfg = from_dict(RLConfig, json.loads({cfg!r}))
     train(cfg, {run!r}, progress=False, forced_turns=t.forced)
@@ -325,10 +325,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_metrics(assets, tmp_path):
 def test_bootstrap_projection_matches_autograd_on_the_policy(assets, tmp_path):
     """sum_i p_i (per-trajectory projections) equals grad(L) . v of the whole batch's policy-gradient loss."""
     import mapo.train.rl as rl
-    from mapo.loss import policy_loss
+    from mapo.algo.loss import policy_loss
     from mapo.train import diagnostics
     from mapo.train.rl_step import collect, gradient_variance
-    from mapo.trajectory import collate, sequence_logprobs
+    from mapo.engine.trajectory import collate, sequence_logprobs
 
     run = rl.setup(rl_config(assets), tmp_path / "run", resume=False)
     try:
@@ -369,8 +369,8 @@ def test_rl_prompts_the_policy_as_it_was_trained_and_its_checkpoints_keep_the_re
 
     import mapo.train.rl as rl
     from mapo.policy.load import read_protocol, write_protocol
-    from mapo.train.common import latest_checkpoint
-    from mapo.protocol import ProtocolConfig
+    from mapo.train.checkpoint import latest_checkpoint
+    from mapo.agent.protocol import ProtocolConfig
 
     short = ProtocolConfig(system_template="You can zoom in on the image with $tool_name.")
     policy_dir = tmp_path / "policy"

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from mapo import semantic
-from mapo.rollout import ToolCallRecord
+from mapo.algo import semantic
+from mapo.agent.episode import ExecutedCall
 from mapo.train import diagnostics as D
 
 CROP = Image.new("RGB", (8, 8), (200, 0, 0))
 
 
 def call(valid=True, box=(0.0, 0.0, 10.0, 10.0), label="red square"):
-    return ToolCallRecord(box, box if valid else None, box if valid else None, label, valid, None if valid else "bad box")
+    return ExecutedCall(box, box if valid else None, box if valid else None, label, valid, None if valid else "bad box")
 
 
 def traj(calls, descriptions, *, targets=((0.0, 0.0, 10.0, 10.0),), turns=1, finish="answer", errors=()):

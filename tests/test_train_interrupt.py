@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from mapo.train.common import latest_checkpoint, read_json_file, read_metrics
+from mapo.core.run_dir import read_json_file
+from mapo.train.metrics_log import read_metrics
+from mapo.train.checkpoint import latest_checkpoint
 from mapo.train.interrupt import resume_command
 from test_train import base_config
 

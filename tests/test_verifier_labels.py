@@ -14,21 +14,16 @@ from mapo.cli import main
 from mapo.data import synth
 from mapo.verifier.inspect import auroc, evaluate_labels
 from mapo.verifier.pairs import CropPair, is_label_pair, label_pair, label_variants, objects_inside
-from mapo.verifier.train import (
-    CropTensor,
-    VerifierTrainConfig,
-    _epoch_order,
-    build_image_processor,
-    contrastive_loss,
-    synth_pairs,
-    train_tiny_clip,
-)
+from mapo.verifier.train import CropTensor, VerifierTrainConfig, _epoch_order, contrastive_loss, train_tiny_clip
+from mapo.verifier.pairs import synth_pairs
+from mapo.verifier.tiny_clip import build_image_processor
+from mapo.data.task import tool_config_for
 
 
 @pytest.fixture(scope="module")
 def scenes():
     level = synth.level_config("pattern_distractors")
-    return synth.generate(6, 3, level), synth.tool_config_for(level)
+    return synth.generate(6, 3, level), tool_config_for(level)
 
 
 def test_label_pairs_contrast_a_label_with_the_other_objects_of_its_image(scenes):

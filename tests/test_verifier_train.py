@@ -13,16 +13,9 @@ from mapo.cli import main
 from mapo.data import synth
 from mapo.verifier import load_verifier
 from mapo.verifier.inspect import calibration_groups, evaluate, format_distribution
-from mapo.verifier.train import (
-    CROP_KINDS,
-    VerifierTrainConfig,
-    hallucinated_captions,
-    negative_kind,
-    object_phrase,
-    split_by_group,
-    synth_pairs,
-    train_tiny_clip,
-)
+from mapo.verifier.train import VerifierTrainConfig, split_by_group, train_tiny_clip
+from mapo.verifier.pairs import CROP_KINDS, hallucinated_captions, negative_kind, object_phrase, synth_pairs
+from mapo.data.task import tool_config_for
 
 CI = dict(synth_level="medium", n_samples=40, crops_per_sample=6, image_size=32, patch_size=8, vision_width=32,
           vision_layers=2, text_width=32, text_layers=1, heads=4, projection_dim=32, steps=80, batch_size=32,
@@ -32,7 +25,7 @@ CI = dict(synth_level="medium", n_samples=40, crops_per_sample=6, image_size=32,
 @pytest.fixture(scope="module")
 def medium():
     level = synth.level_config("medium")
-    return synth.generate(6, 3, level), synth.tool_config_for(level)
+    return synth.generate(6, 3, level), tool_config_for(level)
 
 
 def test_object_phrase_matches_the_synthetic_captions(medium):
@@ -104,7 +97,7 @@ def test_pattern_captions_only_where_the_crop_shows_the_pattern(monkeypatch):
     scales, real_scale = [], vt.crop_scale  # the scale of each crop, in the order its pair is made
     monkeypatch.setattr(vt, "crop_scale", lambda crop, box: scales.append(real_scale(crop, box)) or scales[-1])
     level = synth.level_config("pattern_distractors")
-    pairs = vt.synth_pairs(synth.generate(12, 5, level), 8, synth.tool_config_for(level), seed=0)
+    pairs = vt.synth_pairs(synth.generate(12, 5, level), 8, tool_config_for(level), seed=0)
     assert len(scales) == len(pairs)
     named = [any(p in pair.caption for p in synth.PATTERNS) for pair in pairs]
     assert any(named) and not all(named)  # exact-cell object crops keep it, shrunk ones lose it
@@ -198,7 +191,7 @@ def test_cli_score_and_errors(trained, tmp_path, capsys):
 
 
 def test_logit_scale_init_sets_the_initial_temperature_and_is_validated():
-    from mapo.verifier.train import build_tiny_clip
+    from mapo.verifier.tiny_clip import build_tiny_clip
 
     config = VerifierTrainConfig(**{**CI, "logit_scale_init": 30.0})
     assert build_tiny_clip(config, vocab_size=50).logit_scale.exp().item() == pytest.approx(30.0)
@@ -244,7 +237,7 @@ def test_defaults_match_the_shipped_recipe():
     # from the dataclass defaults, so the two must not drift (num_threads is speed-only).
     from pathlib import Path
 
-    from mapo.config import load_config
+    from mapo.core.config import load_config
 
     shipped = load_config(VerifierTrainConfig, Path(__file__).parents[1] / "configs/verifier_tiny.yaml", [])
     assert {**vars(shipped), "num_threads": 0} == {**vars(VerifierTrainConfig()), "num_threads": 0}

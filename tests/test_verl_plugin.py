@@ -24,13 +24,13 @@ from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo import core_algos, ray_trainer  # noqa: E402
 
-from mapo import advantage as adv  # noqa: E402
+from mapo.algo import advantage as adv  # noqa: E402
 from mapo.integrations.verl import estimator as est  # noqa: E402
 from mapo.integrations.verl.agent_loop import MapoZoomAgentLoop, ProtocolToolParser  # noqa: E402
 from mapo.integrations.verl.episode import SemanticBatcher, ZoomEpisode  # noqa: E402
 from mapo.integrations.verl.reward import compute_score  # noqa: E402
-from mapo.protocol import ProtocolConfig, render_assistant_turn  # noqa: E402
-from mapo.tools import ToolConfig  # noqa: E402
+from mapo.agent.protocol import ProtocolConfig, render_assistant_turn  # noqa: E402
+from mapo.agent.tools import ToolConfig  # noqa: E402
 from tiny_assets import half_red_half_blue  # noqa: E402
 
 # ----------------------------------------------------------------------------- estimators
@@ -65,7 +65,7 @@ def _verl_batch(seed: int, B: int = 12, T: int = 40, G: int = 4):
 
 
 def _reference(rewards, spans, semantic, uid, T, name, config):
-    """mapo.advantage called directly, segment ids built by a plain loop."""
+    """mapo.algo.advantage called directly, segment ids built by a plain loop."""
     B = rewards.shape[0]
     seg = torch.full((B, T), -1, dtype=torch.long)
     for i, row in enumerate(spans):
@@ -167,7 +167,7 @@ def test_episode_zooms_on_the_original_through_the_view_mapping():
     ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn(render_assistant_turn(bbox=[112, 0, 224, 224], label="blue half"), (0, 10))
     assert pending is not None and pending.crop is not None
-    assert pending.record.box_original == (224.0, 0.0, 448.0, 448.0)  # view x2 -> original
+    assert pending.call.box_original == (224.0, 0.0, 448.0, 448.0)  # view x2 -> original
     assert pending.crop.getpixel((5, 5)) == (0, 0, 255)
     assert [p.get("type") for p in pending.message["content"]] == ["text", "image", "text"]
     assert pending.message["content"][1]["image"] is pending.crop
@@ -184,7 +184,7 @@ def test_episode_zooms_on_the_original_through_the_view_mapping():
 def test_episode_bad_call_gives_an_error_observation_and_goes_on():
     ep = ZoomEpisode(half_red_half_blue(), protocol=PROTOCOL, tool=TOOL, max_images=3, view_wh=(224, 224))
     pending = ep.assistant_turn('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>', (0, 5))
-    assert pending is not None and pending.crop is None and not pending.record.valid
+    assert pending is not None and pending.crop is None and not pending.call.valid
     assert pending.message["content"][0]["text"].startswith("<tool_response>Error:")
     ep.add_observation(pending)
     assert ep.finish_reason is None and ep.extra_fields([None])["mapo_invalid_calls"] == 1
@@ -432,7 +432,7 @@ def test_example_launch_script_fits_verl_config_and_passes_the_checks(tmp_path, 
 def test_patch_factor_comes_from_the_policy_directory(tmp_path):
     from mapo.integrations.verl.agent_loop import policy_factor, processor_view_size
     from mapo.policy import build_tiny_policy
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     qwen3 = build_tiny_policy("tiny", arch="qwen3_vl", text_layers=1, vision_depth=1)
     qwen3.protocol = ProtocolConfig()

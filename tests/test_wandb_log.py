@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from mapo.train.common import MetricsLogger, read_metrics
+from mapo.train.metrics_log import MetricsLogger, read_metrics
 
 
 def _fake_wandb(calls: list):
@@ -45,7 +45,7 @@ def test_no_wandb_by_default_and_a_clear_error_without_the_package(tmp_path, mon
 
 
 def test_wandb_is_a_knob_that_changes_nothing_trained():
-    from mapo.pipeline import SPEED_ONLY_KEYS
+    from mapo.pipelines.stage_cache import SPEED_ONLY_KEYS
     from mapo.train.rl import RESUMABLE_KEYS as RL_RESUMABLE
     from mapo.train.sft import RESUMABLE_KEYS as SFT_RESUMABLE
 

@@ -21,7 +21,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """Stage 1 of the recipe (configs/warmstart_letters.yaml) through the project's SFT recipe, at tiny scale."""
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.sft import SFTConfig, run_sft
 
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def test_the_five_stage_recipe_chains_and_its_manifest_records_every_stage(tiny_
     from the previous one's final/, as ``default.TRAIN_COMMAND`` runs them; ship records all five configs."""
     import yaml
 
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.policy import default
     from mapo.train.sft import SFTConfig, run_sft
 
@@ -80,7 +80,7 @@ def test_a_perfect_first_zoom_counts_as_a_hit(level):
     """The oracle's zoom is the smallest crop, one 112 px cell; objects fill 75% of its side,
     so IoU = 84^2 / 112^2 = 0.5625 >= 0.5 (at 70% it was 0.485: no zoom could ever hit)."""
     from mapo.data.oracle import oracle_trajectory
-    from mapo.tools import box_iou
+    from mapo.agent.tools import box_iou
 
     from mapo.data import synth
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mapo import protocol
+from mapo.agent import protocol
 from mapo.data import synth
+from mapo.data.task import tool_config_for
 
 LEVEL = synth.level_config("easy")
-TOOL = synth.tool_config_for(LEVEL)
+TOOL = tool_config_for(LEVEL)
 DESCRIPTION = "a red square with the letter A"
 FORCED_ZOOM = protocol.render_assistant_turn(think="look", bbox=(0, 0, 56, 56), label="red square")
 FORCED_ANSWER = protocol.render_assistant_turn(description=DESCRIPTION, answer="A")
@@ -36,7 +37,8 @@ def make_policy_dir(path: Path) -> Path:
 def save_tiny_clip(path: Path, captions: list[str], **config) -> Path:
     """A randomly initialised tiny CLIP (``VerifierTrainConfig(**config)``) with a tokenizer over ``captions``,
     saved like a real one: its scores are meaningless but computed by the real code path."""
-    from mapo.verifier.train import VerifierTrainConfig, build_image_processor, build_tiny_clip, build_tokenizer
+    from mapo.verifier.train import VerifierTrainConfig
+    from mapo.verifier.tiny_clip import build_image_processor, build_tiny_clip, build_tokenizer
 
     vc = VerifierTrainConfig(**config)
     tokenizer = build_tokenizer(captions, vc.max_text_tokens)

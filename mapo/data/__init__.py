@@ -32,7 +32,7 @@ __all__ = [
 def __getattr__(name):
     # Readers import pyarrow; keep `import mapo.data` light for the policy and verifier.
     if name == "load_samples":
-        from mapo.data.readers import load_samples
+        from mapo.data.benchmarks import load_samples
 
         return load_samples
     raise AttributeError(f"module 'mapo.data' has no attribute {name!r}")

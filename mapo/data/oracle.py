@@ -2,7 +2,7 @@
 
 :func:`oracle_trajectory` turns a :class:`~mapo.data.Sample` with target boxes
 into the transcript a perfect agent would write: think, zoom on the target
-(through :func:`mapo.tools.zoom_in`, the same coordinate code as training and
+(through :func:`mapo.agent.tools.zoom_in`, the same coordinate code as training and
 evaluation), describe what the crop *actually* shows (the ground-truth
 :func:`~mapo.data.synth.caption_for_crop` of the crop's original-pixel box),
 and answer. Used for the SFT warm start and as a protocol fixture.
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mapo import protocol, tools
+from mapo.agent import protocol, tools
 from mapo.data.sample import Box, Sample
 from mapo.data.synth import caption_for_crop
 from mapo.data.task import tool_config_for

@@ -11,7 +11,7 @@ Images that the tool or the processor cannot take as they are, but that can be
 brought into range, are adjusted rather than dropped, and ``meta["image_adjusted"]``
 says how (the eval record carries it):
 
-- **too elongated** (aspect over :data:`mapo.tools.QWEN_MAX_ASPECT`, or so thin that
+- **too elongated** (aspect over :data:`mapo.agent.tools.QWEN_MAX_ASPECT`, or so thin that
   its view, at least one ``factor`` high, would exceed the pixel budget): the short
   side is padded with black at the right or bottom. Original pixels keep their
   coordinates, so boxes do not move.
@@ -27,41 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 from PIL import Image
 
 from mapo.data.sample import LETTERS, Sample
-from mapo.tools import QWEN_MAX_ASPECT, ToolConfig, view_size
+from mapo.agent.tools import QWEN_MAX_ASPECT, ToolConfig, view_size
 
 # Aspect ratios tried, loosest first, when an image must be padded to fit.
 _ASPECT_CAPS = (QWEN_MAX_ASPECT, 100, 50, 25, 12, 6, 3, 1)
 # Upscale factors tried, on top of the one that just reaches the minimum (smart_resize rounds).
 _UPSCALE_MARGINS = (1.0, 1.1, 1.25, 1.5, 2.0)
-
-
-def pixel_range(processor: Any) -> tuple[int, int] | None:
-    """``(min_pixels, max_pixels)`` of a Qwen2-VL image processor, or None when it does not say."""
-    size = getattr(getattr(processor, "image_processor", None), "size", None)
-    try:
-        return int(size["shortest_edge"]), int(size["longest_edge"])
-    except (TypeError, KeyError, ValueError):
-        return None
-
-
-def policy_tool(tool: ToolConfig, processor: Any) -> ToolConfig:
-    """``tool`` with the side multiple (patch x merge) of the policy whose ``processor`` sees the images.
-
-    A sample must be fitted for the factor the rollout will use (28 px for Qwen2.5-VL, 32 px for
-    Qwen3-VL): fitted for 28 px, a 448x448 image misses an exact 256x256 budget that 32 px meets.
-    ``tool`` is returned as it is when the processor does not say (no ``image_processor``).
-    """
-    from mapo.policy.processor import processor_factor
-    from mapo.tools import with_factor
-
-    if getattr(processor, "image_processor", None) is None:
-        return tool
-    return with_factor(tool, processor_factor(processor))
 
 
 def fit_image(
@@ -71,8 +46,8 @@ def fit_image(
 
     Args:
         image: the decoded original.
-        tool: the tool config whose view budget the rollout applies (:func:`mapo.tools.view_size`).
-        pixels: the processor's ``(min, max)`` pixels (:func:`pixel_range`); None = the tool's budget only.
+        tool: the tool config whose view budget the rollout applies (:func:`mapo.agent.tools.view_size`).
+        pixels: the processor's ``(min, max)`` pixels (:func:`mapo.policy.processor.pixel_range`); None = the tool's budget only.
 
     Returns:
         ``(image, (sx, sy), note)``: the image to play, the factors that map original
@@ -156,4 +131,4 @@ def prepare_sample(sample: Sample, tool: ToolConfig, pixels: tuple[int, int] | N
     return dataclasses.replace(sample, image=fitted, boxes=boxes, meta={**sample.meta, "image_adjusted": note})
 
 
-__all__ = ["fit_image", "pixel_range", "policy_tool", "prepare_sample"]
+__all__ = ["fit_image", "prepare_sample"]

@@ -242,25 +242,3 @@ def score_mme_realworld(samples: Iterable[Sample], predictions: Mapping[str, str
 def score_synth(samples: Iterable[Sample], predictions: Mapping[str, str], scoring: str = "mapo") -> dict[str, Any]:
     """The synthetic task mirrors V*'s categories: V*'s aggregation, read as V* is read."""
     return score_vstar(samples, predictions, scoring)
-
-
-SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "vstar": score_vstar,
-    "hrbench": score_hrbench,
-    "mme": score_mme_realworld,
-    "synth": score_synth,
-}
-
-
-def score(
-    samples: list[Sample], predictions: Mapping[str, str], benchmark: str | None = None, scoring: str = "mapo"
-) -> dict[str, Any]:
-    """Score with ``benchmark``'s aggregation (default: the samples' ``meta["source"]``), reading answers by ``scoring``."""
-    if benchmark is None:
-        sources = {s.meta.get("source", "") for s in samples}
-        if len(sources) != 1:
-            raise ValueError(f"samples come from several sources {sorted(sources)}; pass benchmark=...")
-        benchmark = sources.pop()
-    if benchmark not in SCORERS:
-        raise ValueError(f"no scorer for benchmark {benchmark!r}; choose from {', '.join(SCORERS)}")
-    return SCORERS[benchmark](samples, predictions, scoring)

@@ -41,20 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from mapo.config import knob, partial
+from mapo.core.config import knob, partial
 from mapo.data.sample import Box, Sample, shuffle_options
-from mapo.data.synth_render import (  # noqa: F401  (the vocabulary is importable from here as before)
-    COLORS,
-    GLYPHS,
-    INKS,
-    PATTERNS,
-    SHAPES,
-    SceneObject,
-    glyph_extent,
-    glyph_font,
-    render,
-)
-from mapo.data.task import TaskSpec, tool_config_for  # noqa: F401  (tool_config_for: the budgets of a SynthConfig)
+from mapo.data.synth_render import COLORS, GLYPHS, INKS, PATTERNS, SHAPES, SceneObject, render
+from mapo.data.task import TaskSpec
 
 DIRECTIONS = ("left", "right", "above", "below")
 CATEGORY_OF_FAMILY = {
@@ -207,7 +197,7 @@ def level_config(name: str, **overrides: Any) -> SynthConfig:
 def task_fingerprint(level: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The resolved config of ``level`` with ``overrides`` as plain data: what a cached stage built from the task
     depends on (a change of a level's defaults in the code is a new key)."""
-    from mapo.config import to_dict
+    from mapo.core.config import to_dict
 
     return to_dict(level_config(level, **(overrides or {})))
 

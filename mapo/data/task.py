@@ -8,7 +8,7 @@ readers restore it, so it survives a write -> read round trip. Benchmark samples
 (V*, HR-Bench, ...) have none: they are scored under the run's tool budgets.
 
 :func:`tool_config_for` is the one place a task's pixel budgets become a
-:class:`~mapo.tools.ToolConfig`; training, SFT, evaluation and the pipeline all
+:class:`~mapo.agent.tools.ToolConfig`; training, SFT, evaluation and the pipeline all
 call it.
 """
 
@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mapo import tools
+from mapo.agent import tools
 
 FAMILIES = ("glyph", "ink", "pattern", "relative")
 
@@ -62,7 +62,7 @@ def tool_config_for(source: Any) -> tools.ToolConfig:
     ``source`` is a :class:`~mapo.data.Sample` (its ``task``), a :class:`TaskSpec`,
     or a :class:`~mapo.data.synth.SynthConfig` (anything with ``view_side`` and
     ``obs_side``). A sample without a task spec, or ``None``, gets
-    :data:`mapo.tools.DEFAULT_TOOL_CONFIG`.
+    :data:`mapo.agent.tools.DEFAULT_TOOL_CONFIG`.
     """
     from mapo.data.sample import Sample
 

@@ -1,4 +1,4 @@
-"""Writers of the benchmark and training formats (the layouts :mod:`mapo.data.readers` reads).
+"""Writers of the benchmark and training formats (the layouts the readers in :mod:`mapo.data.formats` read; :mod:`mapo.data.benchmarks` picks one).
 
 Each writer stores what the real format has a field for, plus an extra
 ``mapo`` field (sample id, every ground-truth box with its caption, ``meta``,
@@ -9,7 +9,7 @@ keep their encoding; in-memory images become PNG).
 
 V* stores the correct option first. The writer keeps that layout (real V*
 tools read it) and records the sample's own option order in the ``mapo`` extra
-field (``options``); :func:`mapo.data.readers.read_vstar` restores it, so a
+field (``options``); :func:`mapo.data.formats.vstar.read_vstar` restores it, so a
 sample has one option order and answer letter in memory and in every file
 format. A V* folder without the field (the real benchmark) gets the reader's
 seeded shuffle (:func:`~mapo.data.sample.shuffle_options`).
@@ -30,24 +30,7 @@ from PIL import Image
 
 from mapo.data.sample import IMAGE_FORMATS, LETTERS, Sample, correct_first
 
-FORMATS = ("vstar", "hrbench", "mme", "deepeyes")
 EXTRA_KEY = "mapo"
-
-
-def write_samples(samples: Sequence[Sample], out_dir: str | Path, formats: Sequence[str], name: str = "data") -> dict[str, Path]:
-    """Write ``samples`` in each of ``formats`` under ``out_dir/<format>/``; returns format -> path to load."""
-    out_dir = Path(out_dir)
-    unknown = [f for f in formats if f not in WRITERS]
-    if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    written = {}
-    for fmt in formats:
-        target = out_dir / fmt if fmt == "vstar" else out_dir / fmt / f"{name}{_SUFFIX[fmt]}"
-        written[fmt] = WRITERS[fmt](samples, target)
-    return written
-
-
-_SUFFIX = {"hrbench": ".tsv", "mme": ".json", "deepeyes": ".parquet"}
 
 
 # ----------------------------------------------------------------------------- shared
@@ -225,7 +208,7 @@ def write_deepeyes(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mapo import protocol
+    from mapo.agent import protocol
 
     _check_samples(samples, need_options=False, fmt="DeepEyes")
     path = Path(path)
@@ -240,7 +223,7 @@ def write_deepeyes(
 
 
 def _deepeyes_row(s: Sample, index: int, system: str, data_source: str, split: str) -> dict[str, Any]:
-    from mapo import protocol
+    from mapo.agent import protocol
 
     data, _ = _encoded(s)
     return {
@@ -262,11 +245,3 @@ def _deepeyes_row(s: Sample, index: int, system: str, data_source: str, split: s
             EXTRA_KEY: json.dumps(_extras(s)),
         },
     }
-
-
-WRITERS = {
-    "vstar": write_vstar,
-    "hrbench": write_hrbench,
-    "mme": write_mme_realworld,
-    "deepeyes": write_deepeyes,
-}

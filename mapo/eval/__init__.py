@@ -1,13 +1,13 @@
 """``mapo eval``: play the agent greedily on a benchmark and score it the benchmark's way.
 
-For every sample the agent loop (:func:`mapo.rollout.rollout`, one greedy episode,
+For every sample the agent loop (:func:`mapo.engine.rollout.rollout`, one greedy episode,
 the same tool and coordinate code as training) produces a trajectory; the
-verifier scores each (description, crop) pair; the record (``mapo.records``) is
+verifier scores each (description, crop) pair; the record (``mapo.metrics.records``) is
 appended to ``OUT/predictions.jsonl`` with the input image (a downscaled copy)
 and every crop saved next to it. ``OUT/metrics.json`` holds the benchmark's
 official aggregation (``mapo.data.scoring``: V* per category, HR-Bench per
 cycle, MME-RealWorld per task/subtask/category), tool statistics
-(``mapo.records.record_statistics``), crop IoU where target boxes exist, and
+(``mapo.metrics.records.record_statistics``), crop IoU where target boxes exist, and
 the rows of the source that could not be loaded.
 
 Resumable: records already in ``predictions.jsonl`` are skipped, so an
@@ -34,20 +34,20 @@ Decisions and departures:
 - Multiple choice uses ``extract_choice`` (every benchmark; ``scoring`` adds
   the same aggregation read as lmms-eval or VLMEvalKit read it, see
   ``mapo.data.harness``); open questions (DeepEyes parquet) use
-  ``mapo.reward.answer_matches`` (normalised exact match). There is no official
+  ``mapo.algo.reward.answer_matches`` (normalised exact match). There is no official
   aggregation for DeepEyes data: accuracy overall and per category is reported.
 - Synthetic samples carry the pixel budgets their task was designed for
-  (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_samples`` those budgets are used,
+  (``Sample.task``, :class:`mapo.data.task.TaskSpec`); with ``tool_from_data`` those budgets are used,
   as in SFT and RL. Real benchmarks use ``rollout.tool``, which :func:`eval_config` fills
   with the model's own processor range (:mod:`mapo.eval.config`).
 - Each sample is fitted for the policy's own patch x merge factor (28 px for Qwen2.5-VL,
-  32 px for Qwen3-VL), the one the rollout applies (:func:`mapo.data.prepare.policy_tool`).
+  32 px for Qwen3-VL), the one the rollout applies (:func:`mapo.policy.processor.policy_tool`).
 - The ``deepeyes`` / ``deepeyes-hrbench`` presets reproduce DeepEyes' prompts,
   observation text, pixel budgets (max 16384·28·28), turns and tokens per turn
   (``eval/eval_vstar.py`` / ``eval/eval_hrbench.py`` of Visual-Agent/DeepEyes); MAPO's
   description tag is still parsed but not asked for, so DeepEyes-style models get
   ``s_missing`` for every observation.
-- Semantic scores are training's (:mod:`mapo.semantic`: the same
+- Semantic scores are training's (:mod:`mapo.algo.semantic`: the same
   ``semantic_target``, description-length guard and ``s_missing`` rules), so
   the eval's ``semantic_score_mean`` is the quantity MAPO optimises.
 
@@ -80,7 +80,7 @@ from mapo.eval.outdir import (
     eval_fingerprint,
     written_outputs,
 )
-from mapo.eval.record import trajectory_record
+from mapo.eval.record import prediction_record
 from mapo.eval.run import MAX_LISTED_ROWS, EvalResult, ProgressLine, evaluate
 from mapo.eval.samples import MAX_SYNTH_SAMPLES, SYNTH_SPEC, judge, load_eval_samples, official_scores
 
@@ -110,6 +110,6 @@ __all__ = [
     "load_eval_samples",
     "model_layer",
     "official_scores",
-    "trajectory_record",
+    "prediction_record",
     "written_outputs",
 ]

@@ -13,17 +13,19 @@ stores it):
 3. the preset (:data:`PRESETS`: ``mapo``, or a benchmark's published protocol);
 4. the ``--config`` file, then ``KEY=VALUE`` overrides.
 
-Synthetic samples still use the budgets their task was made for (``tool_from_samples``).
+Synthetic samples still use the budgets their task was made for (``tool_from_data``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from mapo.config import knob
-from mapo.rollout import RolloutConfig
+from mapo.core.config import knob
+from mapo.core.renames import EVAL_CONFIG_KEYS
+from mapo.data.benchmarks import scored_benchmarks
+from mapo.engine.rollout import RolloutConfig
 
 
 DEEPEYES_SYSTEM = """You are a helpful assistant.
@@ -66,7 +68,7 @@ def _deepeyes(max_new_tokens: int) -> dict[str, Any]:
     budgets = {key: value for prefix in ("view", "obs")
                for key, value in ((f"{prefix}_min_pixels", DEEPEYES_MIN_PIXELS), (f"{prefix}_max_pixels", DEEPEYES_MAX_PIXELS))}
     return {
-        "tool_from_samples": False,
+        "tool_from_data": False,
         "rollout": {
             "max_turns": 11, "max_images": 11, "max_new_tokens_per_turn": max_new_tokens, "tool": budgets,
             "protocol": {"system_template": DEEPEYES_SYSTEM, "answer_instruction": DEEPEYES_INSTRUCTION,
@@ -96,9 +98,9 @@ PRESETS: dict[str, Preset] = {
 
 def deepeyes_rollout(base: RolloutConfig) -> RolloutConfig:
     """``base`` with DeepEyes' prompts, observation text and pixel budgets (the ``deepeyes`` preset's rollout)."""
-    from mapo.config import from_dict, to_dict
+    from mapo.core.config import from_dict, to_dict
 
-    from mapo.commands._config import merge
+    from mapo.core.config_files import merge
 
     return from_dict(RolloutConfig, merge(to_dict(base), PRESETS["deepeyes"].values["rollout"]))
 
@@ -111,17 +113,20 @@ def _default_rollout() -> RolloutConfig:
 class EvalConfig:
     """How ``mapo eval`` plays and records the agent."""
 
+    # Config files and overrides written before a key was renamed keep working: old name -> new name.
+    renamed_keys: ClassVar[dict[str, str]] = EVAL_CONFIG_KEYS
+
     preset: str = knob(
         "mapo", "the preset layered under this config: " + "; ".join(f"{k}: {p.help}" for k, p in PRESETS.items())
     )
     rollout: RolloutConfig = knob(factory=_default_rollout, help="agent loop: greedy, one episode per sample")
-    tool_from_samples: bool = knob(True, "use the pixel budgets generated samples were made for (their task spec)")
-    benchmark: str | None = knob(None, "scorer (vstar, hrbench, mme, synth); None: from the samples' meta source")
+    tool_from_data: bool = knob(True, "use the pixel budgets generated samples were made for (their task spec)")
+    benchmark: str | None = knob(None, f"scorer ({', '.join(scored_benchmarks())}); None: from the samples' meta source")
     image_max_side: int = knob(768, "long side of the input-image copy saved for the report (boxes stay in original px)")
     hit_iou: float = knob(0.5, "a crop hits a target when IoU >= this")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both"] = knob(
-        "description", "what the verifier scores against each crop, as in `mapo train` (mapo.semantic)"
+        "description", "what the verifier scores against each crop, as in `mapo train` (mapo.algo.semantic)"
     )
     scoring: tuple[str, ...] = knob(
         (), "also score multiple choice the way these harnesses read answers (lmms-eval, vlmevalkit, mapo): "
@@ -221,7 +226,7 @@ def eval_config(
     Returns:
         ``(config, notes)``: the config, and one note per knob the model set.
     """
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
 
     data, notes = eval_config_data(model, preset, path, overrides)
     return from_dict(EvalConfig, data), notes
@@ -231,8 +236,8 @@ def eval_config_data(
     model: str | None = None, preset: str | None = None, path: str | None = None, overrides: Iterable[str] = ()
 ) -> tuple[dict[str, Any], list[str]]:
     """:func:`eval_config` as plain data (what ``--show-config`` renders even when it does not validate)."""
-    from mapo.commands._config import merge, resolve_data
-    from mapo.config import to_dict
+    from mapo.core.config_files import merge, resolve_data
+    from mapo.core.config import to_dict
 
     overrides = list(overrides)
     base, notes = model_layer(model)

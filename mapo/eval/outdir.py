@@ -9,12 +9,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mapo.config import to_dict
-from mapo.errors import DataError
+from mapo.core.config import to_dict
+from mapo.core.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import SYNTH_SPEC
-from mapo.fingerprint import file_digests, model_digest
-from mapo.rollout import RolloutConfig
+from mapo.core.fingerprint import file_digests, model_digest
+from mapo.core.renames import EVAL_CONFIG_KEYS
+from mapo.engine.rollout import RolloutConfig
 
 
 EVAL_FILE = "eval.json"
@@ -33,12 +34,14 @@ def eval_fingerprint(data: str, policy: Any, verifier: Any | None, config: EvalC
     """``{"model", "verifier", "data", "config"}``: short hashes of what an evaluation's records depend on.
 
     The model and verifier are hashed from every byte of their weights
-    (:func:`mapo.fingerprint.model_digest`: the files a strict load read, else the
+    (:func:`mapo.core.fingerprint.model_digest`: the files a strict load read, else the
     tensors in memory); the data from every byte of its files
     (:func:`data_fingerprint`); the config from its YAML form with the resolved
     protocol, without :data:`FINGERPRINT_IGNORE` and the rollout batch size.
     """
-    cfg = {k: v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
+    # A renamed key hashes under its old name, so eval directories from before the rename still resume.
+    old_name = {new: old for old, new in EVAL_CONFIG_KEYS.items()}
+    cfg = {old_name.get(k, k): v for k, v in to_dict(config).items() if k not in FINGERPRINT_IGNORE}
     cfg["rollout"] = {k: v for k, v in to_dict(rollout).items() if k != "batch_size"}
     protocol = cfg["rollout"].get("protocol", {})
     if not protocol.get("extra_tools"):
@@ -66,7 +69,7 @@ def data_fingerprint(data: str) -> str:
     ``synth:N:LEVEL:SEED`` hashes without N (sample i depends only on level, seed and i).
     A folder: every file under it, by relative name and content. A file: its content,
     and for an MME-RealWorld JSON also every image file its records name (they live
-    outside the file). File hashes are cached by size and mtime (:mod:`mapo.fingerprint`).
+    outside the file). File hashes are cached by size and mtime (:mod:`mapo.core.fingerprint`).
     """
     import hashlib
 
@@ -237,7 +240,7 @@ def written_outputs(out: Path) -> list[Path]:
 
 
 def _legacy_outputs(path: Path) -> list[str]:
-    from mapo.records import read_jsonl
+    from mapo.metrics.records import read_jsonl
 
     try:
         records = read_jsonl(path).records

@@ -1,4 +1,4 @@
-"""One played trajectory -> one :class:`~mapo.records.PredictionRecord`, with its image and crops saved."""
+"""One played trajectory -> one :class:`~mapo.metrics.records.PredictionRecord`, with its image and crops saved."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 from PIL import Image
 
-from mapo import heldout, tools
+from mapo.algo.crop_iou import crop_ious
+
+from mapo.agent import tools
 from mapo.eval.config import EvalConfig
 from mapo.eval.samples import judge
-from mapo.records import PredictionRecord, TurnRecord
+from mapo.metrics.records import PredictionRecord, TurnRecord
 
 
 def _stem(sample_id: str) -> str:
@@ -22,18 +24,18 @@ def _stem(sample_id: str) -> str:
 
 
 def output_names(trajectory: Any) -> list[str]:
-    """The files :func:`trajectory_record` saves for ``trajectory``, relative to the eval directory."""
+    """The files :func:`prediction_record` saves for ``trajectory``, relative to the eval directory."""
     stem = _stem(trajectory.sample.id)
     return [f"images/{stem}.jpg"] + [f"crops/{stem}_{j}.png" for j, crop in enumerate(trajectory.crops) if crop is not None]
 
 
-def trajectory_record(
+def prediction_record(
     trajectory: Any, scores: list[float | None], out: Path, benchmark: str, config: EvalConfig
 ) -> PredictionRecord:
-    """Turn one rollout :class:`~mapo.rollout.Trajectory` into a record, saving its image and crops under ``out``.
+    """Turn one rollout :class:`~mapo.engine.rollout.Trajectory` into a record, saving its image and crops under ``out``.
 
     ``scores`` has one entry per observation (``K``): training's semantic score
-    s_{i,k} (:mod:`mapo.semantic`; ``s_missing`` for an error observation), or
+    s_{i,k} (:mod:`mapo.algo.semantic`; ``s_missing`` for an error observation), or
     None each when no verifier was given.
     """
     sample = trajectory.sample
@@ -86,7 +88,7 @@ def trajectory_record(
         view_size=list(trajectory.view_size),
         target_boxes=targets,
         turns=turns,
-        iou=heldout.crop_ious(trajectory),  # one per valid zoom-in crop, the definition training logs
+        iou=crop_ious(trajectory),  # one per valid zoom-in crop, the definition training logs
         meta={"answer_text": trajectory.answer_text,
               **({"image_adjusted": sample.meta["image_adjusted"]} if "image_adjusted" in sample.meta else {})},
     )

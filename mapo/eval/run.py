@@ -10,17 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mapo import tools
-from mapo.config import to_dict
-from mapo.errors import DataError
+from mapo.agent import tools
+from mapo.core.config import to_dict
+from mapo.core.errors import DataError
 from mapo.eval.config import EvalConfig
 from mapo.eval.outdir import SKIPPED_FILE, _write_json_atomic, claim_out_dir, eval_fingerprint, make_out_dir, record_outputs
-from mapo.eval.record import output_names, trajectory_record
+from mapo.eval.record import output_names, prediction_record
 from mapo.eval.samples import _benchmark_of, load_eval_samples, official_scores
-from mapo.protocol import protocol_for_policy
-from mapo.records import append_jsonl, read_jsonl, record_statistics
-from mapo.rollout import RolloutConfig
-from mapo.semantic import per_observation, semantic_scores
+from mapo.agent.protocol import protocol_for_policy
+from mapo.metrics.records import append_jsonl, read_jsonl, record_statistics
+from mapo.engine.rollout import RolloutConfig
+from mapo.algo.semantic import per_observation, semantic_scores
 
 
 @dataclass
@@ -72,7 +72,7 @@ def evaluate(
     # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol.
     base = dataclasses.replace(base, protocol=protocol_for_policy(base.protocol, getattr(policy, "protocol", None)))
     created = make_out_dir(out, data)
-    from mapo.train.run_dir import RunDirLock
+    from mapo.core.run_dir import RunDirLock
 
     # One evaluation at a time in OUT: a second one would append the same samples again. Taken before the
     # fingerprint, which reads every weight byte, so a second eval is refused at once.
@@ -86,7 +86,7 @@ def evaluate(
 def _run(samples, origins, load_report, data, out, policy, verifier, config, base, benchmark, limit, progress,
          run_info, forced_turns, fingerprint) -> EvalResult:
     """The loop of :func:`evaluate` once ``out`` is claimed and locked."""
-    from mapo.data.prepare import pixel_range, policy_tool
+    from mapo.policy.processor import pixel_range, policy_tool
 
     pred_path = out / "predictions.jsonl"
     done = {r.id for r in read_jsonl(pred_path)} if pred_path.exists() else set()
@@ -110,7 +110,7 @@ def _run(samples, origins, load_report, data, out, policy, verifier, config, bas
         scores = _semantic_scores(trajectories, verifier, config, rc.protocol.max_description_chars)
         for t, sc in zip(trajectories, scores):
             record_outputs(out, output_names(t))  # listed before they are written: --overwrite finds them all
-            append_jsonl(pred_path, trajectory_record(t, sc, out, benchmark, config))
+            append_jsonl(pred_path, prediction_record(t, sc, out, benchmark, config))
         finished += len(chunk)
         if progress:
             progress(finished, total)
@@ -194,7 +194,7 @@ def _prepare(chunk: Sequence[Any], tool: tools.ToolConfig, pixels: tuple[int, in
 def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Callable | None,
           skip: Callable[[Any, str], None]) -> list[Any]:
     """Greedy trajectories of ``samples``; when the batch fails, each sample alone, skipping the ones that fail."""
-    from mapo.rollout import rollout
+    from mapo.engine.rollout import rollout
 
     def run(batch: list[Any]) -> list[Any]:
         forced = None
@@ -220,7 +220,7 @@ def _play(samples: list[Any], policy: Any, rc: RolloutConfig, forced_turns: Call
 
 
 def _tool_for(sample: Any, base: RolloutConfig, config: EvalConfig) -> tools.ToolConfig:
-    if config.tool_from_samples:
+    if config.tool_from_data:
         from mapo.data.task import tool_config_for
 
         if sample.task is not None:
@@ -246,7 +246,7 @@ def _chunks_by_tool(samples: Sequence[Any], base: RolloutConfig, config: EvalCon
 def _semantic_scores(
     trajectories: Sequence[Any], verifier: Any | None, config: EvalConfig, max_description_chars: int
 ) -> list[list[float | None]]:
-    """Per trajectory, per observation: training's s_{i,k} (:mod:`mapo.semantic`); None without a verifier."""
+    """Per trajectory, per observation: training's s_{i,k} (:mod:`mapo.algo.semantic`); None without a verifier."""
     if verifier is None:
         return [[None] * t.num_observations for t in trajectories]
     sem = semantic_scores(
@@ -261,7 +261,7 @@ class ProgressLine:
     else (a log file, or ``plain``) one line per chunk with seconds per sample and the ETA."""
 
     def __init__(self, width: int = 30, plain: bool | None = None) -> None:
-        from mapo.progress import is_terminal
+        from mapo.core.progress import is_terminal
 
         self.width = width
         self.plain = not is_terminal() if plain is None else plain
@@ -269,7 +269,7 @@ class ProgressLine:
         self.first: int | None = None  # samples already done when this run started (resume)
 
     def __call__(self, done: int, total: int) -> None:
-        from mapo.progress import format_duration
+        from mapo.core.progress import format_duration
 
         elapsed = time.perf_counter() - self.started
         if self.plain:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mapo.records import PredictionRecord
+from mapo.metrics.records import PredictionRecord
 
 
 SYNTH_SPEC = re.compile(r"^synth:(\d+)(?::([A-Za-z_]\w*))?(?::(\d+))?$")  # level checked against synth.LEVELS
@@ -66,7 +66,9 @@ def _synth_output_source(data: str) -> str:
     root = Path(data)
     if not (root / "synth_config.yaml").is_file():
         return data
-    for fmt in ("vstar", "hrbench", "mme", "deepeyes"):
+    from mapo.data.benchmarks import FORMATS
+
+    for fmt in FORMATS:
         if (root / fmt).is_dir():
             return str(root / fmt)
     return data
@@ -75,7 +77,7 @@ def _synth_output_source(data: str) -> str:
 def judge(sample: Any, answer_text: str | None, benchmark: str) -> tuple[str | None, bool]:
     """``(prediction, correct)`` of one sample from its ``<answer>`` text (None: never answered)."""
     from mapo.data.scoring import predicted_choice
-    from mapo.reward import answer_matches
+    from mapo.algo.reward import answer_matches
 
     if answer_text is None:
         return None, False
@@ -92,12 +94,13 @@ def official_scores(
 
     ``scoring``: whose reading of a multiple-choice answer (``mapo.data.harness.HARNESSES``).
     """
-    from mapo.data.scoring import SCORERS
+    from mapo.data.benchmarks import scorer_of
 
+    scorer = scorer_of(benchmark)
     answers = {r.id: _answer_text(r) for r in records}
     predictions = {k: v for k, v in answers.items() if v is not None}
-    if benchmark in SCORERS:
-        return SCORERS[benchmark](list(samples), predictions, scoring)
+    if scorer is not None:
+        return scorer(list(samples), predictions, scoring)
     # No official rule (DeepEyes training data, open questions): plain accuracy, per category.
     by_id = {r.id: r for r in records}
     groups: dict[str, list[bool]] = defaultdict(list)

@@ -1,6 +1,6 @@
 """Model backends: the model-specific half of generation and of the training forward.
 
-:mod:`mapo.rollout` plays episodes (prompting, parsing, the tool, budgets, sampling)
+:mod:`mapo.engine.rollout` plays episodes (prompting, parsing, the tool, budgets, sampling)
 and knows nothing about a model family; everything that does lives here, behind one
 interface (:class:`QwenVLBackend`):
 
@@ -11,7 +11,7 @@ interface (:class:`QwenVLBackend`):
   next-token logits; ``batch_cache`` / ``episode_cache`` / ``select_rows`` move the KV
   cache between one batched cache and per-episode storage;
 - ``hidden_states``: one training-style forward over a collated batch (the log-prob
-  forward of :func:`mapo.rollout.sequence_logprobs`); ``mm_token_type_ids`` the
+  forward of :func:`mapo.engine.rollout.sequence_logprobs`); ``mm_token_type_ids`` the
   image-token mask it needs.
 
 Two backends:
@@ -28,7 +28,7 @@ Two backends:
 (:mod:`mapo.policy.families`) names for ``model.config.model_type`` and refuses other
 types with the list of supported ones. The patch factor (``factor``) comes from the
 model's vision config; the tool's view<->original mapping uses it
-(:func:`mapo.tools.with_factor`).
+(:func:`mapo.agent.tools.with_factor`).
 """
 
 from __future__ import annotations

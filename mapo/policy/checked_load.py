@@ -1,7 +1,7 @@
 """Loading a model directory strictly: every file checked before it is used, every tensor accounted for.
 
 Used by :func:`mapo.policy.load_policy` and :func:`mapo.verifier.clip.load_verifier`. Each check
-raises :class:`~mapo.errors.ModelError` naming the directory, the file and what to do:
+raises :class:`~mapo.core.errors.ModelError` naming the directory, the file and what to do:
 
 - ``manifest.json`` beside the weights (a shipped checkpoint, or a copy of one) is verified
   whatever the path: every file it lists must match its sha256 and no other file may be there.
@@ -26,7 +26,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mapo.errors import ModelError, first_line
+from mapo.core.errors import ModelError, first_line
 
 MANIFEST = "manifest.json"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -73,7 +73,7 @@ def verify_manifest(root: Path) -> None:
     """Check ``root/manifest.json`` (when there is one) against the files in ``root``."""
     if not (root / MANIFEST).is_file():
         return
-    from mapo import shipped
+    from mapo.core import shipped
 
     try:
         shipped.verify(root, (), what="checkpoint", rebuild="restore the original files (or, if you changed them on "

@@ -25,8 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mapo import shipped
-from mapo.shipped import MANIFEST, ShippedCheckpointError, sha256_of  # noqa: F401 (sha256_of: part of this module's API)
+from mapo.core import shipped
+from mapo.core.shipped import MANIFEST, ShippedCheckpointError
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "warmstart"
 CONFIG_PATH = "configs/warmstart.yaml"
@@ -69,7 +69,7 @@ def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
     """Check every file named in ``path/manifest.json`` against its sha256; return the manifest.
 
     The manifest must cover the directory exactly: every shipped file listed, and no
-    file present that it does not list (:func:`mapo.shipped.verify`).
+    file present that it does not list (:func:`mapo.core.shipped.verify`).
 
     Raises:
         DefaultPolicyError: no manifest, a file missing, unlisted or not listed, or a hash mismatch; the message

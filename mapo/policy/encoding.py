@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mapo import protocol as protocol_mod
-from mapo.protocol import ProtocolConfig
+from mapo.agent import protocol as protocol_mod
+from mapo.agent.protocol import ProtocolConfig
 
 IMAGE_PAD = "<|image_pad|>"
 

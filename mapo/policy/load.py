@@ -19,9 +19,9 @@ LoRA policy saves its adapter (``adapter_config.json``); :func:`load_policy` on
 such a directory loads the base model named in it and applies the adapter.
 
 A policy trained by mapo also records the agent protocol it was trained with
-(tags, prompts: :class:`mapo.protocol.ProtocolConfig`) in ``mapo_protocol.json``
+(tags, prompts: :class:`mapo.agent.protocol.ProtocolConfig`) in ``mapo_protocol.json``
 next to its weights, so that RL and evaluation prompt it exactly as SFT did
-(:func:`mapo.protocol.protocol_for_policy`). Checkpoints from elsewhere have no
+(:func:`mapo.agent.protocol.protocol_for_policy`). Checkpoints from elsewhere have no
 such file and use the configured protocol.
 """
 
@@ -34,11 +34,11 @@ from typing import Any, Literal
 
 import torch
 
-from mapo.config import from_dict, to_dict
-from mapo.errors import MapoError, ModelError
+from mapo.core.config import from_dict, to_dict
+from mapo.core.errors import MapoError, ModelError
 from mapo.policy.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_of
 from mapo.policy.tokenizer import VISION_TOKENS
-from mapo.protocol import ProtocolConfig
+from mapo.agent.protocol import ProtocolConfig
 
 PROTOCOL_FILE = "mapo_protocol.json"
 QWEN_VL_MODEL_TYPES = SUPPORTED_MODEL_TYPES  # kept for callers of the old name
@@ -149,7 +149,7 @@ def write_system_template(out_dir: str | Path, protocol: ProtocolConfig) -> None
     """Put ``protocol``'s system prompt (the tool schema and tag grammar) into the chat template files of
     ``out_dir`` (``chat_template.jinja``, and ``tokenizer_config.json``'s copy), so plain transformers
     (``apply_chat_template`` without a system message) prompts the policy as mapo does."""
-    from mapo.protocol import system_prompt
+    from mapo.agent.protocol import system_prompt
 
     system = system_prompt(protocol)
     root = Path(out_dir)
@@ -303,7 +303,7 @@ def load_policy(
         FileNotFoundError: ``path`` is not a directory, or lacks files (named in the message).
         ValueError: an unsupported model type (the message lists the supported ones), a
             processor whose patch/merge sizes disagree with the model, or an unknown ``dtype``;
-            :class:`~mapo.errors.ModelError` (a ``ValueError``) for every check above.
+            :class:`~mapo.core.errors.ModelError` (a ``ValueError``) for every check above.
     """
     root = Path(path)
     if not root.is_dir():
@@ -337,7 +337,7 @@ def load_policy(
     _check_vocabulary(processor.tokenizer, config, root)
     model = checked_load.from_pretrained_strict(family.model_cls(), root, allow_partial=allow_partial, dtype=torch_dtype)
     if not allow_partial:  # every tensor came from these files: the eval fingerprint may hash them (cached)
-        from mapo.fingerprint import mark_loaded_from
+        from mapo.core.fingerprint import mark_loaded_from
 
         mark_loaded_from(model, sorted(root.glob("*.safetensors")))
     from mapo.policy.processor import check_matches_model

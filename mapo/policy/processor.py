@@ -11,7 +11,7 @@ Both models use the same PIL image processor (``Qwen2VLImageProcessorPil``); onl
 its ``patch_size`` (14 or 16) and normalisation constants differ, and those come
 from the checkpoint's ``preprocessor_config.json``.
 
-Resizing. The rollout resizes every view itself with ``mapo.tools.smart_resize``
+Resizing. The rollout resizes every view itself with ``mapo.agent.tools.smart_resize``
 (the coordinate frame the model sees must be known exactly). The image
 processor keeps ``do_resize=True`` but its ``[min_pixels, max_pixels]`` range is
 set to contain the tool's view budgets, so Qwen's smart-resize is the identity on
@@ -24,7 +24,8 @@ from __future__ import annotations
 from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from mapo.policy.families import FAMILIES, HALF_MEAN_STD, family_of  # noqa: F401 (HALF_MEAN_STD: importable here too)
+from mapo.agent.tools import ToolConfig, with_factor
+from mapo.policy.families import FAMILIES, family_of
 
 # Qwen2.5-VL's own defaults (preprocessor_config.json of the 3B/7B checkpoints).
 QWEN_MIN_PIXELS = 3136
@@ -140,6 +141,27 @@ def processor_factor(processor) -> int:
     return int(ip.patch_size * ip.merge_size)
 
 
+def pixel_range(processor) -> tuple[int, int] | None:
+    """``(min_pixels, max_pixels)`` of a Qwen2-VL image processor, or None when it does not say."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    try:
+        return int(size["shortest_edge"]), int(size["longest_edge"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def policy_tool(tool: ToolConfig, processor) -> ToolConfig:
+    """``tool`` with the side multiple (patch x merge) of the policy whose ``processor`` sees the images.
+
+    A sample must be fitted for the factor the rollout will use (28 px for Qwen2.5-VL, 32 px for
+    Qwen3-VL): fitted for 28 px, a 448x448 image misses an exact 256x256 budget that 32 px meets.
+    ``tool`` is returned as it is when the processor does not say (no ``image_processor``).
+    """
+    if getattr(processor, "image_processor", None) is None:
+        return tool
+    return with_factor(tool, processor_factor(processor))
+
+
 def check_no_resize(processor, height: int, width: int) -> None:
     """Raise ``ValueError`` if ``processor`` would resize a ``height x width`` image.
 
@@ -155,5 +177,5 @@ def check_no_resize(processor, height: int, width: int) -> None:
         raise ValueError(
             f"image {height}x{width} ({height * width} px) is outside the processor's pixel range "
             f"[{lo}, {hi}]; the processor would resize it. Build the processor with a range covering "
-            "the tool's view budgets (mapo.tools.ToolConfig)."
+            "the tool's view budgets (mapo.agent.tools.ToolConfig)."
         )

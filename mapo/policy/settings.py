@@ -46,7 +46,7 @@ class ModelSettings:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    from mapo.errors import ModelError
+    from mapo.core.errors import ModelError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -72,7 +72,7 @@ def read_model_settings(path: str | Path) -> ModelSettings:
     lo = _positive_int(size.get("shortest_edge")) or _positive_int(pre.get("min_pixels"))
     hi = _positive_int(size.get("longest_edge")) or _positive_int(pre.get("max_pixels"))
     if lo is not None and hi is not None and lo > hi:
-        from mapo.errors import ModelError
+        from mapo.core.errors import ModelError
 
         raise ModelError(f"{root}: the image processor's min <= max pixels is broken ({lo} > {hi}); fix its "
                          "size.shortest_edge / size.longest_edge (or min_pixels / max_pixels)")

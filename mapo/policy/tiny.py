@@ -179,7 +179,7 @@ def pixel_range(tool_config=None, factor: int = 28) -> tuple[int, int]:
     of it (112 px for a 32-px Qwen3-VL) is smart-resized below the budget (96 px), and the
     range reaches down to that area too.
     """
-    from mapo.tools import ToolConfig, smart_resize
+    from mapo.agent.tools import ToolConfig, smart_resize
 
     cfg = ToolConfig() if tool_config is None else tool_config
     lo, hi = min(cfg.view_min_pixels, cfg.obs_min_pixels), max(cfg.view_max_pixels, cfg.obs_max_pixels)
@@ -207,7 +207,7 @@ def build_tiny_policy(
         corpus: texts to train the BPE on; default :func:`mapo.policy.tokenizer.default_corpus`.
         seed: seeds the weight initialisation (the tokenizer is deterministic given the corpus).
         max_number: integers ``0..max_number`` are single tokens (``None``: digit by digit).
-        tool_config: ``mapo.tools.ToolConfig`` whose pixel budgets the processor must not
+        tool_config: ``mapo.agent.tools.ToolConfig`` whose pixel budgets the processor must not
             alter (default ``ToolConfig()``).
         arch: ``qwen2_5_vl`` (default) or ``qwen3_vl``: a registered family with a tiny
             builder (:data:`ARCHS`, :mod:`mapo.policy.families`).

@@ -195,7 +195,7 @@ def _padded(vocab: dict[str, int], size: int) -> dict[str, int]:
 
 def protocol_tags() -> list[str]:
     """The protocol's tag strings (``<think>``, ``</answer>``, …), to become single tokens."""
-    from mapo.protocol import ProtocolConfig
+    from mapo.agent.protocol import ProtocolConfig
 
     cfg = ProtocolConfig()
     names = (cfg.think_tag, cfg.tool_call_tag, cfg.description_tag, cfg.answer_tag, cfg.response_tag)
@@ -218,7 +218,7 @@ def default_corpus(seed: int = 0) -> list[str]:
 @functools.lru_cache(maxsize=4)
 def _default_corpus(seed: int) -> tuple[str, ...]:
     # Cached: it renders synthetic images, and tests and recipes build several policies.
-    from mapo import protocol
+    from mapo.agent import protocol
     from mapo.data import synth
     from mapo.data.oracle import oracle_trajectory
 

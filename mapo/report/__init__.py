@@ -31,7 +31,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from mapo.data import open_image
-from mapo.records import PredictionRecord, read_jsonl, record_statistics
+from mapo.metrics.records import PredictionRecord, read_jsonl, record_statistics
 from mapo.report import html as H
 from mapo.report import plots as P
 from mapo.report.rollouts import load_rollouts, render_rollouts
@@ -51,7 +51,7 @@ CHOSEN_CURVES = {
     "eval/accuracy": "Held-out accuracy (periodic greedy eval)",
 }
 # Rows of the before/after table, in this order: keys of metrics.json["tools"]; labels and the
-# arithmetic come from mapo.pipeline_summary.before_after, the function behind the demo's summary.md.
+# arithmetic come from mapo.metrics.before_after.before_after, the function behind the demo's summary.md.
 COMPARED = ("accuracy", "first_crop_hit_rate", "crop_iou_mean", "tool_calls_per_sample", "semantic_score_mean")
 
 
@@ -173,7 +173,7 @@ def load_inputs(src: Path) -> ReportInputs:
 def _demo_root(src: Path) -> Path | None:
     """The ``mapo demo`` directory that ``src`` is, or whose ``rl/`` run ``src`` is; else None.
 
-    The layout is ``mapo.pipeline.run_pipeline``'s: ``rl/`` (the training run, its final
+    The layout is ``mapo.pipelines.demo.run_pipeline``'s: ``rl/`` (the training run, its final
     held-out eval in ``rl/eval/``) next to ``eval_before/`` (the warm start's eval). The
     demo builds its report from ``rl/``, so both spellings must find the pair.
     """
@@ -394,8 +394,8 @@ def _curve(key: str, series: dict[str, Any], x_label: str, assets: Path, title: 
 def _comparison(pair: tuple[dict[str, Any], dict[str, Any]] | None) -> H.Comparison | None:
     if pair is None:
         return None
-    # Imported here: mapo.pipeline pulls in torch, which only a demo directory's report needs.
-    from mapo.pipeline_summary import before_after, verdict
+    # Imported here: mapo.pipelines.demo pulls in torch, which only a demo directory's report needs.
+    from mapo.metrics.before_after import before_after, verdict
 
     before, after, which, dirs = pair
     by_key = {r["key"]: r for r in before_after(before, after)}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mapo.records import PredictionRecord
+from mapo.metrics.records import PredictionRecord
 
 # Colours of the zoom boxes, by turn index; the same palette is used by the PIL
 # drawing code so that a turn's row and its box match.
@@ -54,10 +54,10 @@ class Figure:
 
 @dataclass
 class Comparison:
-    """Held-out evaluations before and after RL, as ``mapo.pipeline_summary.before_after`` tabulates them."""
+    """Held-out evaluations before and after RL, as ``mapo.metrics.before_after.before_after`` tabulates them."""
 
     rows: list[dict[str, Any]]  # each: label, meaning, before, after, delta (None where undefined)
-    verdict: str  # mapo.pipeline_summary.verdict's reading of the accuracy change ("" when n is unknown)
+    verdict: str  # mapo.metrics.before_after.verdict's reading of the accuracy change ("" when n is unknown)
     n: int | None  # held-out samples per evaluation
     which: str = "validation"  # the evaluation set: "test" (measured once) or "validation" (settings chosen on it)
     dirs: tuple[str, str] = ("eval_before", "rl/eval")  # the two evaluation directories, relative to the demo

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: the report runs headless
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mapo.records import PredictionRecord  # noqa: E402
+from mapo.metrics.records import PredictionRecord  # noqa: E402
 
 _DPI = 80  # small files; the page shows them at ~400 px wide
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mapo.records import PredictionRecord, read_jsonl
+from mapo.metrics.records import PredictionRecord, read_jsonl
 from mapo.report import html as H
 
 ROLLOUTS_DIR = "rollouts"  # mapo.train.rollout_log.ROLLOUTS_DIR (not imported: the report needs no torch)

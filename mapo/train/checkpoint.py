@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.errors import DataError
-from mapo.train.run_dir import atomic_write_text, read_json_file
+from mapo.core.errors import DataError
+from mapo.core.run_dir import atomic_write_text, read_json_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -1,8 +1,8 @@
 """What the RL trainer measures beyond the trajectories: advantage statistics and gradient-variance estimates.
 
 Trajectory metrics (reward, accuracy, tool use, crop IoU, first-zoom hit) live in
-:mod:`mapo.heldout`, shared with the held-out evaluations, ``mapo eval`` and the report;
-semantic scores in :mod:`mapo.semantic` (shared with eval, the report and verl).
+:mod:`mapo.metrics.heldout`, shared with the held-out evaluations, ``mapo eval`` and the report;
+semantic scores in :mod:`mapo.algo.semantic` (shared with eval, the report and verl).
 
 Every function here is pure given its inputs (no trainer state), so the trainer
 and the tests call the same code. Formulas of every

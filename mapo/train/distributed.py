@@ -12,12 +12,12 @@ The contract (what a data-parallel step means in mapo; docs/scale_out.md):
   keyed by (seed, step, prompt index within the step, member) (``mapo.train.rl``),
   so a rank draws exactly what a single process would for the same prompts.
 - **One loss for the whole batch.** Each rank aggregates its tokens with
-  :func:`mapo.loss.agg_loss` over the *global* count (:func:`global_denominator`)
+  :func:`mapo.algo.loss.agg_loss` over the *global* count (:func:`global_denominator`)
   and the gradients are *summed* over ranks, so the update is the single-process
   update for every ``agg_loss`` mode (invariant to W).
 - **torch's DDP moves the gradients.** :func:`wrap_for_training` wraps the training
   forward (:class:`LogprobForward`: the log-prob forward of
-  :func:`mapo.trajectory.sequence_logprobs`) in ``DistributedDataParallel``, whose
+  :func:`mapo.engine.trajectory.sequence_logprobs`) in ``DistributedDataParallel``, whose
   bucketed all-reduce overlaps the backward pass; a communication hook makes it a sum
   instead of DDP's mean. Gradient accumulation runs the micro-batches of a mini-batch
   under ``no_sync`` and synchronises on the last one. With ``minibatches > 1`` a rank may
@@ -151,14 +151,14 @@ def _comm_device() -> torch.device:
 
 class LogprobForward(torch.nn.Module):
     """The training forward as a module (what DDP wraps): ``forward(batch, temperature=, return_entropy=)`` is
-    :func:`mapo.trajectory.sequence_logprobs` of ``model``."""
+    :func:`mapo.engine.trajectory.sequence_logprobs` of ``model``."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, batch: Any, temperature: float = 1.0, return_entropy: bool = False):
-        from mapo.trajectory import sequence_logprobs
+        from mapo.engine.trajectory import sequence_logprobs
 
         return sequence_logprobs(self.model, batch, temperature=temperature, return_entropy=return_entropy)
 

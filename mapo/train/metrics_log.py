@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.train.run_dir import atomic_write_text
+from mapo.core.renames import current_metric_names
+
+from mapo.core.run_dir import atomic_write_text
 
 
 class MetricsLogger:
@@ -68,10 +70,11 @@ def _as_float(key: str, value: Any) -> float:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The records of a ``metrics.jsonl``: JSON objects with an integer ``step``.
+    """The records of a ``metrics.jsonl``: JSON objects with an integer ``step``, metrics under their current names.
 
     Anything else (a partial last line from a crash, a line edited by hand that is not a
-    record, bytes that are not UTF-8) is skipped.
+    record, bytes that are not UTF-8) is skipped. A file written before a metric was
+    renamed reads as if written now (:func:`mapo.core.renames.current_metric_names`).
     """
     records = []
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
@@ -81,5 +84,5 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
             continue
         step = record.get("step") if isinstance(record, dict) else None
         if isinstance(step, int) and not isinstance(step, bool):
-            records.append(record)
+            records.append(current_metric_names(record))
     return records

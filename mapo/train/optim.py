@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from mapo.config import knob
+from mapo.core.config import knob
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """The RL recipe: GRPO and MAPO over multi-turn zoom-in rollouts.
 
-Top to bottom: ``setup`` (data, policy, verifier, optimiser, run directory,
-resume) -> ``loop`` (per step: sample prompts -> rollout G per prompt -> outcome
+Top to bottom: ``setup`` (run directory and resume, then one call per job: the data
+(:mod:`mapo.train.rl_data`), the models (:mod:`mapo.train.rl_model`), the optimiser
+(:mod:`mapo.train.optim`)) -> ``loop`` (per step: sample prompts -> rollout G per prompt -> outcome
 rewards -> semantic scores of every observation (one batched verifier call) ->
 the registered advantage estimator -> clipped policy loss over ``ppo_epochs`` x
 ``minibatches`` optimizer steps with gradient accumulation -> metrics, held-out
 evaluation, checkpoint) -> ``cleanup`` (final checkpoint, policy in
 ``RUN_DIR/final``, ``RUN_DIR/summary.json``). The maths lives in the library:
-:mod:`mapo.advantage`, :mod:`mapo.loss`, :mod:`mapo.train.diagnostics`; one step in
+:mod:`mapo.algo.advantage`, :mod:`mapo.algo.loss`, :mod:`mapo.train.diagnostics`; one step in
 :mod:`mapo.train.rl_step`, the held-out evaluation in :mod:`mapo.train.rl_eval`, the
 run's state and checkpoints in :mod:`mapo.train.rl_run`.
 
@@ -57,8 +58,6 @@ computed over the whole batch.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -69,43 +68,24 @@ from typing import Any, Literal
 import torch
 import torch.distributed
 
-from mapo.advantage import AdvantageConfig, estimator_facts
-from mapo.config import knob, to_dict
-from mapo.data.prepare import pixel_range, policy_tool, prepare_sample
-from mapo.loss import LossConfig
-from mapo.progress import StepProgress, say
-from mapo.protocol import note_to_stderr, protocol_for_policy
-from mapo.reward import RewardConfig
-from mapo.rollout import RolloutConfig
+from mapo.algo.advantage import AdvantageConfig, estimator_facts, semantic_estimators
+from mapo.core.config import knob, to_dict
+from mapo.algo.loss import LossConfig
+from mapo.core.progress import StepProgress, say
+from mapo.algo.reward import RewardConfig
+from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
-from mapo.train.common import (
-    MetricsLogger,
-    OptimConfig,
-    atomic_write_text,
-    build_optimizer,
-    build_scheduler,
-    latest_checkpoint,
-    load_trainer_state,
-    lock_run_dir,
-    prepare_run_dir,
-    read_json_file,
-    seed_everything,
-)
-from mapo.train.finetune import FinetuneConfig, load_dtype, prepare_policy
+from mapo.core.run_dir import atomic_write_text, lock_run_dir, prepare_run_dir, read_json_file
+from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import latest_checkpoint, load_trainer_state, seed_everything
+from mapo.train.finetune import FinetuneConfig
 from mapo.train.interrupt import StopOnInterrupt, TrainingInterrupted, resume_command
-from mapo.train.rl_data import RLDataConfig, load_data, require_target_boxes, shuffled_index  # noqa: F401 - re-exported
+from mapo.train.rl_data import RLDataConfig, fit_data_to_policy, load_data, require_target_boxes
 from mapo.train.rl_eval import eval_text, evaluate
-from mapo.train.rl_run import (  # noqa: F401 - SKIPPED_FILE re-exported
-    SKIPPED_FILE,
-    Run,
-    check_policy_path,
-    load_start_policy,
-    report_skipped,
-    resolve_device,
-    save,
-    skipped_ids,
-)
-from mapo.train.rl_step import apply_update, rl_step  # noqa: F401 - apply_update re-exported
+from mapo.train.rl_model import check_policy_path, checked_verifier_dir, load_models, resolve_device
+from mapo.train.rl_run import SKIPPED_FILE, Run, report_skipped, save, skipped_ids
+from mapo.train.rl_step import rl_step
 
 RUN_KIND = "rl"
 # Keys that may change between a run and its resume (they do not change what is trained). ``steps`` may only
@@ -134,7 +114,7 @@ class RLConfig:
     finetune: FinetuneConfig = knob(factory=FinetuneConfig, help="full fine-tuning or LoRA; gradient checkpointing")
     verifier: str | None = knob(
         None, "semantic verifier: a local CLIP directory, 'default' or mapo/assets/verifier (the shipped one, wherever "
-        "mapo is installed); required by mapo, mapo_gated, reward_mix")
+        f"mapo is installed); required by {', '.join(semantic_estimators())}")
     verifier_batch_size: int = knob(64, "pairs per verifier forward")
     semantic_target: Literal["description", "label", "both", "oracle_iou"] = knob(
         "description", "what is scored against each crop: the description that follows it (paper), the tool "
@@ -198,7 +178,7 @@ class RLConfig:
 
 def needs_verifier(semantic_target: str) -> bool:
     """Whether ``semantic_target`` is scored by a verifier (``oracle_iou`` is not: it reads target boxes)."""
-    from mapo.semantic import needs_verifier as _needs
+    from mapo.algo.semantic import needs_verifier as _needs
 
     return _needs(semantic_target)
 
@@ -218,10 +198,6 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     joins the process group here (:func:`mapo.train.distributed.init_distributed`) unless
     the caller already did.
     """
-    from mapo.policy import load_policy
-    from mapo.verifier.clip import check_model_dir, load_verifier
-    from mapo.verifier.default import resolve_verifier_dir
-
     info = dp.DistInfo() if info is None else info
     run_dir = Path(run_dir)
     if cfg.threads:
@@ -229,14 +205,13 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     dp.check_batch_split(cfg.prompts_per_step, cfg.rollout.group_size, info.world_size)
     device = resolve_device(cfg.device, info)
     dp.init_distributed(device, info)
+    # Inputs first: a wrong path or unusable data fails before anything is written.
     check_policy_path(cfg.policy)
-    # 'default', shipped:NAME and mapo/assets/NAME mean the shipped verifier, whatever the current folder.
-    verifier_dir = resolve_verifier_dir(cfg.verifier) if cfg.verifier is not None else None
-    if verifier_dir is not None:
-        check_model_dir(verifier_dir)
+    verifier_dir = checked_verifier_dir(cfg.verifier)
     data = load_data(cfg.data)
     if not needs_verifier(cfg.semantic_target):
         require_target_boxes(data)  # the oracle scores crops against target boxes: refuse data without them now
+    # The run directory: claimed, or resumed from its newest checkpoint.
     ckpt = None
     if resume:
         if not (run_dir / "run.json").is_file():
@@ -248,40 +223,15 @@ def setup(cfg: RLConfig, run_dir: str | Path, resume: bool, info: dp.DistInfo | 
     horizon = dp.run_on_main(lambda: extend_steps(run_dir, ckpt, cfg.steps), info) if ckpt else cfg.steps
     horizon = dp.broadcast_object(horizon, info)
     seed_everything(cfg.seed)
-
-    dtype = load_dtype(cfg.policy_dtype, cfg.finetune)  # float32 master weights for full fine-tuning
-    policy = load_policy(ckpt / "model", dtype=dtype, device=device) if ckpt else load_start_policy(cfg, device, dtype)
-    policy = prepare_policy(policy, cfg.finetune)  # LoRA adapters (a LoRA checkpoint keeps its own), checkpointing
-    policy.model.train()
-    trainer = dp.wrap_for_training(dp.LogprobForward(policy.model), info)  # DDP under torchrun: replicas start equal
-    reference = None
-    if cfg.loss.kl_coef > 0:
-        reference = load_start_policy(cfg, device, dtype)
-        reference.model.eval().requires_grad_(False)
-    # No embedding cache: a score must not depend on which batch first embedded its crop (resume exactness).
-    verifier = load_verifier(verifier_dir, device=device, cache_images=False) if verifier_dir else None
-    # Prompt the policy as it was trained (its mapo_protocol.json) unless the config sets a protocol;
-    # its checkpoints record the protocol used here, so a resumed run resolves the same way.
-    protocol = protocol_for_policy(cfg.rollout.protocol, policy.protocol, on_conflict=note_to_stderr if info.is_main else None)
-    policy.protocol = protocol
-    rollout_cfg = dataclasses.replace(cfg.rollout, protocol=protocol)
-    first = data.prompts(0, 1)[0]
-    if cfg.tool_from_data and first.task is not None:  # a generated sample: the budgets its task was made for
-        from mapo.data.task import tool_config_for
-
-        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
-    # One sample that cannot be played (truncated image, >26 options) is skipped, not fatal (mapo.train.rl_data).
-    # Samples are fitted for the policy's own patch x merge factor (28 or 32 px), as the rollout plays them.
-    data.prepare = functools.partial(
-        prepare_sample, tool=policy_tool(rollout_cfg.tool, policy.processor), pixels=pixel_range(policy.processor)
-    )
-    data.prepare_heldout()
-    optimizer = build_optimizer(policy.model, cfg.optim)
+    # One call per job, in this order (the models consume the seeded RNG first).
+    models = load_models(cfg, ckpt, device, verifier_dir, info)
+    rollout_cfg = fit_data_to_policy(data, cfg.tool_from_data, models.rollout_cfg, models.policy)
+    optimizer = build_optimizer(models.policy.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, horizon)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=to_dict(cfg)) if info.is_main
               else dp.NullLogger())
-    run = Run(cfg, run_dir, device, data, policy, reference, verifier, rollout_cfg, optimizer, scheduler, logger, dist=info,
-              schedule_steps=horizon, trainer=trainer)
+    run = Run(cfg, run_dir, device, data, models.policy, models.reference, models.verifier, rollout_cfg, optimizer,
+              scheduler, logger, dist=info, schedule_steps=horizon, trainer=models.trainer)
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, scheduler)
         run.step, run.skipped_updates = int(state["step"]), int(state.get("skipped_updates", 0))
@@ -330,9 +280,9 @@ def train(
         run_dir: a new or empty directory; with ``resume`` the directory of the run to continue
             (same config up to :data:`RESUMABLE_KEYS`).
         progress: ``auto`` / True (a bar on a terminal, else one plain line per step), ``lines``,
-            or ``off`` / False (:mod:`mapo.progress`).
+            or ``off`` / False (:mod:`mapo.core.progress`).
         forced_turns: test/demo hook passed to every *training* rollout
-            (``mapo.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
+            (``mapo.engine.rollout.rollout``'s ``forced_turns``); evaluation always samples greedily.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) every rank calls this; it joins the
     process group unless the caller already did, and leaves it when it joined it. Only
@@ -417,7 +367,7 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"cannot resume {run_dir}: no config.yaml there (not a `mapo train` run directory)")
-    from mapo.config import _read_text, load_yaml
+    from mapo.core.config import _read_text, load_yaml
 
     data = load_yaml(_read_text(path), str(path)) or {}
     if not isinstance(data, dict):
@@ -425,6 +375,6 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     return data
 
 
-__all__ = ["RLConfig", "RLDataConfig", "apply_update", "evaluate", "needs_semantic", "needs_verifier", "train",
+__all__ = ["RLConfig", "evaluate", "needs_semantic", "needs_verifier", "train",
            "config_from_run_dir"]
 

@@ -14,13 +14,15 @@ of the cursor.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mapo.config import knob
+from mapo.core.config import knob
 from mapo.data.synth import SynthOverrides
 
 
@@ -151,6 +153,29 @@ def load_data(cfg: RLDataConfig) -> Data:
         data.heldout = heldout[: cfg.n_eval]
         data.origins = {**origins, **data.origins}
     return data
+
+
+def fit_data_to_policy(data: Data, tool_from_data: bool, rollout_cfg: Any, policy: Any) -> Any:
+    """``rollout_cfg`` with the data's tool budgets; ``data`` set to fit each sample for ``policy`` as it is drawn.
+
+    Generated samples carry the budgets their task was made for (used when ``tool_from_data``).
+    One sample that cannot be played (truncated image, >26 options) is skipped, not fatal;
+    samples are fitted for the policy's own patch x merge factor (28 or 32 px), as the
+    rollout plays them. The held-out samples are fitted now.
+    """
+    from mapo.data.prepare import prepare_sample
+    from mapo.policy.processor import pixel_range, policy_tool
+
+    first = data.prompts(0, 1)[0]
+    if tool_from_data and first.task is not None:  # a generated sample: the budgets its task was made for
+        from mapo.data.task import tool_config_for
+
+        rollout_cfg = dataclasses.replace(rollout_cfg, tool=tool_config_for(first))
+    data.prepare = functools.partial(
+        prepare_sample, tool=policy_tool(rollout_cfg.tool, policy.processor), pixels=pixel_range(policy.processor)
+    )
+    data.prepare_heldout()
+    return rollout_cfg
 
 
 def _usable(source: str) -> tuple[list, dict]:

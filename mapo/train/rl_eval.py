@@ -1,12 +1,12 @@
-"""The RL run's periodic held-out evaluation: :func:`mapo.heldout.evaluate` reduced to ``eval/*`` metrics."""
+"""The RL run's periodic held-out evaluation: :func:`mapo.metrics.heldout.evaluate` reduced to ``eval/*`` metrics."""
 
 from __future__ import annotations
 
-from mapo import heldout
+from mapo.metrics import heldout
 from mapo.train.rl_run import Run
 
 # The held-out metrics an RL run logs, as ``eval/<key>`` (formulas: docs/metrics.md).
-LOGGED = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_box_rate",
+LOGGED = ("reward_mean", "accuracy", "hit_rate", "iou_mean", "semantic_mean", "tool_call_rate", "invalid_call_rate",
           "turns_mean", "description_missing_rate", "answer_rate", "crop_hit_rate", "found_rate", "recovered_rate",
           "tool_calls_mean", "n")
 

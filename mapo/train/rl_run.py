@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from mapo.rollout import RolloutConfig
+from mapo.engine.rollout import RolloutConfig
 from mapo.train import distributed as dp
-from mapo.train.common import MetricsLogger, save_checkpoint
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import save_checkpoint
 from mapo.train.rl_data import Data
 
 
@@ -42,64 +43,6 @@ class Run:
     reported: set = dataclasses.field(default_factory=set)  # ids of skipped samples already reported
     schedule_steps: int = 0  # horizon of the learning-rate schedule: the steps the run started with
     trainer: Any = None  # the training forward (dp.LogprobForward of policy.model; DDP-wrapped under torchrun)
-
-
-def resolve_device(name: str, info: dp.DistInfo | None = None) -> torch.device:
-    """The run's device; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
-    info = dp.DistInfo() if info is None else info
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        if torch.version.cuda is None:  # the CPU build of torch that `make setup` installs by default
-            raise ValueError(f"device {name!r} asked for, but this torch ({torch.__version__}) is a CPU build: install "
-                             "the CUDA build with `make setup GPU=cu128` (README, \"GPU\"), or use device: cpu")
-        raise ValueError(f"device {name!r} asked for, but torch {torch.__version__} sees no GPU (driver, "
-                         "CUDA_VISIBLE_DEVICES?); or use device: cpu")
-    if device.type == "cuda" and info.distributed:
-        if device.index is not None:
-            raise ValueError(f"device {name!r} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
-                             "set device: cuda (or auto)")
-        if info.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {info.local_rank} has no GPU ({torch.cuda.device_count()} visible): launch "
-                             f"at most {torch.cuda.device_count()} processes per node")
-        device = torch.device("cuda", info.local_rank)
-    return device
-
-
-def check_policy_path(policy: str) -> None:
-    """Fail at start, naming what is wrong, unless ``policy`` is 'default' or a loadable checkpoint directory."""
-    from mapo.policy import missing_files
-
-    if policy == "default":
-        import mapo.policy
-
-        if not hasattr(mapo.policy, "load_default"):
-            raise ValueError("policy: 'default' needs a shipped warm start, which this version lacks; give a checkpoint "
-                             "directory (e.g. runs/sft/final from `mapo sft`)")
-        return
-    from mapo.policy.default import resolve_policy_dir
-
-    path = resolve_policy_dir(policy)  # shipped:NAME and mapo/assets/NAME mean the shipped checkpoint
-    if not path.is_dir():
-        raise ValueError(f"policy {policy!r} is not a directory (expected a local checkpoint, e.g. runs/sft/final)")
-    missing = missing_files(path)
-    if missing:
-        raise ValueError(f"policy {policy!r} is not a policy checkpoint directory: missing {', '.join(missing)}")
-
-
-def load_start_policy(cfg: Any, device: torch.device, dtype: str | None = None):
-    """The starting policy of ``cfg.policy`` ('default' or a checkpoint directory) on ``device``, in ``dtype``
-    (default ``cfg.policy_dtype``; the shipped default is float32)."""
-    if cfg.policy == "default":
-        import mapo.policy
-
-        policy = mapo.policy.load_default()
-        policy.model.to(device)
-        return policy
-    from mapo.policy.default import load_named_policy
-
-    return load_named_policy(cfg.policy, dtype=cfg.policy_dtype if dtype is None else dtype, device=device)
 
 
 SKIPPED_FILE = "skipped_rows.jsonl"  # one {"file", "row", "id", "reason"} per training sample that cannot be played
@@ -141,5 +84,4 @@ def save(run: Run) -> None:
     )
 
 
-__all__ = ["SKIPPED_FILE", "Run", "check_policy_path", "load_start_policy", "report_skipped", "resolve_device", "save",
-           "skipped_ids"]
+__all__ = ["SKIPPED_FILE", "Run", "report_skipped", "save", "skipped_ids"]

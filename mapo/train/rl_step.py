@@ -1,9 +1,9 @@
 """One RL step: rollout -> rewards -> semantic scores -> advantages -> bootstrap -> policy update.
 
 :func:`rl_step` is what the recipe (:mod:`mapo.train.rl`) calls once per step. The
-rollout batch is collated once (:func:`mapo.trajectory.collate`); every mini- and
+rollout batch is collated once (:func:`mapo.engine.trajectory.collate`); every mini- and
 micro-batch of the update and every row of the bootstrap is cut out of it
-(:meth:`mapo.trajectory.TrainBatch.select`). Shapes: ``B`` trajectories of this rank,
+(:meth:`mapo.engine.trajectory.TrainBatch.select`). Shapes: ``B`` trajectories of this rank,
 ``T`` tokens.
 """
 
@@ -20,16 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mapo import heldout, semantic
-from mapo.advantage import get_estimator
-from mapo.loss import policy_loss
-from mapo.reward import outcome_reward
-from mapo.rollout import rollout
+from mapo.metrics import heldout
+
+from mapo.algo import semantic
+from mapo.algo.advantage import get_estimator
+from mapo.algo.loss import policy_loss
+from mapo.algo.reward import outcome_reward
+from mapo.engine.rollout import rollout
 from mapo.train import diagnostics, rollout_log
 from mapo.train import distributed as dp
-from mapo.train.common import clip_gradients
+from mapo.train.optim import clip_gradients
 from mapo.train.rl_run import Run
-from mapo.trajectory import TrainBatch, collate, sequence_logprobs
+from mapo.engine.trajectory import TrainBatch, collate, sequence_logprobs
 
 
 ROLLOUT_STREAM, SHUFFLE_STREAM, BOOTSTRAP_STREAM = 0, 1, 2  # the step's independent random streams
@@ -54,7 +56,7 @@ def episode_generators(seed: int, step: int, first_prompt: int) -> Callable[[int
 class Collected:
     """One step's rollout batch, scored: what the update and the diagnostics read."""
 
-    trajectories: list  # B mapo.trajectory.Trajectory of this rank, grouped by prompt
+    trajectories: list  # B mapo.engine.trajectory.Trajectory of this rank, grouped by prompt
     batch: TrainBatch  # the B trajectories collated, T tokens; its group (B,) is the prompt id local to this rank
     advantages: torch.Tensor  # (B, T) float, 0 outside the loss
     metrics: dict[str, float]
@@ -131,7 +133,7 @@ def _micro_batches(rows: Sequence[int], size: int) -> list[list[int]]:
 
 
 def _loss_denominator(mask: torch.Tensor, agg_mode: str) -> float:
-    """The whole mini-batch's count that :func:`mapo.loss.agg_loss` would use; mask (B, T)."""
+    """The whole mini-batch's count that :func:`mapo.algo.loss.agg_loss` would use; mask (B, T)."""
     if agg_mode == "token-mean":
         return float(mask.sum())
     return float((mask.sum(dim=1) > 0).sum())

@@ -2,7 +2,7 @@
 
 Every ``save_rollouts_every`` steps (and at step 1) the first ``save_rollouts_groups`` groups of
 the step's batch (rank 0's) are written to ``RUN_DIR/rollouts/`` in ``mapo eval``'s record format
-(:func:`mapo.eval.record.trajectory_record`: ``predictions.jsonl``, ``images/``, ``crops/``), one
+(:func:`mapo.eval.record.prediction_record`: ``predictions.jsonl``, ``images/``, ``crops/``), one
 record per trajectory, with what the update used:
 
 - ``turns[j].semantic_score``: ``s_{i,k}`` of observation ``k = j + 1`` as the estimator received it
@@ -74,9 +74,9 @@ def save_rollouts(
     ``segment_ids`` (B, T); ``group`` (B,) prompt ids local to this rank.
     """
     from mapo.eval.config import EvalConfig
-    from mapo.eval.record import trajectory_record
+    from mapo.eval.record import prediction_record
     from mapo.eval.samples import _benchmark_of
-    from mapo.records import append_jsonl, read_jsonl
+    from mapo.metrics.records import append_jsonl, read_jsonl
 
     out = Path(run_dir) / ROLLOUTS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def save_rollouts(
         row = [] if scores is None else scores[i, : t.num_observations].tolist()
         s = [None if (v is None or math.isnan(v)) else float(v) for v in row] + [None] * (t.num_observations - len(row))
         named = dataclasses.replace(t, sample=dataclasses.replace(t.sample, id=f"s{step}/{t.sample.id}/m{m}"))
-        record = trajectory_record(named, s, out, benchmark, config)
+        record = prediction_record(named, s, out, benchmark, config)
         if m == 0:
             first_image[g] = record.image
         elif record.image is not None and first_image.get(g):  # the group's members share one input image

@@ -31,39 +31,23 @@ from typing import Any
 
 import torch
 
-from mapo.config import knob, to_dict
-from mapo.progress import StepProgress, say
-from mapo.protocol import ProtocolConfig
-from mapo.train.common import (
-    MetricsLogger,
-    OptimConfig,
-    build_optimizer,
-    build_scheduler,
-    clip_gradients,
-    latest_checkpoint,
-    load_trainer_state,
-    lock_run_dir,
-    prepare_run_dir,
-    save_checkpoint,
-    seed_everything,
-)
+from mapo.core.config import knob, to_dict
+from mapo.core.progress import StepProgress, say
+from mapo.agent.protocol import ProtocolConfig
+from mapo.core.run_dir import lock_run_dir, prepare_run_dir
+from mapo.train.optim import OptimConfig, build_optimizer, build_scheduler, clip_gradients
+from mapo.train.metrics_log import MetricsLogger
+from mapo.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, seed_everything
 from mapo.train.finetune import FinetuneConfig, prepare_policy
-from mapo.train.sft_data import (  # noqa: F401  (IGNORE, synth_config, ...: importable from here as before)
-    IGNORE,
+from mapo.train.sft_data import (
     SFTDataConfig,
     Transcript,
     answer_word_mask,
-    assistant_mask,
-    assistant_markers,
     collate,
-    global_view,
     heldout_samples,
     make_transcript,
-    sample_index,
     synth_config,
-    token_runs,
     training_transcripts,
-    with_glyph_hint,
 )
 from mapo.train.sft_metrics import TokenClasses, masked_lm_loss, rollout_eval, teacher_forced_eval
 
@@ -259,7 +243,7 @@ def run_sft(
 
     ``stop_after`` ends this invocation after that many steps *of this invocation*
     with a checkpoint (used to test resume); the run stays resumable. ``progress``
-    (:mod:`mapo.progress` mode) replaces ``cfg.progress``: ``lines`` prints one plain
+    (:mod:`mapo.core.progress` mode) replaces ``cfg.progress``: ``lines`` prints one plain
     line every ``log_every`` steps.
     """
     progress = cfg.progress if progress is None else progress
@@ -333,7 +317,7 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no config.yaml: not an SFT run directory")
-    from mapo.config import _read_text, load_yaml
+    from mapo.core.config import _read_text, load_yaml
 
     data = load_yaml(_read_text(path), str(path)) or {}
     if not isinstance(data, dict):
@@ -344,10 +328,7 @@ def config_from_run_dir(run_dir: str | Path) -> dict:
 __all__ = [
     "PolicySpec",
     "SFTConfig",
-    "SFTDataConfig",
     "SFTEvalConfig",
-    "assistant_mask",
-    "collate",
     "masked_lm_loss",
     "rollout_eval",
     "run_sft",

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mapo import tools
-from mapo.config import knob
+from mapo.agent import tools
+from mapo.core.config import knob
 from mapo.data.synth import SynthOverrides
-from mapo.protocol import ProtocolConfig
+from mapo.agent.protocol import ProtocolConfig
 
 IGNORE = -100  # label of tokens outside the loss (torch's cross-entropy ignore_index)
 
@@ -141,7 +141,7 @@ def with_glyph_hint(messages: list[dict], sample) -> list[dict]:
 
 
 def global_view(image: Image.Image, tool_config: tools.ToolConfig) -> Image.Image:
-    """The global image as the model sees it (same resize as ``mapo.rollout``)."""
+    """The global image as the model sees it (same resize as ``mapo.engine.rollout``)."""
     view_wh = tools.view_size(image.size, tool_config)
     return image if image.size == view_wh else image.resize(view_wh, Image.Resampling.BICUBIC)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mapo import heldout
+from mapo.metrics import heldout
 from mapo.train.sft_data import IGNORE, Transcript, answer_word_mask, collate
 
 
@@ -32,7 +32,7 @@ class TokenClasses:
         for token, i in vocab.items():
             bare = token.lstrip("Ġ")
             numbers[i] = bare.isdigit()
-            # The pronoun "I" is no glyph (mapo.data.synth.GLYPHS leaves it out) and would only pad the metric.
+            # The pronoun "I" is no glyph (mapo.data.synth_render.GLYPHS leaves it out) and would only pad the metric.
             letters[i] = len(bare) == 1 and "A" <= bare <= "Z" and bare != "I"
         return cls(numbers, letters)
 
@@ -132,7 +132,7 @@ def teacher_forced_eval(
     return out
 
 
-# The held-out rollout metrics an SFT run logs, ``heldout/<name>`` <- :func:`mapo.heldout.evaluate`'s key.
+# The held-out rollout metrics an SFT run logs, ``heldout/<name>`` <- :func:`mapo.metrics.heldout.evaluate`'s key.
 HELDOUT_KEYS = {
     "accuracy": "letter_accuracy",
     "valid_call_rate": "valid_call_rate",
@@ -146,14 +146,14 @@ HELDOUT_KEYS = {
 
 
 def rollout_eval(policy, cfg: Any, samples: list) -> dict[str, float]:
-    """Greedy multi-turn rollouts on held-out samples (:func:`mapo.heldout.evaluate`) as ``heldout/*`` metrics.
+    """Greedy multi-turn rollouts on held-out samples (:func:`mapo.metrics.heldout.evaluate`) as ``heldout/*`` metrics.
 
     ``heldout/accuracy`` is the answer-letter accuracy; a sample without a target box
     would count in ``mean_iou``/``first_zoom_hit@0.5`` with IoU 0 (synthetic samples
     always have one). Formulas: docs/policy.md ("SFT metrics").
     """
     from mapo.data.task import tool_config_for
-    from mapo.rollout import RolloutConfig
+    from mapo.engine.rollout import RolloutConfig
 
     if not samples:
         return {}

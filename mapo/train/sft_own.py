@@ -72,9 +72,9 @@ def load_conversations(source: str | Path, protocol: Any, *, only_correct: bool 
 
 
 def _from_predictions(path: Path, protocol: Any, only_correct: bool) -> tuple[list[Conversation], list[str]]:
-    from mapo.episode import readable
-    from mapo.protocol import initial_messages, observation_message
-    from mapo.records import read_jsonl
+    from mapo.agent.episode import readable
+    from mapo.agent.protocol import initial_messages, observation_message
+    from mapo.metrics.records import read_jsonl
 
     root = path.parent
     rows, skipped = [], []

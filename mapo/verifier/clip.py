@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mapo.errors import ModelError
+from mapo.core.errors import ModelError
 
 from mapo.verifier.base import (
     S_MISSING_DEFAULT,
@@ -201,7 +201,7 @@ def load_verifier(
     dtype = resolve_dtype(dtype)
     model_cls = CLIPModel if config["model_type"] == "clip" else SiglipModel
     model = checked_load.from_pretrained_strict(model_cls, path, dtype=dtype)
-    from mapo.fingerprint import mark_loaded_from
+    from mapo.core.fingerprint import mark_loaded_from
 
     mark_loaded_from(model, sorted(path.glob("*.safetensors")))
     try:

@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mapo import shipped
-from mapo.shipped import MANIFEST, ShippedCheckpointError
+from mapo.core import shipped
+from mapo.core.shipped import MANIFEST, ShippedCheckpointError
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "verifier"
 CONFIG_PATH = "configs/verifier_pattern.yaml"
@@ -49,7 +49,7 @@ class DefaultVerifierError(ShippedCheckpointError):
 def verify(path: str | Path = DEFAULT_DIR) -> dict[str, Any]:
     """Check every file named in ``path/manifest.json`` against its sha256; return the manifest.
 
-    The manifest must cover the directory exactly (:func:`mapo.shipped.verify`).
+    The manifest must cover the directory exactly (:func:`mapo.core.shipped.verify`).
 
     Raises:
         DefaultVerifierError: no manifest, a file missing, unlisted or not listed, or a hash mismatch; the
@@ -86,7 +86,7 @@ def training_config(manifest: dict[str, Any]):
     Raises:
         DefaultVerifierError: the recorded config is missing or no longer loads.
     """
-    from mapo.config import from_dict
+    from mapo.core.config import from_dict
     from mapo.verifier.train import VerifierTrainConfig
 
     try:

@@ -142,7 +142,7 @@ def _crop_box(kind: str, boxes_view: list[tuple[float, float, float, float]], vi
 def synth_pairs(
     samples: Sequence, crops_per_sample: int, tool_config, seed: int, *, label_frac: float = 0.0
 ) -> list[CropPair]:
-    """Crops of ``samples`` made by :func:`mapo.tools.zoom_in`, captioned by ``caption_for_crop``.
+    """Crops of ``samples`` made by :func:`mapo.agent.tools.zoom_in`, captioned by ``caption_for_crop``.
 
     Boxes are drawn in view pixels (as the policy would write them) and go through
     the tool's validation, mapping and resize, so the crops are exactly what the
@@ -153,7 +153,7 @@ def synth_pairs(
     scored against short tool-call labels (:func:`label_pair`), and every caption pair lists the labels
     of the objects it shows in ``matches``. With 0 the pairs are exactly those of earlier versions.
     """
-    from mapo import tools
+    from mapo.agent import tools
     from mapo.data import synth
 
     kinds, weights = list(CROP_KINDS), list(CROP_KINDS.values())
@@ -247,7 +247,7 @@ def label_pair(image: Image.Image, caption: str, inside: Sequence, boxes: Sequen
 
 
 # A surface pattern has a period of 2 original pixels and the same mean in every variant
-# (mapo.data.synth.PATTERNS), so any downscale averages or aliases it away: a crop shrunk by the
+# (mapo.data.synth_render.PATTERNS), so any downscale averages or aliases it away: a crop shrunk by the
 # tool's pixel budget does not show it, and a caption that names it there teaches noise.
 _PATTERN_MIN_SCALE = 0.99
 

@@ -46,23 +46,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mapo.config import knob, save_config
-from mapo.progress import StepProgress, say
+from mapo.core.config import knob, save_config
+from mapo.core.progress import StepProgress, say
 
 # The pairs and the model live in their own modules; their names stay importable from here.
-from mapo.verifier.pairs import (  # noqa: F401
-    ATTRIBUTES,
-    CROP_KINDS,
-    CropPair,
-    crop_scale,
-    hallucinated_captions,
-    is_label_pair,
-    negative_kind,
-    object_phrase,
-    synth_pairs,
-    without_patterns,
-)
-from mapo.verifier.tiny_clip import SPECIAL_TOKENS, build_image_processor, build_tiny_clip, build_tokenizer  # noqa: F401
+from mapo.verifier.pairs import ATTRIBUTES, CropPair, is_label_pair, negative_kind, synth_pairs
+from mapo.verifier.tiny_clip import build_image_processor, build_tiny_clip, build_tokenizer
+from mapo.data.task import tool_config_for
 
 
 @dataclass(frozen=True)
@@ -206,7 +196,7 @@ def train_on_pairs(
 ) -> dict:
     """Train a tiny CLIP on ``pairs`` and save it to ``out_dir``; return training facts.
 
-    ``progress``: a :mod:`mapo.progress` mode (plain lines: ten over the run).
+    ``progress``: a :mod:`mapo.core.progress` mode (plain lines: ten over the run).
 
     Returns a dict with ``train_seconds``, ``steps``, ``final_loss``, ``n_pairs`` and
     ``vocab_size``. The quality report is :func:`evaluate` on held-out pairs.
@@ -365,7 +355,7 @@ def load_training_samples(config: VerifierTrainConfig) -> tuple[list, object]:
 
     if config.data is None:
         level = synth.level_config(config.synth_level)
-        return synth.generate(config.n_samples, config.seed, level), synth.tool_config_for(level)
+        return synth.generate(config.n_samples, config.seed, level), tool_config_for(level)
     from mapo.data import load_samples
 
     samples = list(load_samples(config.data))[: config.n_samples]
@@ -373,8 +363,8 @@ def load_training_samples(config: VerifierTrainConfig) -> tuple[list, object]:
     if not samples:
         raise ValueError(f"{config.data} holds no samples with object boxes; the verifier needs captioned boxes")
     if samples[0].task is not None:  # written by the synthetic task: reuse its budgets
-        return samples, synth.tool_config_for(samples[0])
-    from mapo.tools import DEFAULT_TOOL_CONFIG
+        return samples, tool_config_for(samples[0])
+    from mapo.agent.tools import DEFAULT_TOOL_CONFIG
 
     return samples, DEFAULT_TOOL_CONFIG
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapo.advantage import AdvantageConfig, get_estimator
+from mapo.algo.advantage import AdvantageConfig, get_estimator
 from variance_toy import (
     ToyConfig,
     gradient_estimates,
@@ -16,7 +16,7 @@ from variance_toy import (
     sample_groups,
     true_gradient,
 )
-from mapo.loss import LossConfig, policy_loss
+from mapo.algo.loss import LossConfig, policy_loss
 
 
 def test_true_gradient_matches_autograd():

@@ -35,7 +35,7 @@ def test_config_diff_names_recipe_keys_only():
 
 def test_answer_turn_is_the_oracle_final_turn_for_each_option():
     from mapo.data.oracle import oracle_trajectory
-    from mapo.protocol import DEFAULT_CONFIG
+    from mapo.agent.protocol import DEFAULT_CONFIG
 
     sample = ws.heldout("easy", 1)[0]
 
@@ -49,7 +49,7 @@ def test_answer_turn_is_the_oracle_final_turn_for_each_option():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """Stage 1 of the recipe (configs/warmstart_letters.yaml) through the project's SFT recipe, at tiny scale."""
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.sft import SFTConfig, run_sft
 
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_pattern_run(tmp_path_factory):
     """The same recipe on the pattern level (the question asks the object's surface pattern)."""
-    from mapo.config import load_config
+    from mapo.core.config import load_config
     from mapo.train.sft import SFTConfig, run_sft
 
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def tiny_pattern_run(tmp_path_factory):
 
 def test_goal_metrics_are_rates_and_no_tool_picks_an_option(tiny_run):
     from mapo.policy import load_policy
-    from mapo.protocol import DEFAULT_CONFIG
+    from mapo.agent.protocol import DEFAULT_CONFIG
 
     policy = load_policy(tiny_run / "final")
     samples = ws.heldout("pattern", 2)

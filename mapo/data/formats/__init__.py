@@ -1,1 +1,1 @@
-"""One reader per benchmark format (:mod:`mapo.data.readers` picks one); shared plumbing in :mod:`.common`."""
+"""One reader per benchmark format (:mod:`mapo.data.benchmarks` picks one); shared plumbing in :mod:`.common`."""

@@ -9,13 +9,13 @@ It subclasses verl's ``ToolAgentLoop`` and keeps its state machine, generation a
 token bookkeeping (Continuous Token merging, response mask 0 on observation
 tokens). What changes:
 
-- parsing: :func:`mapo.protocol.parse_turn` instead of verl's hermes parser. An
+- parsing: :func:`mapo.agent.protocol.parse_turn` instead of verl's hermes parser. An
   unreadable tool call or a rejected box gives an error observation and the episode
   goes on (verl's parser drops invalid JSON and ends the episode).
-- the tool: :func:`mapo.tools.zoom_in` on the *original* image (from the prompt
+- the tool: :func:`mapo.agent.tools.zoom_in` on the *original* image (from the prompt
   message), with ``bbox_2d`` in pixels of the view the model saw: the processor's
   smart-resize of the prompt image (its ``min/max_pixels`` and the policy's patch
-  factor), mapped by :func:`mapo.tools.view_to_original`.
+  factor), mapped by :func:`mapo.agent.tools.view_to_original`.
 - the policy directory (``policy_dir``, default verl's ``actor_rollout_ref.model.path``)
   decides the protocol and the patch factor: its ``mapo_protocol.json`` (written by
   ``mapo sft``/``mapo train``) gives the prompts the policy was trained with (used
@@ -23,7 +23,7 @@ tokens). What changes:
   ``patch_size x merge_size`` (28 px Qwen2.5-VL, 32 px Qwen3-VL); without a record
   the factor is the processor's own. A record that disagrees with the processor is
   refused. No default of 14 or 28 is assumed anywhere.
-- the observation: :func:`mapo.protocol.observation_message` (role and texts from
+- the observation: :func:`mapo.agent.protocol.observation_message` (role and texts from
   the protocol config) with the crop, instead of a ``tool`` message.
 - the end of an episode: each observation's description and crop are scored by our
   verifier, batched across the episodes that finish together in this worker
@@ -31,7 +31,7 @@ tokens). What changes:
   spans and the parse results go into ``extra_fields`` (-> ``non_tensor_batch``), where
   the estimator (:mod:`.estimator`) and the reward function (:mod:`.reward`) read them.
 
-Departures from our own engine (:mod:`mapo.rollout`): the token budget is verl's
+Departures from our own engine (:mod:`mapo.engine.rollout`): the token budget is verl's
 ``rollout.response_length`` (verl stops when the response reaches it, and an
 observation that would reach it is not appended); turns are limited by
 ``multi_turn.max_assistant_turns``; images by ``max_images`` here.
@@ -49,12 +49,12 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import AgentState, ToolAgentLoop
 from verl.experimental.agent_loop.tool_parser import FunctionCall
 
-from mapo.config import from_dict
+from mapo.core.config import from_dict
 from mapo.data import open_image
 from mapo.integrations.verl.episode import SemanticBatcher, ZoomEpisode
 from mapo.integrations.verl.estimator import _plain
-from mapo.protocol import ProtocolConfig, parse_turn, protocol_for_policy
-from mapo.tools import ToolConfig, args_json, smart_resize, with_factor
+from mapo.agent.protocol import ProtocolConfig, parse_turn, protocol_for_policy
+from mapo.agent.tools import ToolConfig, args_json, smart_resize, with_factor
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,12 @@ _BATCHERS: dict[tuple, SemanticBatcher] = {}
 
 
 class ProtocolToolParser:
-    """verl's ``ToolParser`` interface on top of :func:`mapo.protocol.parse_turn`.
+    """verl's ``ToolParser`` interface on top of :func:`mapo.agent.protocol.parse_turn`.
 
     Returns one call (under the name the model wrote, ``protocol.tool_name`` when it
     wrote none) when the turn's action is a tool call, readable or not, so that verl
     moves to the tool state; the loop then runs it with :class:`ZoomEpisode`, which
-    takes any registered tool (:func:`mapo.tools.run_tool`).
+    takes any registered tool (:func:`mapo.agent.tools.run_tool`).
     """
 
     def __init__(self, protocol: ProtocolConfig, tokenizer: Any) -> None:
@@ -84,7 +84,7 @@ class ProtocolToolParser:
 
     @property
     def stop_token_ids(self) -> list[int]:
-        return []  # turns end at the end-of-turn id, as in mapo.rollout
+        return []  # turns end at the end-of-turn id, as in mapo.engine.rollout
 
     async def extract_tool_calls(self, responses_ids: list[int], tools: Any = None) -> tuple[str, list[FunctionCall]]:
         text = self.tokenizer.decode(responses_ids, skip_special_tokens=True)
@@ -167,11 +167,11 @@ class MapoZoomAgentLoop(ToolAgentLoop):
     """verl's ToolAgentLoop, with mapo's protocol, zoom-in tool and batched verifier.
 
     Keyword arguments (from the agent-loop YAML entry):
-        protocol: fields of :class:`mapo.protocol.ProtocolConfig` (tags, observation role and texts);
+        protocol: fields of :class:`mapo.agent.protocol.ProtocolConfig` (tags, observation role and texts);
             left empty, the policy directory's recorded protocol is used.
         policy_dir: the policy directory whose ``mapo_protocol.json`` gives the protocol and the
             patch factor (default: verl's ``actor_rollout_ref.model.path``).
-        tool: fields of :class:`mapo.tools.ToolConfig` (box validation, observation pixel budget).
+        tool: fields of :class:`mapo.agent.tools.ToolConfig` (box validation, observation pixel budget).
         max_images: images per trajectory, the global view included.
         verifier_path: local CLIP/SigLIP directory; None skips scoring (every score absent).
         verifier_device: where the verifier runs in the rollout worker.
@@ -303,7 +303,7 @@ def _batcher(path, device, target, protocol, max_episodes, wait_s) -> SemanticBa
         return None
     key = (str(path), str(device), target, protocol.max_description_chars, max_episodes, wait_s)
     if key not in _BATCHERS:
-        from mapo.semantic import semantic_scores
+        from mapo.algo.semantic import semantic_scores
         from mapo.verifier.clip import load_verifier
 
         verifier = load_verifier(path, device=device)

@@ -1,19 +1,19 @@
 """The verl side of one zoom-in episode, free of verl, and batched semantic scoring.
 
 :class:`ZoomEpisode` is what the verl agent loop (:mod:`.agent_loop`) delegates to
-after each generated assistant turn. It is a :class:`mapo.episode.Episode`, the same
-rules as our own engine (:mod:`mapo.rollout`): it parses the turn with
-:func:`mapo.protocol.parse_turn`, runs the tool on the original image (the same
+after each generated assistant turn. It is a :class:`mapo.agent.episode.Episode`, the same
+rules as our own engine (:mod:`mapo.engine.rollout`): it parses the turn with
+:func:`mapo.agent.protocol.parse_turn`, runs the tool on the original image (the same
 view->original mapping as training, evaluation and the report), and builds the
-observation message of :func:`mapo.protocol.observation_message`; an answer ends the
+observation message of :func:`mapo.agent.protocol.observation_message`; an answer ends the
 episode, a turn with neither an answer nor a tool call ends it, a tool call on the
 last allowed turn is not executed, an observation is recorded only once it is known
 to fit the budget (:meth:`ZoomEpisode.add_observation`), and an unreadable call or a
 rejected box gives a text error observation and the episode goes on (verl's own tool
 parser drops invalid JSON silently and ends the episode). verl enforces its own turn
 and token limits and says so through ``limit_reason``. The episode exposes what
-:func:`mapo.semantic.semantic_scores` and :func:`mapo.reward.outcome_reward` read
-from a :class:`mapo.trajectory.Trajectory`, so scores and rewards go through the very
+:func:`mapo.algo.semantic.semantic_scores` and :func:`mapo.algo.reward.outcome_reward` read
+from a :class:`mapo.engine.trajectory.Trajectory`, so scores and rewards go through the very
 same functions as ``mapo train``; on top it keeps each turn's token span.
 
 :class:`SemanticBatcher` gathers finished episodes from the agent loops running
@@ -31,10 +31,10 @@ from typing import Any
 
 from PIL import Image
 
-from mapo.episode import Episode, Observation
-from mapo.protocol import ProtocolConfig
-from mapo.tools import ToolConfig, view_size
-from mapo.trajectory import ToolCallRecord
+from mapo.agent.episode import Episode, Observation
+from mapo.agent.protocol import ProtocolConfig
+from mapo.agent.tools import ToolConfig, view_size
+from mapo.agent.episode import ExecutedCall
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PendingObservation:
     embedded as ``{"type": "image", "image": crop}``, verl's convention.
     """
 
-    record: ToolCallRecord
+    call: ExecutedCall
     crop: Image.Image | None
     message: dict
 
@@ -118,7 +118,7 @@ def _with_crop(observation: Observation) -> PendingObservation:
             {"type": "image", "image": observation.crop} if part.get("type") == "image" else part
             for part in message["content"]
         ])
-    return PendingObservation(record=observation.record, crop=observation.crop, message=message)
+    return PendingObservation(call=observation.call, crop=observation.crop, message=message)
 
 
 ScoreFn = Callable[[Sequence[ZoomEpisode]], Any]
@@ -128,7 +128,7 @@ class SemanticBatcher:
     """Score the observations of concurrently finishing episodes together.
 
     ``score_fn(episodes)`` returns an object with ``scores`` (B, K) NaN-padded, as
-    :func:`mapo.semantic.semantic_scores` does. A batch is flushed when it
+    :func:`mapo.algo.semantic.semantic_scores` does. A batch is flushed when it
     holds ``max_episodes`` episodes or ``max_wait_s`` after its first one arrived;
     ``score_fn`` runs in a thread so the event loop keeps generating meanwhile.
     """

@@ -3,7 +3,7 @@
 verl calls a registered estimator as ``fn(token_level_rewards, response_mask, index,
 config, ...) -> (advantages, returns)``. The adapters here turn that call into
 ours, ``fn(outcome, group, segment_ids, semantic, *, config)`` of
-:mod:`mapo.advantage`, and compute exactly the same numbers:
+:mod:`mapo.algo.advantage`, and compute exactly the same numbers:
 
 - ``outcome``     (B,)   = ``token_level_rewards.sum(-1)``, as verl's GRPO does;
 - ``group``       (B,)   = dense index of ``index`` (verl's ``uid`` per prompt);
@@ -30,7 +30,7 @@ How the per-observation data reaches the estimator (the extension points used):
    TransferQueue and has no way to pass per-sample data to an estimator.
 
 Hyper-parameters come from verl's algorithm config: ``algorithm.mapo`` (a mapping
-of :class:`mapo.advantage.AdvantageConfig` fields, e.g.
+of :class:`mapo.algo.advantage.AdvantageConfig` fields, e.g.
 ``+algorithm.mapo.beta=0.4``); ``norm_by_std`` defaults to verl's
 ``algorithm.norm_adv_by_std_in_grpo``. verl's ``algorithm.lam`` is GAE's lambda and
 is *not* used (ours is ``algorithm.mapo.lam``).
@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mapo.advantage import AdvantageConfig, estimator_facts, get_estimator, list_estimators
-from mapo.config import from_dict
+from mapo.algo.advantage import AdvantageConfig, estimator_facts, get_estimator, list_estimators
+from mapo.core.config import from_dict
 
 def verl_name_of(name: str) -> str:
     """The verl registry name of mapo estimator ``name``: prefixed so it never collides with verl's own."""
     return name if name.startswith("mapo") else f"mapo_{name}"
 
 
-# verl registry name -> mapo.advantage name, for every registered estimator (mapo, mapo_gated,
+# verl registry name -> mapo.algo.advantage name, for every registered estimator (mapo, mapo_gated,
 # mapo_reward_mix, mapo_grpo for the built-in ones).
 VERL_ESTIMATORS: dict[str, str] = {verl_name_of(name): name for name in list_estimators()}
 SEMANTIC_KEY = "mapo_semantic"

@@ -14,6 +14,7 @@ except that
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -83,7 +84,7 @@ def _task_runner_class():
 
     class MapoTaskRunner(base):
         def run(self, config):
-            import mapo.integrations.verl  # noqa: F401  (registers the estimators in this process)
+            importlib.import_module("mapo.integrations.verl")  # its import registers the estimators in this process
             from mapo.integrations.verl.estimator import install_non_tensor_passthrough
 
             install_non_tensor_passthrough()

@@ -9,16 +9,16 @@ verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`
 once per trajectory. With the mapo agent loop, verl's reward managers merge the
 loop's ``extra_fields`` into ``extra_info``, so the parsed answer, the per-turn
 parser errors, the finish reason and whether a tool call returned an image come
-from the loop, and :func:`mapo.reward.outcome_reward` (the formula ``mapo train``
+from the loop, and :func:`mapo.algo.reward.outcome_reward` (the formula ``mapo train``
 uses) computes ``R = w_acc*acc + w_fmt*fmt + w_tool*acc*used_tool``.
 
 Without those fields (e.g. verl's single-turn loop), ``solution_str`` is parsed as
 one assistant turn. Multiple choice needs the option texts in
 ``extra_info["options"]`` (and the letter as ``ground_truth``); otherwise the
 answer is compared with ``ground_truth`` as normalised text (DeepEyes uses an LLM
-judge for open answers; we do not, see :mod:`mapo.reward`). Reward weights can be
+judge for open answers; we do not, see :mod:`mapo.algo.reward`). Reward weights can be
 set with ``reward.custom_reward_function.reward_kwargs`` (fields of
-:class:`mapo.reward.RewardConfig`).
+:class:`mapo.algo.reward.RewardConfig`).
 
 It uses nothing from verl itself (the package import registers the estimators as a side effect).
 """
@@ -28,9 +28,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from mapo.config import from_dict
-from mapo.protocol import parse_turn
-from mapo.reward import RewardConfig, outcome_reward
+from mapo.core.config import from_dict
+from mapo.agent.protocol import parse_turn
+from mapo.algo.reward import RewardConfig, outcome_reward
 
 _LOOP_KEYS = ("mapo_answer", "mapo_turn_errors", "mapo_finish_reason", "mapo_used_tool")
 
@@ -43,7 +43,7 @@ def _options(extra_info: dict) -> tuple[str, ...]:
 
 
 def _trajectory(solution_str: str, ground_truth: str, extra_info: dict) -> SimpleNamespace:
-    """A stand-in with the attributes :func:`mapo.reward.outcome_reward` reads from a Trajectory."""
+    """A stand-in with the attributes :func:`mapo.algo.reward.outcome_reward` reads from a Trajectory."""
     sample = SimpleNamespace(answer=str(ground_truth), options=_options(extra_info))
     if all(k in extra_info for k in _LOOP_KEYS):
         turns = [SimpleNamespace(errors=tuple(codes)) for codes in extra_info["mapo_turn_errors"]]
@@ -69,7 +69,7 @@ def compute_score(
 ) -> dict[str, float]:
     """verl's custom reward: ``{"score": R, "acc", "fmt", "used_tool"}`` of one trajectory.
 
-    ``reward_kwargs`` are :class:`mapo.reward.RewardConfig` fields (from verl's
+    ``reward_kwargs`` are :class:`mapo.algo.reward.RewardConfig` fields (from verl's
     ``custom_reward_function.reward_kwargs``); unknown names raise ValueError.
     """
     if not isinstance(solution_str, str):
