@@ -40,7 +40,7 @@ protocol always answers there; a sample without one has no prediction in any mod
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mapo.data.sample import LETTERS
 
