@@ -99,6 +99,9 @@ def test_earlier_stages_follow_init_from_and_refuse_a_broken_config(tmp_path):
     stages = default.earlier_stages({"policy": {"init_from": str(second / "final")}})
     assert [s["config"]["data"]["level"] for s in stages] == ["first", "second"]
     assert default.earlier_stages({"policy": {"init_from": None}}) == []
+    # An RL run's config names its start as a path (``policy: DIR``); the chain goes on from there.
+    assert [s["config"]["data"]["level"] for s in default.earlier_stages({"policy": str(second / "final")})] == [
+        "first", "second"]
     (first / "config.yaml").write_text("policy: [unclosed")
     with pytest.raises(default.DefaultPolicyError, match="first/config.yaml .* not valid YAML"):
         default.earlier_stages({"policy": {"init_from": str(second / "final")}})

@@ -113,6 +113,18 @@ def load_named_policy(name: str | Path, *, dtype: str = "auto", device: str = "c
     return mapo.policy.load_policy(path, dtype=dtype, device=device)
 
 
+def _policy_field(config: dict[str, Any], key: str) -> Any:
+    """``config["policy"][key]`` of an SFT config (a mapping); None for an RL config, whose ``policy`` is a path."""
+    policy = config.get("policy")
+    return policy.get(key) if isinstance(policy, dict) else None
+
+
+def _started_from(config: dict[str, Any]) -> str | None:
+    """The policy a run started from: an SFT run's ``policy.init_from``, an RL run's ``policy`` path."""
+    policy = config.get("policy")
+    return policy if isinstance(policy, str) else _policy_field(config, "init_from")
+
+
 def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The SFT runs that ``config``'s run started from, oldest first: ``{"run", "config"}`` each.
 
@@ -123,7 +135,7 @@ def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
 
     stages: list[dict[str, Any]] = []
     seen: set[Path] = set()
-    init_from = (config.get("policy") or {}).get("init_from")
+    init_from = _started_from(config)
     while init_from:
         run = Path(init_from).parent
         config_file = run / "config.yaml"
@@ -135,7 +147,7 @@ def earlier_stages(config: dict[str, Any]) -> list[dict[str, Any]]:
         except yaml.YAMLError as e:
             raise DefaultPolicyError(f"{config_file} (an earlier stage of the run being shipped) is not valid YAML: {e}") from None
         stages.insert(0, {"run": str(run), "config": stage_config})
-        init_from = (stage_config.get("policy") or {}).get("init_from")
+        init_from = _started_from(stage_config)
     return stages
 
 
@@ -167,7 +179,7 @@ def ship(
         "config_file": config_file,
         "config": config,
         "earlier_stages": earlier_stages(config),
-        "seed": {"train": config.get("seed"), "policy_init": config.get("policy", {}).get("seed"),
+        "seed": {"train": config.get("seed"), "policy_init": _policy_field(config, "seed"),
                  "data": config.get("data", {}).get("seed")},
         "metrics": metrics,
     }
