@@ -33,7 +33,7 @@ def write_fake_run(run_dir: Path, algo: str, seed: int) -> Path:
               "verifier": None if algo == "grpo" else "cache/verifier-x"}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     rows = [
-        {"step": s, "reward_mean": 0.1 * s + seed, "accuracy": 0.2 * s, "hit_rate": 0.1, "time_step": spec["time_step"],
+        {"step": s, "reward_mean": 0.1 * s + seed, "accuracy": 0.2 * s, "hit_rate": 0.1 * s, "time_step": spec["time_step"],
          "time_bootstrap": 1.0, "time_verifier": spec["verifier"], "grad_var_bootstrap": spec["var"][s - 1],
          "grad_proj": spec["proj"]}
         for s in (1, 2)
@@ -201,6 +201,13 @@ def test_goals_report_a_miss_as_a_miss():
     met = {goal: ok for goal, _, ok in goals(agg)}
     assert met == {"held-out accuracy ≥ GRPO's": False, "crops better grounded (IoU above GRPO's)": False,
                    "gradient-variance estimate below GRPO's": False, "step time ≤ 1.15 × GRPO's": False}
+
+
+def test_sampled_hit_rate_is_read_from_the_last_quarter_of_the_steps(fake_runs):
+    """Two logged steps (hit_rate 0.1, 0.2): the last quarter is step 2 alone."""
+    from mapo.pipelines.compare import read_run
+
+    assert read_run(fake_runs[0])["values"]["train_hit_rate"] == pytest.approx(0.2)
 
 
 def test_read_run_names_what_is_missing(fake_runs):

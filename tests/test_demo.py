@@ -57,6 +57,7 @@ def tiny_pipeline_dict(tmp: Path, policy_dir: Path) -> dict:
             "rollout": {"group_size": 2, "max_turns": 2, "max_new_tokens_per_turn": 24, "batch_size": 4},
             "optim": {"lr": 1e-3, "warmup_frac": 0.0},
         },
+        "search": {"policies": [str(policy_dir)], "n": 2},
     }
 
 
@@ -142,7 +143,39 @@ def test_second_run_reuses_cached_stages(demo_run):
     assert all(second["stages"][s]["how"] == "reused from cache" for s in ("data", "verifier", "warm start"))
     assert second["table"] == first["table"]  # the finished RL run and the evaluations are read back
     assert second["paths"]["verifier"] == first["paths"]["verifier"]
-    assert len(list(Path(cfg.cache_dir).iterdir())) == 4  # validation, test, verifier, sft; no temporary directory
+    # validation, test, the search check's set, verifier, sft; no temporary directory
+    assert len(list(Path(cfg.cache_dir).iterdir())) == 5
+    assert second["search"] == first["search"]  # its evaluations are read back too
+
+
+def test_smoke_search_check_evaluates_each_listed_policy(demo_run):
+    """The search check writes its own test set of the distractor level and one evaluation per listed policy."""
+    tmp, cfg, summary, _, _ = demo_run
+    search = summary["search"]
+    assert search["set"] == {"level": "pattern_distractors", "n": 2, "seed": 2_000_003, "data": search["set"]["data"]}
+    assert Path(search["set"]["data"]).is_dir() and search["set"]["data"] != summary["paths"]["test"]
+    (row,) = search["rows"]
+    assert row["policy"] == cfg.search.policies[0]
+    metrics = json.loads((Path(row["eval"]) / "metrics.json").read_text())
+    assert metrics["tools"]["n"] == 2 and row["accuracy"] == metrics["tools"]["accuracy"]
+    md = (tmp / "run" / "summary.md").read_text()
+    assert "## Where to look: `pattern_distractors` test set (2 samples, seed 2000003)" in md
+    assert f"| `{row['policy']}` | {row['accuracy']:.3f} |" in md
+
+
+def test_search_check_refuses_bad_settings(tmp_path):
+    from mapo.pipelines.demo_config import PipelineConfig
+    from mapo.pipelines.search_check import search_check_stage
+
+    with pytest.raises(ValueError, match="search.level must be one of"):
+        from_dict(PipelineConfig, {"search": {"level": "nope"}})
+    with pytest.raises(ValueError, match="search.n must be >= 1"):
+        from_dict(PipelineConfig, {"search": {"n": 0}})
+    for bad, why in (("shipped:nope", "no shipped checkpoint"), (str(tmp_path), "not a policy checkpoint directory")):
+        cfg = from_dict(PipelineConfig, {"search": {"policies": [bad]}})
+        with pytest.raises(ValueError, match=why):
+            search_check_stage(cfg, tmp_path, None, tmp_path / "out", synth_set=lambda spec, name: (tmp_path, True),
+                               evaluate=lambda *a: pytest.fail("evaluated a bad policy"), log=lambda _: None)
 
 
 def test_cache_key_ignores_speed_knobs_and_tracks_the_rest():

@@ -27,6 +27,7 @@ RESULT_METRICS = (
     ("recovered_rate", "recovered rate (first crop missed, a later one hit)", "eval", True),
     ("tool_calls_per_sample", "tool calls / sample", "eval", None),
     ("semantic_score_mean", "semantic score", "eval", True),
+    ("train_hit_rate", "sampled first-zoom hit (training rollouts, last quarter of the steps)", "train", True),
     ("grad_var_bootstrap", "gradient variance (bootstrap)", "train", False),
     ("grad_noise_to_signal", "gradient noise-to-signal (var / proj², median)", "train", False),
     ("step_time_s", "step time (s, excl. bootstrap)", "train", False),
@@ -69,6 +70,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     train_rows = [r for r in rows if "time_step" in r]
     tools = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))["tools"]
     values = {key: tools.get(key) for key, _, source, _ in RESULT_METRICS if source == "eval"}
+    # What RL optimises: the hit rate of the sampled rollouts (fresh prompts each step), late in training.
+    values["train_hit_rate"] = _mean([r.get("hit_rate") for r in train_rows[len(train_rows) * 3 // 4:]])
     values["grad_var_bootstrap"] = _mean([r.get("grad_var_bootstrap") for r in train_rows])
     values["grad_noise_to_signal"] = _median([r["grad_var_bootstrap"] / r["grad_proj"] ** 2 for r in train_rows
                                               if "grad_var_bootstrap" in r and r.get("grad_proj")])

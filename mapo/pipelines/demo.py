@@ -1,6 +1,9 @@
 """The embedded default pipeline, stage by stage, with a config-keyed cache.
 
-``data -> verifier -> warm start -> RL -> evaluation (before / after) -> summary``.
+``data -> verifier -> warm start -> RL -> evaluation (before / after) -> search check -> summary``.
+
+The search check (:mod:`mapo.pipelines.search_check`) evaluates listed policies on a level
+where the zoom location matters; it trains nothing.
 
 Two evaluation sets: the validation set (``data``: the RL run's periodic evaluation,
 and where settings are chosen) and the test set (``test``: measured once at the end,
@@ -306,7 +309,8 @@ def run_pipeline(
 
     Layout of ``out``: ``rl/`` (the `mapo train` run; ``rl/final`` the trained policy,
     ``rl/eval`` its validation evaluation, ``rl/eval_test`` its test evaluation),
-    ``eval_before/`` and ``eval_before_test/`` (the warm start's),
+    ``eval_before/`` and ``eval_before_test/`` (the warm start's), ``search/<policy>/`` (the search
+    check's evaluations, when ``search.policies`` names any),
     ``report/index.html``, ``summary.{json,md}``. ``forced_turns`` is passed to the
     RL stage's training rollouts (tests script tool calls with it).
     """
@@ -349,6 +353,15 @@ def run_pipeline(
         t_after = clock.run("test after", lambda: evaluate_stage(rl_dir / "final", test, verifier, rl_dir / TEST_EVAL, ecfg))
         test_table = before_after(t_before, t_after)
         paths.update({"test": str(test), "test_before": str(out / TEST_BEFORE), "test_after": str(rl_dir / TEST_EVAL)})
+    search = None
+    if cfg.search.policies:  # evaluation only: where the zoom location matters
+        from mapo.pipelines.search_check import search_check_stage
+
+        search = clock.run("search check", lambda: search_check_stage(
+            cfg, verifier, ecfg, out / "search",
+            synth_set=lambda spec, name: _synth_set_stage(spec, name, cfg.cache_dir, log),
+            evaluate=evaluate_stage, log=log))
+        paths["search"] = str(out / "search")
     if report:
         from mapo.report import build_report
 
@@ -365,6 +378,7 @@ def run_pipeline(
         "verdict_set": "test" if test_table is not None else "validation",
         "table": headline, "table_validation": table, "table_test": test_table,
         "verdict": verdict(headline, cfg.test.n if test_table is not None else cfg.data.n),
+        "search": search,
         "rl_trend": training_trend(rl_dir / "metrics.jsonl"),
         "rl_train_last": rl_summary.get("train", {}),
         "stages": clock.stages, "wall_s": round(time.perf_counter() - started, 2), "paths": paths,

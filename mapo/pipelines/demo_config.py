@@ -80,6 +80,34 @@ class WarmStartConfig:
 
 
 @dataclass(frozen=True)
+class SearchCheckConfig:
+    """Policies evaluated where the zoom location matters (:mod:`mapo.pipelines.search_check`); nothing trained.
+
+    A test set of ``level`` (its own seed, never trained or chosen on), evaluated greedily
+    with the RL stage's budgets. Empty ``policies`` skips the check.
+    """
+
+    policies: tuple[str, ...] = knob((), "policies to evaluate: 'default', 'shipped:NAME' or a checkpoint directory "
+                                         "(empty: no check)")
+    level: str = knob("pattern_distractors", "synthetic level of the check's test set (`mapo data synth --help`)")
+    n: int = knob(400, "test samples")
+    seed: int = knob(2_000_003, "seed of the test samples")
+
+    def __post_init__(self) -> None:
+        from mapo.data.synth import LEVELS
+
+        if self.level not in LEVELS:
+            raise ValueError(f"search.level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.n < 1:
+            raise ValueError(f"search.n must be >= 1 test sample, got {self.n}")
+
+    def spec(self) -> dict[str, Any]:
+        """What the check's test set is a function of (the cache key, like the validation and test sets')."""
+        return {"n": self.n, "seed": self.seed, "level": self.level, "synth": {},
+                "task": task_fingerprint(self.level, {})}
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """``mapo demo``: every stage of the embedded default pipeline."""
 
@@ -99,6 +127,8 @@ class PipelineConfig:
         "data.eval_source are filled in by the pipeline"
     )
     eval_batch_size: int = knob(16, "held-out episodes generated together")
+    search: SearchCheckConfig = knob(factory=SearchCheckConfig, help="policies evaluated where the zoom location "
+                                                                     "matters (evaluation only)")
 
     def __post_init__(self) -> None:
         if not self.verifier_source:
@@ -151,7 +181,7 @@ def load_pipeline_config(path: str | Path | None, overrides: list[str] | tuple[s
 
 
 __all__ = [
-    "HeldoutConfig", "PipelineConfig", "RLOverrides", "TestSetConfig", "WarmStartConfig", "load_pipeline_config",
+    "HeldoutConfig", "PipelineConfig", "RLOverrides", "SearchCheckConfig", "TestSetConfig", "WarmStartConfig", "load_pipeline_config",
     "rl_config",
     "task_fingerprint",
 ]

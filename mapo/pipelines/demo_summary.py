@@ -68,6 +68,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if on_test:
         lines += ["", f"## {set_title(summary, 'validation').capitalize()}: `{summary['paths']['heldout']}`", ""]
         lines += _table_lines(summary["table_validation"])
+    if summary.get("search"):
+        from mapo.pipelines.search_check import search_markdown
+
+        lines += ["", *search_markdown(summary["search"])]
     lines += ["", f"RL ({summary['algorithm']}, {summary['rl_steps']} steps): "
               f"{_trend_text(summary['rl_trend'])}.", "", "| stage | seconds | how |", "|---|---|---|"]
     for stage, info in summary["stages"].items():
@@ -97,6 +101,16 @@ def print_summary(summary: dict[str, Any]) -> None:
         if acc is not None:
             console.print(f"{set_title(summary, 'validation')}: accuracy {_fmt(acc['before'])} -> {_fmt(acc['after'])}")
     console.print(f"RL: {_trend_text(summary['rl_trend'])}")
+    if summary.get("search"):
+        from mapo.pipelines.search_check import SEARCH_COLUMNS
+
+        info = summary["search"]["set"]
+        search = Table(title=f"where to look: {info['level']} test set ({info['n']} samples, seed {info['seed']})")
+        for col in ("policy", *SEARCH_COLUMNS.values()):
+            search.add_column(col, justify="left" if col == "policy" else "right")
+        for row in summary["search"]["rows"]:
+            search.add_row(row["policy"], *("n/a" if row[k] is None else f"{row[k]:.3f}" for k in SEARCH_COLUMNS))
+        console.print(search)
     times = ", ".join(f"{k} {v['seconds']:.0f}s{'' if v['how'] == 'ran' else ' (' + v['how'] + ')'}"
                       for k, v in summary["stages"].items())
     console.print(f"stage times: {times}; total {summary['wall_s']:.0f}s")
