@@ -78,6 +78,13 @@ VARIANTS: dict[str, list[str]] = {
                                     "optim.lr=3e-4", "prompts_per_step=32", "steps=40"],
             "grpo_p32_lr1e4_40_fv": [*_GRPO, "optim.lr=1e-4", "prompts_per_step=32", "steps=40",
                                      "finetune.freeze_vision=true"],
+            "grpo_p32_lr3e4_40_fv": [*_GRPO, "optim.lr=3e-4", "prompts_per_step=32", "steps=40",
+                                     "finetune.freeze_vision=true"],
+            "oracle_p32_lr1e4_40_fv": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null",
+                                       "optim.lr=1e-4", "prompts_per_step=32", "steps=40", "finetune.freeze_vision=true"],
+            "mapo_label_p32_lr1e4_40_fv": ["advantage.estimator=mapo", "semantic_target=label",
+                                           "verifier=runs/verifier_label", "optim.lr=1e-4", "prompts_per_step=32",
+                                           "steps=40", "finetune.freeze_vision=true"],
             "oracle_p16_lr3e5_30": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null",
                                     "optim.lr=3e-5", "prompts_per_step=16", "steps=30"],
             "oracle_lr3e5": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=3e-5"],
@@ -98,6 +105,17 @@ VARIANTS: dict[str, list[str]] = {
             "mapo_label_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=label", "optim.lr=1e-4"],
             "mapo_desc_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=description", "optim.lr=1e-4"],
             "oracle_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4"],
+        }.items()
+    },
+    # From the recovering search warm start (configs/warmstart_recover.yaml): a miss is followed by another zoom,
+    # so an episode can hold zooms of different worth, which outcome credit cannot tell apart and per-turn credit can.
+    **{
+        f"rc_{name}": ["rollout.group_size=8", "rollout.max_turns=4", "rollout.max_images=4", "optim.lr=1e-4",
+                       "prompts_per_step=32", "steps=40", *extra]
+        for name, extra in {
+            "grpo_p32_lr1e4_40": _GRPO,
+            "oracle_p32_lr1e4_40": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null"],
+            "mapo_label_p32_lr1e4_40": ["advantage.estimator=mapo", "semantic_target=label", "verifier=runs/verifier_label"],
         }.items()
     },
 }

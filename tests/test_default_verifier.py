@@ -235,7 +235,8 @@ def test_source_path_uses_that_directory_or_says_what_is_missing(shipped, tmp_pa
         pipeline(tmp_path, verifier_source="")
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "compare.yaml", "compare_150steps.yaml", "compare_distractors.yaml", "compare_search.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "compare.yaml", "compare_150steps.yaml", "compare_distractors.yaml", "compare_search.yaml",
+                                  "compare_search_fv.yaml"])
 def test_the_configs_that_say_they_use_the_shipped_verifier_do(name):
     """A `verifier:` block that drifts from the shipped recipe would silently train a verifier (minutes) instead."""
     import yaml
