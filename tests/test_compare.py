@@ -210,6 +210,18 @@ def test_sampled_hit_rate_is_read_from_the_last_quarter_of_the_steps(fake_runs):
     assert read_run(fake_runs[0])["values"]["train_hit_rate"] == pytest.approx(0.2)
 
 
+def test_the_document_names_the_verifier_that_scored_the_evaluations(fake_runs, tmp_path):
+    """Not an arm's training verifier: the one each evaluation recorded (GRPO trains without one, MAPO-label
+    with its own; all are scored by the pipeline's)."""
+    from mapo.pipelines.compare import write_results
+
+    assert "with the verifier `cache/verifier-x`" in write_results(fake_runs, tmp_path / "A.md", tmp_path / "i", "c").read_text()
+    for run in fake_runs:
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "run": {"verifier": "assets/scorer"}}))
+    assert "with the verifier `assets/scorer`" in write_results(fake_runs, tmp_path / "B.md", tmp_path / "i", "c").read_text()
+
+
 def test_read_run_names_what_is_missing(fake_runs):
     from mapo.pipelines.compare import read_run
 

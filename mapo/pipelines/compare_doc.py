@@ -269,11 +269,24 @@ def write_results(
         "machine": f"{platform.machine()}, {_cpu_count()} CPU cores visible",
         "torch": torch.__version__, "threads": runs[0]["config"].get("threads") or torch.get_num_threads(),
         "wall_min": wall / 60,
-        "verifier": verifier or next((r["config"]["verifier"] for r in runs if r["config"].get("verifier")), "n/a"),
+        "verifier": verifier or _scoring_verifier(runs),
     }
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(results_markdown(runs, command, meta, rel, start, start_test=start_test, sets=sets), encoding="utf-8")
     return doc
+
+
+def _scoring_verifier(runs: Sequence[dict[str, Any]]) -> str:
+    """The verifier the evaluations were scored with (their metrics.json ``run.verifier``), not an arm's training one.
+
+    Falls back to the first arm's training verifier for evaluations that did not record one.
+    """
+    for r in runs:
+        path = Path(r["run_dir"]) / "eval" / "metrics.json"
+        recorded = (json.loads(path.read_text(encoding="utf-8")).get("run") or {}).get("verifier") if path.is_file() else None
+        if recorded:
+            return recorded
+    return next((r["config"]["verifier"] for r in runs if r["config"].get("verifier")), "n/a")
 
 
 def _tools(path: Path) -> dict[str, Any] | None:
