@@ -107,17 +107,6 @@ VARIANTS: dict[str, list[str]] = {
             "oracle_t1_lr1e4": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null", "optim.lr=1e-4"],
         }.items()
     },
-    # From the recovering search warm start (configs/warmstart_recover.yaml): a miss is followed by another zoom,
-    # so an episode can hold zooms of different worth, which outcome credit cannot tell apart and per-turn credit can.
-    **{
-        f"rc_{name}": ["rollout.group_size=8", "rollout.max_turns=4", "rollout.max_images=4", "optim.lr=1e-4",
-                       "prompts_per_step=32", "steps=40", *extra]
-        for name, extra in {
-            "grpo_p32_lr1e4_40": _GRPO,
-            "oracle_p32_lr1e4_40": ["advantage.estimator=mapo", "semantic_target=oracle_iou", "verifier=null"],
-            "mapo_label_p32_lr1e4_40": ["advantage.estimator=mapo", "semantic_target=label", "verifier=runs/verifier_label"],
-        }.items()
-    },
 }
 DIAGNOSTICS = ("reward_mean", "zero_var_group_frac", "adv_nonzero_frac", "entropy", "clip_frac", "kl")
 
