@@ -56,3 +56,36 @@ def test_curve_evaluates_every_kept_checkpoint(tmp_path, monkeypatch):
     assert lines[5].startswith("| 20 | 0.000 → 0.500 | +0.500")
     # sampled hit: the mean of steps 11..20's hit_rate (0.11 .. 0.20)
     assert lines[5].endswith("| 0.155 | 0.500 |")
+
+
+def test_test_table_pairs_each_seed_with_the_start_and_the_first_variant(tmp_path, monkeypatch):
+    roots = [tmp_path / "s0", tmp_path / "s1"]
+    (roots[0] / "overrides").mkdir(parents=True)
+    (roots[0] / "overrides" / "base.json").write_text(json.dumps({"level": "lvl", "n": 200, "overrides": [], "policy": "p"}))
+    for seed, root in enumerate(roots):
+        for name in ("base", "other"):
+            (root / name / "final").mkdir(parents=True)
+            (root / name / "config.yaml").write_text(f"seed: {seed}\n")
+    # 4 test samples: the start finds 1; base finds 1 (seed 0) or 2 (seed 1); other finds 3 in both seeds.
+    results = {"start": [(True, True)] + [(False, False)] * 3,
+               "base": {0: [(True, True)] + [(False, False)] * 3, 1: [(True, True)] * 2 + [(False, False)] * 2},
+               "other": {0: [(True, True)] * 3 + [(False, False)], 1: [(True, True)] * 3 + [(False, False)]}}
+    seen_sets = []
+
+    def fake_heldout(root, level, synth, n, seed=None, name=None):
+        seen_sets.append((level, n, seed, name))
+        return tmp_path / "test"
+
+    def fake_evaluate(policy_dir, data, out):
+        if policy_dir == "p":
+            _write_eval(out, results["start"])
+        else:
+            run = out.parent
+            _write_eval(out, results[run.name][roots.index(run.parent)])
+
+    monkeypatch.setattr(rl_sweep, "heldout_dir", fake_heldout)
+    monkeypatch.setattr(rl_sweep, "evaluate_policy", fake_evaluate)
+    text = rl_sweep.test_table(["base", "other"], roots, n=4)
+    assert seen_sets == [("lvl", 4, rl_sweep.TEST_SEED, "test")]  # the test seed, never the validation one
+    assert "| `base` | 1 | 0.500 | +0.250 ± " in text and "| `other` | 0 | 0.750 | +0.500 ± " in text
+    assert "| `other` | 0 | +0.500 ± " in text and "| `other` | 1 | +0.250 ± " in text  # other − base, per seed
