@@ -151,13 +151,13 @@ def test_the_shipped_search_warm_start_matches_its_manifest():
 
 
 def test_the_shipped_rl_search_policy_matches_its_manifest():
-    """mapo/assets/rl_search (MAPO-label RL from the search warm start): unaltered, its config is configs/rl_search.yaml's."""
+    """mapo/assets/rl_search (MAPO-label RL from the search warm start): unaltered, its config is configs/train_search.yaml's."""
     from mapo.core.config import load_config
     from mapo.train.rl import RLConfig
 
     manifest = default.verify(default.DEFAULT_DIR.parent / "rl_search")
-    assert manifest["config_file"] == "configs/rl_search.yaml" and "mapo train --config configs/rl_search.yaml" in manifest["command"]
-    shipped_cfg, config_file = manifest["config"], load_config(RLConfig, "configs/rl_search.yaml", [])
+    assert manifest["config_file"] == "configs/train_search.yaml" and "mapo train --config configs/train_search.yaml" in manifest["command"]
+    shipped_cfg, config_file = manifest["config"], load_config(RLConfig, "configs/train_search.yaml", [])
     # The run started from the search warm start's own run folder; everything else is the config file's.
     assert [Path(s["run"]).name for s in manifest["earlier_stages"]] == ["find"]
     for key in ("steps", "prompts_per_step", "seed", "semantic_target"):
